@@ -1,0 +1,185 @@
+"""Dataclass schemas behind the YAML configs, registered in Hydra's ConfigStore.
+
+Every YAML file names its schema first in its defaults list (``- <name>_schema``), so a misspelled key or a
+value of the wrong type fails when the config is composed, before any work starts.
+
+The ``model``, ``defense`` and ``attack`` groups have one schema per option. Their modules declare
+``SCHEMAS = {"<yaml file name>": Dataclass}``; ``register_configs`` discovers them, so adding an option
+means adding a module and a YAML file, nothing here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (SPEC.md §1): random crop with padding, horizontal flip, cutout."""
+
+    crop_padding: int = 0  # pixels of zero padding before a random crop back to the image size; 0 = off
+    flip: bool = False  # random horizontal flip
+    cutout: int = 0  # side of the square zeroed at a random position (16 CIFAR-10, 8 CIFAR-100); 0 = off
+
+
+@dataclass
+class DatasetConfig:
+    """One data set. ``in_shape`` is ``[C, H, W]``; images are always in [0,1]."""
+
+    name: str = MISSING
+    in_shape: list[int] = MISSING
+    num_classes: int = MISSING
+    mean: list[float] = MISSING
+    std: list[float] = MISSING
+    val_size: int = 0  # images held out of the training set for validation (thesis MNIST: 10000)
+    eval_size: int = 1000  # the fixed evaluation subset: the first N test images
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    path: Optional[str] = None  # `npz` only: the arrays file
+
+
+@dataclass
+class DataConfig:
+    """Where data sets live and how they are read."""
+
+    root: str = "${oc.env:ROBUST_DATA,data}"
+    download: bool = True
+    num_workers: int = 0
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+@dataclass
+class OptimizerConfig:
+    """``name`` is sgd, adam or adamw; unused fields are ignored by the other optimizers."""
+
+    name: str = MISSING
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule per epoch. ``name``: multistep, exponential, cosine or constant."""
+
+    name: str = MISSING
+    milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
+    gamma: float = 0.1  # multistep factor, or exponential per-epoch decay
+    eta_min: float = 0.0  # cosine: final lr
+    warmup_epochs: int = 0  # linear warm-up from lr/10
+
+
+@dataclass
+class TrainerConfig:
+    """Hardware and parallelism of the training loop."""
+
+    devices: int = 1  # >1: DistributedDataParallel over this many processes
+    backend: str = "auto"  # torch.distributed backend; auto = nccl on CUDA, gloo on CPU
+
+
+@dataclass
+class TrainConfig:
+    """``robust train``: the top-level keys of conf/train.yaml."""
+
+    dataset: Any = MISSING
+    model: Any = MISSING
+    defense: Any = MISSING
+    optimizer: OptimizerConfig = MISSING
+    schedule: ScheduleConfig = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    seed: int = 0
+    deterministic: bool = False  # torch deterministic algorithms; bit-exact resume on CPU
+    device: str = "auto"  # auto = cuda when present, else cpu
+    amp: bool = False  # autocast (bf16 on CUDA)
+    channels_last: bool = False
+    tikhonov: float = 0.0  # the papers' weight decay: tikhonov * sum of squared non-bias weights
+    max_batches_per_epoch: Optional[int] = None  # cap for smoke runs
+    force: bool = False  # retrain even if the run directory holds a finished run
+    out_dir: str = "outputs"
+    run_dir: Optional[str] = None  # explicit run directory; default: named from the overrides
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalConfig:
+    """``robust eval``: the top-level keys of conf/eval.yaml."""
+
+    run: str = MISSING  # the train run directory
+    attack: Any = MISSING  # filled by the attack group: {<name>: {...params}}
+    norm: Any = "l2"  # l0 | l1 | l2 | linf, or a list of them
+    n_examples: int = 1000
+    batch_size: int = 250
+    device: str = "auto"
+    seed: int = 0
+    eps: dict[str, float] = field(
+        default_factory=lambda: {"l0": 10.0, "l1": 10.0, "l2": 1.0, "linf": 0.1}
+    )  # the error reported "at eps" for each norm (SPEC.md §2)
+    eps_search: str = "bisection"  # budget attacks: bisection | grid
+    search_steps: int = 10  # bisection steps, or grid points
+    lipschitz: bool = True  # write lipschitz.json
+    force: bool = False  # recompute attacks already evaluated
+
+
+@dataclass
+class DataLipschitzConfig:
+    """``robust data-lipschitz``: the Lipschitz constant of a data set (Finlay Table 2)."""
+
+    dataset: Any = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    split: str = "train"
+    chunk_size: int = 2048
+    device: str = "auto"
+    max_images: Optional[int] = None
+
+
+# ---------------------------------------------------------------- registration
+
+_GROUP_PACKAGES = {"model": "robust_cli.models", "defense": "robust_cli.defenses", "attack": "robust_cli.attacks"}
+_registered = False
+
+
+def discover_schemas(package: str) -> dict[str, type]:
+    """``{yaml name: dataclass}`` from the ``SCHEMAS`` dicts of every module of ``package``."""
+    pkg = importlib.import_module(package)
+    found: dict[str, type] = dict(getattr(pkg, "SCHEMAS", {}))
+    for info in pkgutil.iter_modules(pkg.__path__):
+        module = importlib.import_module(f"{package}.{info.name}")
+        found.update(getattr(module, "SCHEMAS", {}))
+    return found
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="data_lipschitz_schema", node=DataLipschitzConfig)
+    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
+    cs.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
+    for group, package in _GROUP_PACKAGES.items():
+        for name, schema in discover_schemas(package).items():
+            # attacks are selected several at a time (attack=[fgsm,pgd]): each lives at attack.<name>
+            pkg = f"attack.{name}" if group == "attack" else None
+            cs.store(group=group, name=f"{name}_schema", node=schema, package=pkg)
+    _registered = True

@@ -1,0 +1,65 @@
+"""Atomic file writes: every file a crash could tear is written to a temporary file and renamed.
+
+A rename within one directory is atomic on POSIX, so a reader sees either the old file or the new one,
+never half of either, and an interrupted run never destroys what was already on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic(path, _write)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (non-finite floats are written as Infinity/NaN)."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_csv(path: str | os.PathLike, frame) -> Path:
+    """Write a pandas DataFrame as CSV (no index) atomically."""
+    return _atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` atomically. ``obj`` must hold tensors and plain Python only (weights_only loading)."""
+    import torch
+
+    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: a checkpoint from elsewhere cannot run code."""
+    import torch
+
+    return torch.load(path, map_location=map_location, weights_only=True)
