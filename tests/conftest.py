@@ -1,0 +1,21 @@
+"""Shared test setup: tests/ on sys.path (for linear_reference), one CPU thread per test process."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def mnist_root() -> Path:
+    """The real MNIST in ../shared/data (torchvision layout); skips the test where it is absent."""
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found at {SHARED_DATA}/MNIST/raw")
+    return SHARED_DATA
