@@ -63,3 +63,9 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     import torch
 
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file written by ``write_json``."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,78 @@
+"""What every Hydra app of ``robust`` shares: logging, one-line user errors, the task's overrides."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from robust_cli.errors import UserError
+
+log = logging.getLogger("robust_cli")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """A rich handler on stderr for the ``robust_cli`` loggers (idempotent)."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("robust_cli")
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+def add_file_log(path: Path) -> logging.Handler:
+    """Also log to ``path`` (e.g. ``<run>/train.log``); returns the handler so the caller can remove it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("robust_cli").addHandler(handler)
+    return handler
+
+
+def task_overrides() -> list[str]:
+    """The command-line overrides of the running Hydra job (``defense=tulip``, ``epochs=5``, ...)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return []
+
+
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn a ``UserError`` into ``robust: error: <one line>`` and exit status 2 (single runs).
+
+    In a multirun the error is re-raised so that the launcher records the job as failed and the other jobs
+    of the sweep go on.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            if is_multirun():
+                raise
+            sys.stderr.write(f"robust: error: {err}\n")
+            sys.exit(2)
+        except KeyboardInterrupt:
+            if is_multirun():
+                raise
+            sys.stderr.write("robust: interrupted\n")
+            sys.exit(130)
+
+    return wrapped

@@ -1,0 +1,137 @@
+"""``robust``: dispatch ``train``, ``eval`` and ``data-lipschitz`` to their Hydra apps.
+
+Before handing over, the overrides are composed once (every combination, for ``-m``) so that a typo, an
+unknown option or a wrong type ends in one clear line and exit status 2 instead of Hydra's multi-line
+report, and before any run directory is touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from importlib import resources
+
+APPS = {
+    "train": ("robust_cli.train_app", "train", "train dataset x model x defense into a resumable run directory"),
+    "eval": ("robust_cli.eval_app", "eval", "attack a trained run: distances, error curves, summaries, plots"),
+    "data-lipschitz": ("robust_cli.data_lipschitz_app", "data_lipschitz",
+                       "the Lipschitz constant of a data set (Finlay et al. Table 2)"),
+}
+# Hydra flags that print something and exit: nothing to validate
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc"}
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+
+
+def config_groups() -> dict[str, list[str]]:
+    """``{group: [options]}`` from the shipped ``conf/`` folders (schemas and ``all`` aside)."""
+    root = resources.files("robust_cli.conf")
+    groups = {}
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.is_dir() and not entry.name.startswith(("_", ".")) and entry.name != "hydra":
+            options = sorted(p.name[:-5] for p in entry.iterdir() if p.name.endswith(".yaml"))
+            groups[entry.name] = options
+    return groups
+
+
+def usage() -> str:
+    lines = ["usage: robust <command> [hydra overrides]   (robust <command> --help for the composed config)", "",
+             "commands:"]
+    lines += [f"  {name:<16}{doc}" for name, (_, _, doc) in APPS.items()]
+    lines += ["", "config groups (group=option):"]
+    lines += [f"  {group:<12}{', '.join(opts)}" for group, opts in config_groups().items()]
+    lines += ["", "examples:",
+              "  robust train experiment=quickstart",
+              "  robust train dataset=mnist model=lenet5 defense=tulip data.root=../shared/data",
+              "  robust eval run=<train run dir> attack=[fgsm,pgd] norm=[l2,linf] n_examples=500",
+              "  robust train -m defense=none,at_l2,tulip hydra/launcher=slurm"]
+    return "\n".join(lines)
+
+
+def _one_line(err: BaseException) -> str:
+    """Hydra/OmegaConf's multi-line messages (and their causes) folded into one line."""
+    parts = []
+    while err is not None and len(parts) < 3:
+        text = str(err).strip()
+        if "Available options" in text:
+            head, _, options = text.partition("Available options")
+            opts = [o.strip() for o in options.split("\n")[1:] if o.strip()]
+            text = f"{head.strip()} (available: {', '.join(opts)})"
+        first = " ".join(line.strip() for line in text.splitlines()[:1] if line.strip())
+        extra = [line.strip() for line in text.splitlines()[1:] if line.strip().startswith(("Key ", "Value "))]
+        for piece in [first, *extra]:
+            if piece and piece not in parts:
+                parts.append(piece)
+        err = err.__cause__ or err.__context__
+    return "; ".join(parts) or "invalid configuration"
+
+
+def _overrides(args: list[str]) -> tuple[list[str], bool]:
+    """Split Hydra flags from overrides; ``(overrides, multirun)``."""
+    overrides, multirun, skip = [], False, False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in _FLAGS_WITH_VALUE:
+            skip = True
+        elif arg.startswith("-"):
+            continue
+        else:
+            overrides.append(arg)
+    return overrides, multirun
+
+
+def validate(config_name: str, args: list[str]) -> str | None:
+    """Compose ``config_name`` with the overrides (each sweep combination); the error line, or None."""
+    from hydra import compose, initialize_config_module
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from robust_cli.config import register_configs
+
+    register_configs()
+    overrides, multirun = _overrides(args)
+    try:
+        if multirun:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            combos = [c for batch in BasicSweeper.split_arguments(parsed, None) for c in batch]
+        else:
+            combos = [overrides]
+        GlobalHydra.instance().clear()
+        with initialize_config_module("robust_cli.conf", version_base=None):
+            for combo in combos[:64]:  # enough to catch a typo; a huge grid is not composed twice
+                compose(config_name, overrides=list(combo))
+    except Exception as err:  # every composition error is the user's input
+        return _one_line(err)
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(usage() + "\n")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in APPS:
+        sys.stderr.write(f"robust: error: unknown command {command!r}; expected one of {', '.join(APPS)}\n")
+        return 2
+    module_name, config_name, _ = APPS[command]
+    if not _INFO_FLAGS.intersection(rest):
+        problem = validate(config_name, rest)
+        if problem:
+            sys.stderr.write(f"robust: error: {problem}\n")
+            return 2
+    app = importlib.import_module(module_name)
+    sys.argv = [f"robust {command}", *rest]
+    app.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Data sets as in-memory tensors: images ``[N, C, H, W]`` in [0,1] (float32) and labels ``[N]`` (int64).
+
+Every data set here fits in memory (CIFAR's 50,000 training images are 600 MB as floats, 150 MB as the
+uint8 they are stored in), so the training loop batches tensors directly instead of going through a
+per-image ``Dataset``: augmentation is applied to whole batches (robust_cli/data/augment.py).
+
+Public functions:
+    info_of(dataset_cfg) -> DatasetInfo
+    load_split(dataset_cfg, data_cfg, split) -> (x, y)      split in {"train", "val", "test"}
+"""
+
+from __future__ import annotations
+
+from robust_cli.data.info import DatasetInfo
+from robust_cli.data.sources import load_split
+
+__all__ = ["DatasetInfo", "info_of", "load_split"]
+
+
+def info_of(dataset_cfg) -> DatasetInfo:
+    """The ``DatasetInfo`` (shape, classes, mean/std) described by a ``dataset`` config node."""
+    return DatasetInfo(
+        name=str(dataset_cfg.name),
+        in_shape=tuple(int(v) for v in dataset_cfg.in_shape),
+        num_classes=int(dataset_cfg.num_classes),
+        mean=tuple(float(v) for v in dataset_cfg.mean),
+        std=tuple(float(v) for v in dataset_cfg.std),
+    )

@@ -1,0 +1,53 @@
+"""``robust train``: compose dataset x model x defense x optimizer x schedule and train into a run directory."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from robust_cli.apps import task_overrides, user_errors
+from robust_cli.config import register_configs
+from robust_cli.rundir import RunRecord, train_run_dir
+
+register_configs()
+log = logging.getLogger("robust_cli.train")
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train one configuration; a finished run is reported, not retrained, unless ``force=true``.
+
+    Returns the final metrics (the last history row), also stored in ``run.json``.
+    """
+    from robust_cli.training.loop import resolve_device
+
+    resolve_device(cfg.device)  # a bad device is an error even where the run is already done
+    overrides = task_overrides()
+    run_dir = train_run_dir(cfg, overrides)
+    record = RunRecord(run_dir) if (run_dir / "run.json").exists() else None
+    if record is not None and record.status == "done" and (run_dir / "model.pt").exists() and not cfg.force:
+        log.info("already trained: %s (force=true retrains)", run_dir)
+        return dict(record.data.get("final", {}))
+    if cfg.trainer.devices > 1:
+        from robust_cli.training import distributed
+
+        return distributed.launch(_fit_in_dir, cfg, run_dir, overrides)
+    return _fit_in_dir(cfg, run_dir, overrides)
+
+
+def _fit_in_dir(cfg: DictConfig, run_dir, overrides, ctx=None) -> dict:
+    from robust_cli.training.loop import fit
+
+    final = fit(cfg, run_dir, overrides, ctx)
+    if ctx is None or ctx.is_main:
+        log.info("done: %s  test error %.4f", run_dir, final.get("test_error", float("nan")))
+    return final
+
+
+@hydra.main(config_path="pkg://robust_cli.conf", config_name="train", version_base=None)
+@user_errors
+def main(cfg: DictConfig) -> float | None:
+    final = train(cfg)
+    # the returned value is what sweepers (e.g. Optuna) optimise
+    return final.get("test_error")

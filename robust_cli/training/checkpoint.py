@@ -1,0 +1,78 @@
+"""Checkpoints (resumable, atomic) and the finished model file that ``robust eval`` rebuilds.
+
+``checkpoints/last.pt`` = {model, optimizer, epoch (completed), history (list of dict rows), format}
+``model.pt`` = {state_dict, model_cfg, dataset_cfg, data_cfg, format}
+Both hold tensors and plain Python only and are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from robust_cli import io
+from robust_cli.errors import UserError
+
+FORMAT = 1
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module under DistributedDataParallel / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list[dict[str, Any]]) -> None:
+    io.torch_save(path, {
+        "format": FORMAT, "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "epoch": int(epoch), "history": history,
+    })
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return io.torch_load(path)
+    except Exception as err:
+        raise UserError(f"cannot read checkpoint {path}: {err}") from None
+
+
+def save_model(path: Path, model, cfg: DictConfig) -> None:
+    """Write ``model.pt``: weights plus the model, dataset and data configs needed to rebuild it."""
+    io.torch_save(path, {
+        "format": FORMAT, "state_dict": _unwrap(model).state_dict(),
+        "model_cfg": OmegaConf.to_container(cfg.model, resolve=True),
+        "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "data_cfg": OmegaConf.to_container(cfg.data, resolve=True),
+    })
+
+
+def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a trained model from ``<run_dir>/model.pt``.
+
+    Returns:
+        (model in eval mode on ``device``, the run's config as a DictConfig with at least ``model``,
+        ``dataset`` and ``data``; the full composed config from ``config.yaml`` when present).
+    """
+    from robust_cli.data import info_of
+    from robust_cli.models import build_model
+
+    run_dir = Path(run_dir)
+    path = run_dir / "model.pt"
+    if not path.is_file():
+        hint = " (training not finished?)" if (run_dir / "checkpoints" / "last.pt").exists() else ""
+        raise UserError(f"{run_dir} holds no model.pt{hint}; give run=<a finished train run directory>")
+    try:
+        blob = io.torch_load(path, map_location="cpu")
+    except Exception as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    cfg_path = run_dir / "config.yaml"
+    cfg = OmegaConf.load(cfg_path) if cfg_path.is_file() else OmegaConf.create({})
+    cfg.model = blob["model_cfg"]
+    cfg.dataset = blob["dataset_cfg"]
+    cfg.data = blob.get("data_cfg", cfg.get("data", {"root": "data", "download": True, "num_workers": 0}))
+    model = build_model(cfg.model, info_of(cfg.dataset))
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval(), cfg

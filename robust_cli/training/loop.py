@@ -1,0 +1,249 @@
+"""The epoch loop of ``robust train``: resumable, deterministic on request, one readable function.
+
+Per epoch: set the lr from a pure function of the epoch, reseed from (seed, epoch), run the defense on each
+batch and step, measure clean error on validation/test, then write ``checkpoints/last.pt`` and
+``history.csv`` atomically. Because every random stream is reseeded from the epoch number, a run killed at
+any point and started again continues from its last completed epoch and (on CPU, deterministic mode) ends
+with exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from robust_cli import io
+from robust_cli.apps import add_file_log
+from robust_cli.data import info_of, load_split
+from robust_cli.data.augment import augment
+from robust_cli.defenses import build_defense
+from robust_cli.errors import UserError
+from robust_cli.models import build_model
+from robust_cli.rundir import RunRecord
+from robust_cli.training.checkpoint import load_checkpoint, save_checkpoint, save_model
+from robust_cli.training.optim import build_optimizer, tikhonov_penalty
+from robust_cli.training.schedules import lr_at
+
+log = logging.getLogger(__name__)
+
+# Test hook: end the process abruptly (as a kill would) right after this epoch's checkpoint is written.
+CRASH_AFTER_EPOCH_ENV = "ROBUST_CRASH_AFTER_EPOCH"
+
+
+@dataclass
+class Context:
+    """Where this process trains: one process, or one rank of a DistributedDataParallel group."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else must be a valid, available device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} asked for but CUDA is not available here; use device=cpu or auto")
+    return device
+
+
+def set_determinism(enabled: bool) -> None:
+    """Deterministic kernels (bit-exact repeats on CPU; best effort on CUDA)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.benchmark = not enabled
+    torch.backends.cudnn.deterministic = enabled
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return int(seed) * 100_003 + epoch
+
+
+@torch.no_grad()
+def clean_error(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, device, channels_last: bool) -> float:
+    """Fraction of ``x`` the model misclassifies, in eval mode (restores the mode it found)."""
+    if len(x) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    wrong = 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device, non_blocking=True)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        wrong += (model(xb).argmax(1).cpu() != y[i:i + batch_size]).sum().item()
+    model.train(was_training)
+    return wrong / len(x)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator, ctx: Context):
+    """Shuffled index batches of one epoch; under DDP each rank takes its shard of the permutation.
+
+    The permutation is drawn from the epoch's generator (the same on every rank), then split as
+    ``DistributedSampler`` does (rank, rank + world_size, ...) so the ranks together see each image once.
+    """
+    perm = torch.randperm(n, generator=generator)
+    if ctx.world_size > 1:
+        usable = n - n % ctx.world_size
+        perm = perm[:usable][ctx.rank::ctx.world_size]
+    per_rank = max(1, batch_size // ctx.world_size)
+    return [perm[i:i + per_rank] for i in range(0, len(perm), per_rank)]
+
+
+def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: Context | None = None) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` (resuming from its checkpoint) and return the final metrics."""
+    ctx = ctx or Context(device=resolve_device(cfg.device))
+    device = ctx.device
+    set_determinism(bool(cfg.deterministic))
+    torch.manual_seed(cfg.seed)
+
+    # everything that can fail on bad input happens before the run directory is touched
+    x_train, y_train = load_split(cfg.dataset, cfg.data, "train")
+    x_val, y_val = load_split(cfg.dataset, cfg.data, "val")
+    x_test, y_test = load_split(cfg.dataset, cfg.data, "test")
+    model = build_model(cfg.model, info_of(cfg.dataset)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    defense = build_defense(cfg.defense)
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer)
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise UserError("epochs and batch_size must be at least 1")
+
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    start_epoch, history = 0, []
+    if ckpt_path.exists() and not cfg.force:
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
+        if ctx.is_main:
+            log.info("resuming %s from epoch %d", run_dir, start_epoch)
+
+    train_model = model
+    if ctx.world_size > 1:
+        from robust_cli.training import distributed
+
+        train_model = distributed.wrap(model, ctx)
+
+    record, file_log = None, None
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        file_log = add_file_log(run_dir / "train.log")
+        io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        record = RunRecord(run_dir)
+        record.start(device=str(device), overrides=overrides)
+        if history:  # a crash between checkpoint and CSV cannot leave them out of step
+            io.write_csv(run_dir / "history.csv", pd.DataFrame(history))
+
+    use_amp = bool(cfg.amp) and device.type == "cuda"
+    if cfg.amp and not use_amp and ctx.is_main:
+        log.warning("amp=true needs CUDA; training in fp32 on %s", device)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    crash_after = os.environ.get(CRASH_AFTER_EPOCH_ENV)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not ctx.is_main,
+                        transient=True)
+    try:
+        with progress:
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.time()
+                lr = lr_at(epoch, cfg.optimizer.lr, cfg.schedule, cfg.epochs)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout & defenses' random starts
+                gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))  # order & augmentation
+                batches = _batches(len(x_train), cfg.batch_size, gen, ctx)
+                if cfg.max_batches_per_epoch:
+                    batches = batches[: cfg.max_batches_per_epoch]
+                task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches), info="")
+                sums = {"loss": 0.0, "wrong": 0.0, "n": 0.0}
+                stat_sums: dict[str, float] = {}
+                train_model.train()
+                for idx in batches:
+                    xb = augment(x_train[idx], cfg.dataset.augment, gen).to(device, non_blocking=True)
+                    yb = y_train[idx].to(device, non_blocking=True)
+                    if cfg.channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    with autocast():
+                        out = defense(train_model, xb, yb)
+                        loss = out.loss
+                        if cfg.tikhonov:
+                            loss = loss + cfg.tikhonov * tikhonov_penalty(model)
+                    if not torch.isfinite(loss):
+                        raise UserError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower the lr")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    b = len(yb)
+                    sums["loss"] += float(loss.detach()) * b
+                    sums["wrong"] += float((out.logits.detach().argmax(1) != yb).sum())
+                    sums["n"] += b
+                    for key, value in out.stats.items():
+                        stat_sums[key] = stat_sums.get(key, 0.0) + float(value) * b
+                    progress.update(task, advance=1, info=f"loss {sums['loss'] / sums['n']:.4f}")
+                progress.remove_task(task)
+                if ctx.world_size > 1:
+                    from robust_cli.training import distributed
+
+                    keys = sorted(stat_sums)
+                    packed = torch.tensor([sums["loss"], sums["wrong"], sums["n"], *[stat_sums[k] for k in keys]],
+                                          dtype=torch.float64, device=device)
+                    packed = distributed.all_reduce_sum(packed, ctx).cpu().tolist()
+                    sums = dict(zip(("loss", "wrong", "n"), packed[:3]))
+                    stat_sums = dict(zip(keys, packed[3:]))
+                n = max(sums["n"], 1.0)
+                row = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["loss"] / n, "train_error": sums["wrong"] / n}
+                if len(x_val):
+                    row["val_error"] = clean_error(model, x_val, y_val, cfg.eval_batch_size, device, cfg.channels_last)
+                row["test_error"] = clean_error(model, x_test, y_test, cfg.eval_batch_size, device, cfg.channels_last)
+                row.update({k: v / n for k, v in stat_sums.items()})
+                row["seconds"] = round(time.time() - t0, 3)
+                history.append(row)
+                if ctx.is_main:
+                    save_checkpoint(ckpt_path, model, optimizer, epoch + 1, history)
+                    io.write_csv(run_dir / "history.csv", pd.DataFrame(history))
+                    record.update(epochs_done=epoch + 1)
+                    log.info("epoch %d/%d  lr %.3g  loss %.4f  train err %.4f  test err %.4f  (%.1fs)", epoch + 1,
+                             cfg.epochs, lr, row["train_loss"], row["train_error"], row["test_error"], row["seconds"])
+                    if crash_after is not None and int(crash_after) == epoch + 1:
+                        os._exit(137)
+                if ctx.world_size > 1:
+                    distributed.barrier(ctx)
+    except BaseException as err:
+        if record is not None:
+            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+            record.finish("failed", reason=reason)
+        raise
+    finally:
+        if file_log is not None:
+            logging.getLogger("robust_cli").removeHandler(file_log)
+            file_log.close()
+
+    final = {k: v for k, v in history[-1].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    if ctx.is_main:
+        save_model(run_dir / "model.pt", model, cfg)
+        record.finish("done", final=final)
+    return final

@@ -1,0 +1,163 @@
+"""``robust train`` end to end: run-directory contents, resume, bad input, presets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from cli_helpers import REPO, only_run_dir, robust
+
+QUICK = ["experiment=quickstart", "model.widths=[32]", "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """An out_dir holding one finished one-epoch quickstart run (copy it before touching it)."""
+    out = tmp_path_factory.mktemp("finished")
+    done = robust("train", *QUICK, "epochs=1", f"out_dir={out}")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def snapshot(directory):
+    """{relative path: sha1} of every file under ``directory``."""
+    return {str(p.relative_to(directory)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_two_epochs_lower_the_loss_and_write_every_file(tmp_path):
+    proc = robust("train", *QUICK, "epochs=2", f"out_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    run = only_run_dir(tmp_path)
+    assert run.relative_to(tmp_path).parts[:4] == ("train", "digits", "mlp", "none")
+    for name in ("config.yaml", "run.json", "history.csv", "checkpoints/last.pt", "model.pt", "train.log"):
+        assert (run / name).is_file(), name
+    history = pd.read_csv(run / "history.csv")
+    assert list(history.epoch) == [1, 2]
+    assert {"lr", "train_loss", "train_error", "test_error", "seconds"} <= set(history.columns)
+    assert history.train_loss.iloc[1] < history.train_loss.iloc[0]
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "done" and record["reason"] is None
+    assert {"commit", "dirty"} <= set(record["git"]) and "torch" in record["versions"]
+    assert record["device"] == "cpu" and record["wall_seconds"] > 0
+    # checkpoints hold tensors and plain Python only
+    blob = torch.load(run / "model.pt", weights_only=True)
+    assert blob["model_cfg"]["name"] == "mlp" and blob["dataset_cfg"]["name"] == "digits"
+
+    # the same command finds the same directory and does not retrain
+    before = snapshot(run)
+    again = robust("train", *QUICK, "epochs=2", f"out_dir={tmp_path}")
+    assert again.returncode == 0 and "already trained" in again.stderr
+    assert snapshot(run) == before
+    assert only_run_dir(tmp_path) == run
+
+
+def test_resume_after_crash_gives_the_uninterrupted_weights(tmp_path):
+    args = [*QUICK, "epochs=3", "deterministic=true", "model.dropout=0.2"]
+    straight = robust("train", *args, f"out_dir={tmp_path / 'a'}")
+    assert straight.returncode == 0, straight.stderr
+    crashed = robust("train", *args, f"out_dir={tmp_path / 'b'}", env={"ROBUST_CRASH_AFTER_EPOCH": "1"})
+    assert crashed.returncode != 0
+    run_b = only_run_dir(tmp_path / "b")
+    assert not (run_b / "model.pt").exists()
+    assert json.loads((run_b / "run.json").read_text())["status"] == "running"  # died without a word
+    resumed = robust("train", *args, f"out_dir={tmp_path / 'b'}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    a = torch.load(only_run_dir(tmp_path / "a") / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(run_b / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert list(pd.read_csv(run_b / "history.csv").epoch) == [1, 2, 3]
+    assert json.loads((run_b / "run.json").read_text())["starts"] == 2
+
+
+def test_kill_at_a_random_moment_resumes_with_continuous_history(tmp_path):
+    args = [*QUICK, "epochs=6", f"out_dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "robust_cli.cli", "train", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("train/*/*/*/*/checkpoints/last.pt")):
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside a later epoch, or inside a write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = robust("train", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    run = only_run_dir(tmp_path)
+    assert list(pd.read_csv(run / "history.csv").epoch) == [1, 2, 3, 4, 5, 6]
+    assert not list(run.rglob("*.tmp")), "a torn temporary file was left behind"
+
+
+@pytest.mark.parametrize("bad, expected", [
+    (["dataset=no_such_data"], "dataset/no_such_data"),
+    (["model=no_such_model"], "model/no_such_model"),
+    (["epochz=3"], "epochz"),
+    (["dataset.bacth=3"], "bacth"),
+    (["epochs=many"], "epochs"),
+    (["dataset=mnist", "data.download=false"], "MNIST"),
+    (["device=cuda:7"], "cuda"),
+])
+def test_bad_input_is_one_line_and_touches_no_run(finished_run, tmp_path, bad, expected):
+    shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)
+    before = snapshot(tmp_path)
+    env = {"ROBUST_DATA": str(tmp_path / "empty_data")}
+    proc = robust("train", *QUICK, "epochs=1", f"out_dir={tmp_path}", *bad, env=env)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("robust: error:"), proc.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_force_retrains(tmp_path):
+    assert robust("train", *QUICK, "epochs=1", f"out_dir={tmp_path}").returncode == 0
+    run = only_run_dir(tmp_path)
+    first = json.loads((run / "run.json").read_text())["starts"]
+    proc = robust("train", *QUICK, "epochs=1", f"out_dir={tmp_path}", "force=true")
+    assert proc.returncode == 0, proc.stderr
+    assert only_run_dir(tmp_path) == run  # force is not part of the name
+    assert json.loads((run / "run.json").read_text())["starts"] == first + 1
+
+
+def test_help_lists_commands_and_groups():
+    proc = robust("--help")
+    assert proc.returncode == 0
+    for word in ("train", "eval", "dataset", "model", "defense", "tulip", "resnext34", "quickstart"):
+        assert word in proc.stdout
+    cfg = robust("train", "experiment=quickstart", "--cfg", "job")
+    assert cfg.returncode == 0 and "widths" in cfg.stdout
+
+
+@pytest.mark.slow
+def test_mnist_lenet5_one_epoch_below_1_5_percent(tmp_path, mnist_root):
+    proc = robust("train", "dataset=mnist", "model=lenet5", "optimizer=adam", "schedule=constant",
+                  "optimizer.lr=0.002", "batch_size=64", "epochs=1", f"data.root={mnist_root}",
+                  "data.download=false", f"out_dir={tmp_path}", "device=cpu")
+    assert proc.returncode == 0, proc.stderr
+    error = pd.read_csv(only_run_dir(tmp_path) / "history.csv").test_error.iloc[-1]
+    assert error < 0.015, error
+
+
+@pytest.mark.slow
+def test_non_editable_install_ships_the_configs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import zipfile
+
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for needed in ("robust_cli/conf/train.yaml", "robust_cli/conf/dataset/digits.yaml",
+                   "robust_cli/conf/experiment/quickstart.yaml", "robust_cli/conf/model/lenet5.yaml"):
+        assert needed in names, needed
