@@ -1,4 +1,4 @@
-"""Layers every model shares: input normalisation and the logit-normalising tanh head."""
+"""Layers every model shares: input normalisation, the logit-normalising tanh head, and small helpers."""
 
 from __future__ import annotations
 
@@ -13,23 +13,34 @@ class Normalize(nn.Module):
 
     Keeping the normalisation inside the model means a checkpoint carries it and attacks measure
     perturbations in pixel units.
+
+    Shapes: ``x`` ``[B, C, H, W]`` in [0,1] -> ``[B, C, H, W]``; ``mean`` and ``std`` have ``C`` entries.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f"mean has {len(mean)} channels but std has {len(std)}")
+        if any(float(s) <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {list(std)}")
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
 
 class TanhHead(nn.Module):
-    """The logit-normalising head of Finlay et al. (SPEC.md §1, "& tanh").
+    """The logit-normalising head of Finlay et al. (SPEC.md §1, "& tanh"; Finlay App. A.1).
 
     BatchNorm without learnable affine on the logits ``[B, K]``, then ``t * tanh(z / t)`` with one learnable
-    scalar ``t`` (initialised at ``t0``). Bounded logits make the loss's input gradient small where the model
-    is confident, which is what the Lipschitz penalty rewards.
+    scalar ``t`` (initialised at ``t0``), shared by all classes. Bounded logits (``|out| < |t|``) make the
+    loss's input gradient small where the model is confident, which is what the Lipschitz penalty rewards.
+
+    Shapes: ``z`` ``[B, K]`` -> ``[B, K]``. In train mode BatchNorm needs ``B > 1``.
     """
 
     def __init__(self, num_classes: int, t0: float = 1.0):
@@ -51,6 +62,50 @@ class RobustModel(nn.Module):
         self.normalize = Normalize(mean, std)
         self.body = body
         self.head = TanhHead(num_classes) if tanh_head else nn.Identity()
+        self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(self.normalize(x)))
+
+
+# ---------------------------------------------------------------- helpers for the architecture bodies
+
+
+def conv_block(in_ch: int, out_ch: int, kernel_size: int, *, stride: int = 1, padding: int = 0,
+               batchnorm: bool = False, relu: bool = True) -> nn.Sequential:
+    """``Conv2d -> [BatchNorm2d] -> [ReLU]``; the conv has no bias when BatchNorm follows (it would cancel).
+
+    Shapes: ``[B, in_ch, H, W]`` -> ``[B, out_ch, H', W']`` with ``H' = (H + 2 padding - k) // stride + 1``.
+    """
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding,
+                                         bias=not batchnorm)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(out_ch))
+    if relu:
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def valid_or_same_padding(size: int, kernel_size: int) -> int:
+    """Padding 0 (the original "valid" convolution) when the map is at least ``kernel_size`` wide, else
+    ``kernel_size // 2`` ("same"), so that tiny inputs (8x8 digits) never shrink to an empty map."""
+    return 0 if size >= kernel_size else kernel_size // 2
+
+
+def conv_out_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0, ceil_mode: bool = False) -> int:
+    """Spatial size after a conv or pooling layer (PyTorch's formula, dilation 1)."""
+    num = size + 2 * padding - kernel_size
+    return (-(-num // stride) if ceil_mode else num // stride) + 1
+
+
+def check_in_shape(in_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``in_shape`` as a ``(C, H, W)`` tuple of positive ints; ValueError otherwise."""
+    shape = tuple(int(s) for s in in_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"in_shape must be (C, H, W) with positive entries, got {list(in_shape)}")
+    return shape  # type: ignore[return-value]
+
+
+def num_parameters(module: nn.Module) -> int:
+    """Number of scalar parameters (trainable or not); works on the meta device too."""
+    return sum(p.numel() for p in module.parameters())

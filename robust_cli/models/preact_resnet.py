@@ -1,0 +1,82 @@
+"""Pre-activation ResNet-18 (He et al. 2016, "Identity mappings in deep residual networks"), CIFAR layout."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from robust_cli.models.layers import check_in_shape
+
+
+@dataclass
+class PreActResNet18Config:
+    """``model=preact_resnet18``: ``width`` is the first stage's channels (64); stages double it."""
+
+    _target_: str = "robust_cli.models.preact_resnet.PreActResNet18"
+    name: str = "preact_resnet18"
+    tanh_head: bool = False
+    width: int = 64
+    blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+
+
+class PreActBlock(nn.Module):
+    """``conv3x3(relu(bn(conv3x3(relu(bn(x)))))) + shortcut``, the full pre-activation unit (He et al. Fig. 4e).
+
+    Where the shape changes, the shortcut is a strided 1x1 conv applied to the pre-activated input.
+    Shapes: ``[B, in_ch, H, W]`` -> ``[B, out_ch, ceil(H/stride), ceil(W/stride)]``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet18(nn.Module):
+    """``conv3x3 -> pre-activation stages (strides 1, 2, 2, 2) -> BN -> ReLU -> global average -> Linear``.
+
+    The final BN + ReLU completes the last pre-activation unit (as in He et al. and the PreAct-ResNet-18
+    of Rice et al. 2020). Default (width 64, 10 classes): 11,172,170 parameters (the usual "11.2M").
+
+    Shapes: ``[B, C, H, W]`` -> logits ``[B, num_classes]``.
+    """
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, width: int = 64,
+                 blocks: Sequence[int] = (2, 2, 2, 2)):
+        super().__init__()
+        c, _, _ = check_in_shape(in_shape)
+        self.stem = nn.Conv2d(c, width, 3, padding=1, bias=False)
+        stages: list[nn.Module] = []
+        in_ch = width
+        for i, n in enumerate(blocks):
+            out_ch = width * 2**i
+            layers = [PreActBlock(in_ch if j == 0 else out_ch, out_ch, stride=(1 if i == 0 or j > 0 else 2))
+                      for j in range(int(n))]
+            stages.append(nn.Sequential(*layers))
+            in_ch = out_ch
+        self.stages = nn.Sequential(*stages)
+        self.final = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                   nn.Flatten())
+        self.fc = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.final(self.stages(self.stem(x))))
+
+
+SCHEMAS = {"preact_resnet18": PreActResNet18Config}

@@ -1,0 +1,88 @@
+"""Wide residual network WRN-depth-k (Zagoruyko & Komodakis 2016), CIFAR layout."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from robust_cli.models.layers import check_in_shape
+
+
+@dataclass
+class WideResNetConfig:
+    """``model=wrn``: depth = 6 n + 4 (n blocks per stage), widths 16k, 32k, 64k."""
+
+    _target_: str = "robust_cli.models.wrn.WideResNet"
+    name: str = "wrn"
+    tanh_head: bool = False
+    depth: int = 28
+    widen_factor: int = 10
+    dropout: float = 0.0  # between the two convs of a block; the paper's best CIFAR runs used 0.3
+
+
+class WideBlock(nn.Module):
+    """Pre-activation wide block ``conv3x3(drop(relu(bn(conv3x3(relu(bn(x))))))) + shortcut`` (B(3,3)).
+
+    Where the shape changes, the shortcut is a strided 1x1 conv applied to the pre-activated input.
+    Shapes: ``[B, in_ch, H, W]`` -> ``[B, out_ch, ceil(H/stride), ceil(W/stride)]``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dropout: float):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(self.drop(F.relu(self.bn2(out))))
+        return out + shortcut
+
+
+class WideResNet(nn.Module):
+    """``conv3x3 16 -> 3 stages of (depth-4)/6 wide blocks (strides 1, 2, 2) -> BN -> ReLU -> average -> FC``.
+
+    WRN-28-10 on CIFAR-10: 36,479,194 parameters (Zagoruyko & Komodakis Table: 36.5M).
+    Shapes: ``[B, C, H, W]`` -> logits ``[B, num_classes]``.
+    """
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, depth: int = 28, widen_factor: int = 10,
+                 dropout: float = 0.0):
+        super().__init__()
+        c, _, _ = check_in_shape(in_shape)
+        if depth < 10 or (depth - 4) % 6 != 0:
+            raise ValueError(f"wrn depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, ...), got {depth}")
+        if widen_factor < 1:
+            raise ValueError(f"wrn widen_factor must be >= 1, got {widen_factor}")
+        n = (depth - 4) // 6
+        widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.stem = nn.Conv2d(c, 16, 3, padding=1, bias=False)
+        stages: list[nn.Module] = []
+        in_ch = 16
+        for i, out_ch in enumerate(widths):
+            stages.append(nn.Sequential(*[
+                WideBlock(in_ch if j == 0 else out_ch, out_ch, stride=(2 if i > 0 and j == 0 else 1),
+                          dropout=dropout)
+                for j in range(n)
+            ]))
+            in_ch = out_ch
+        self.stages = nn.Sequential(*stages)
+        self.final = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.final(self.stages(self.stem(x))))
+
+
+SCHEMAS = {"wrn": WideResNetConfig}
