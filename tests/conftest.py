@@ -8,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # test tensors are small: threads only add contention
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

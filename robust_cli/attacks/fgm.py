@@ -1,0 +1,62 @@
+"""The "gradient attack" of Finlay et al. §2.3/§4.2 (fast gradient method, l2; foolbox's GradientAttack):
+
+    x_adv = clip_[0,1](x + eps * g / ||g||_2),   g = grad_x L(x, y)
+
+one l2 step of length eps along the gradient (the maximiser of the linearised loss over the l2 ball).
+Clipping to the box only shrinks the step, so ``||x_adv - x||_2 <= eps``. Rows with a zero gradient stay put.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from robust_cli.attacks.base import (
+    as_batch_eps,
+    batch_norm,
+    enforce_budget,
+    frozen_eval,
+    loss_gradient,
+    register_attack,
+    view_as_images,
+)
+
+
+@register_attack(norms=("l2",), budget=True)
+def fgm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str = "l2",
+    eps: float | torch.Tensor,
+    targeted: bool = False,
+    loss: str = "ce",
+) -> torch.Tensor:
+    """Single normalised-gradient step on ``x`` ``[B,C,H,W]`` in [0,1]; ``eps`` float or ``[B]``.
+
+    Returns ``[B,C,H,W]`` in [0,1]. ``targeted``: ``y`` holds target labels (descend their cross-entropy).
+    """
+    if norm != "l2":
+        raise ValueError(f"fgm is an l2 attack, got norm={norm!r}")
+    eps_t = as_batch_eps(eps, x)
+    with frozen_eval(model):
+        grad, _ = loss_gradient(model, x, y, loss, targeted)
+    unit = grad / view_as_images(batch_norm(grad, "l2").clamp_min(1e-30), grad)
+    x_adv = x.detach() + view_as_images(eps_t, x) * unit
+    return enforce_budget(x_adv, x.detach(), eps_t, norm)
+
+
+@dataclass
+class FGMConfig:
+    """conf/attack/fgm.yaml: options of ``fgm`` (norm and eps come from the evaluation)."""
+
+    _target_: str = "robust_cli.attacks.fgm.fgm"
+    name: str = "fgm"
+    targeted: bool = False
+    loss: str = "ce"  # ce | margin
+
+
+SCHEMAS = {"fgm": FGMConfig}

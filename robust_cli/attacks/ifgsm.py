@@ -1,0 +1,81 @@
+"""Iterative FGSM / basic iterative method (Kurakin et al. 2016), in linf and l2 (Finlay et al. §2.3, §4.2).
+
+Two names for one attack (``ifgsm`` and ``bim``): PGD without the random start, from ``x`` itself::
+
+    x_{t+1} = Proj_{||x' - x|| <= eps, x' in [0,1]} (x_t + alpha * s(grad_x L(x_t))),   alpha = step_size * eps
+
+with ``s = sign`` for linf and ``s(g) = g / ||g||_2`` for l2 (Finlay et al. argue the l2 direction follows the
+gradient-ascent curve). Default ``alpha = 2.5 eps / steps`` so the iterates can reach the ball's surface and
+move along it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from robust_cli.attacks.base import register_attack
+from robust_cli.attacks.pgd import projected_gradient
+
+
+@register_attack(norms=("linf", "l2"), budget=True)
+def ifgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    eps: float | torch.Tensor,
+    steps: int = 10,
+    step_size: float = 0.25,
+    targeted: bool = False,
+    loss: str = "ce",
+) -> torch.Tensor:
+    """I-FGSM on ``x`` ``[B,C,H,W]`` in [0,1] with budget ``eps`` (float or ``[B]``); returns ``[B,C,H,W]``.
+
+    Returns per sample the deepest misclassified iterate, else the last; always within eps and in [0,1].
+    """
+    return projected_gradient(model, x, y, norm=norm, eps=eps, steps=steps, step_size=step_size,
+                              random_start=False, restarts=1, targeted=targeted, loss=loss)
+
+
+@register_attack(norms=("linf", "l2"), budget=True)
+def bim(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    eps: float | torch.Tensor,
+    steps: int = 10,
+    step_size: float = 0.25,
+    targeted: bool = False,
+    loss: str = "ce",
+) -> torch.Tensor:
+    """BIM (Kurakin et al. 2016): ``ifgsm`` under its other name; same arguments, same result."""
+    return ifgsm(model, x, y, norm=norm, eps=eps, steps=steps, step_size=step_size, targeted=targeted, loss=loss)
+
+
+@dataclass
+class IFGSMConfig:
+    """conf/attack/ifgsm.yaml: options of ``ifgsm`` (norm and eps come from the evaluation)."""
+
+    _target_: str = "robust_cli.attacks.ifgsm.ifgsm"
+    name: str = "ifgsm"
+    steps: int = 10
+    step_size: float = 0.25  # fraction of eps per step
+    targeted: bool = False
+    loss: str = "ce"  # ce | margin
+
+
+@dataclass
+class BIMConfig(IFGSMConfig):
+    """conf/attack/bim.yaml: ``ifgsm`` under the name BIM."""
+
+    _target_: str = "robust_cli.attacks.ifgsm.bim"
+    name: str = "bim"
+
+
+SCHEMAS = {"ifgsm": IFGSMConfig, "bim": BIMConfig}
