@@ -10,7 +10,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def robust(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def robust(*args: str, cwd: Path | None = None, env: dict | None = None,
+           timeout: int = 600) -> subprocess.CompletedProcess:
     """``robust <args>`` via ``python -m robust_cli.cli``; returns the completed process (text output)."""
     full_env = {k: v for k, v in os.environ.items() if k != "ROBUST_DATA"}  # tests choose their data
     full_env.update({"PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})})

@@ -1,6 +1,5 @@
 """Shared test setup: tests/ on sys.path (for linear_reference), one CPU thread per test process."""
 
-import os
 import sys
 from pathlib import Path
 

@@ -94,10 +94,11 @@ def minimal_distance(model: LinearModel, x: torch.Tensor, y: torch.Tensor, norm:
             cap = (mag * room).sort(dim=1, descending=True).values.cumsum(1)
             dist = (cap < gap[:, None]).sum(1).double() + 1
         elif norm == "linf":
-            dist = _bisect(lambda t: (mag * torch.minimum(t[:, None], room)).sum(1) - gap,
+            dist = _bisect(lambda t, mag=mag, room=room, gap=gap: (mag * torch.minimum(t[:, None], room)).sum(1) - gap,
                            torch.zeros_like(gap), torch.ones_like(gap))
         elif norm == "l2":
-            lam = _bisect(lambda t: (mag * torch.minimum(t[:, None] * mag, room)).sum(1) - gap,
+            lam = _bisect(lambda t, mag=mag, room=room, gap=gap:
+                          (mag * torch.minimum(t[:, None] * mag, room)).sum(1) - gap,
                           torch.zeros_like(gap), torch.full_like(gap, 1e6))
             dist = torch.minimum(lam[:, None] * mag, room).norm(dim=1)
         else:

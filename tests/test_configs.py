@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_method
 
 from robust_cli.config import register_configs
@@ -67,9 +68,9 @@ def test_attack_group_composes_and_resolves(hydra_compose):
 
 
 def test_schema_rejects_typo_and_wrong_type(hydra_compose):
-    with pytest.raises(Exception, match="bacth"):
+    with pytest.raises(ConfigCompositionException, match="bacth"):
         hydra_compose("train", overrides=["dataset.bacth=3"])
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigCompositionException, match="epochs"):
         hydra_compose("train", overrides=["epochs=many"])
-    with pytest.raises(Exception):
+    with pytest.raises(MissingConfigException, match="no_such_model"):
         hydra_compose("train", overrides=["model=no_such_model"])

@@ -32,10 +32,7 @@ DIGITS_TEST_SIZE = 297  # the last 297 of scikit-learn's 1797 digits are the tes
 def _to_nchw_float(x: np.ndarray, in_shape: tuple[int, int, int]) -> torch.Tensor:
     """uint8 [0,255] or float [0,1] arrays laid out NHW, NHWC or NCHW -> float32 NCHW in [0,1]."""
     t = torch.from_numpy(np.ascontiguousarray(x))
-    if t.dtype == torch.uint8:
-        t = t.float().div_(255)
-    else:
-        t = t.float()
+    t = t.float().div_(255) if t.dtype == torch.uint8 else t.float()
     c, h, w = in_shape
     if t.dim() == 3:
         t = t.unsqueeze(1)

@@ -1,13 +1,26 @@
-"""What every defense shares: its output type and the adversarial-step context.
+"""What every defense shares: its output type, the norm helpers and the adversarial-step context.
 
 A defense is an object called as ``defense(model, x, y) -> DefenseOutput``; see CONTRIBUTING.md.
+Images ``x`` are ``[B, C, H, W]`` in [0, 1], labels ``y`` int64 ``[B]``. The model arrives in train mode and
+leaves in train mode. Inner attacks (the adversarial steps) run through :func:`attack_mode`: eval mode, the
+parameters' ``requires_grad`` off, so they neither update BatchNorm statistics nor write ``param.grad``;
+only the loop's ``loss.backward()`` writes gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
+from robust_cli.attacks.base import frozen_eval
+
+#: canonical penalty / attack norm names, and the spellings accepted for them in configs
+_NORM_ALIASES = {"l2": "l2", "2": "l2", "2.0": "l2", "l1": "l1", "1": "l1", "1.0": "l1",
+                 "linf": "linf", "inf": "linf"}
 
 
 @dataclass
@@ -23,3 +36,97 @@ class DefenseOutput:
     loss: torch.Tensor
     logits: torch.Tensor
     stats: dict[str, float] = field(default_factory=dict)
+
+
+def canonical_norm(norm: object, allowed: tuple[str, ...] = ("l2", "l1", "linf")) -> str:
+    """``"l2" | "l1" | "linf"`` from a config value (``2``, ``"2"``, ``"l2"``, ``inf``, ``"linf"``, ...)."""
+    key = str(norm).strip().lower()
+    canon = _NORM_ALIASES.get(key)
+    if canon is None or canon not in allowed:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {allowed}")
+    return canon
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a ``ValueError`` naming the option."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}; expected one of {allowed}")
+    return value
+
+
+def flat_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample norm of ``g`` ``[B, ...]`` -> ``[B]``, differentiable (``norm`` canonical)."""
+    flat = g.flatten(1)
+    if norm == "l2":
+        return torch.linalg.vector_norm(flat, ord=2, dim=1)
+    if norm == "l1":
+        return flat.abs().sum(dim=1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1)
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast ``[B]`` to ``[B, 1, 1, 1]`` (as many dims as ``like``)."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def l2_normalize(g: torch.Tensor) -> torch.Tensor:
+    """``g / ||g||_2`` per sample ``[B, ...]``; rows with zero norm stay zero (no division by 0)."""
+    n = torch.linalg.vector_norm(g.flatten(1), ord=2, dim=1)
+    return g / per_sample(torch.where(n > 0, n, torch.ones_like(n)), g)
+
+
+def dual_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """The unit direction ``d`` (in the dual norm of ``norm``) with ``<g, d> = ||g||_norm``, per sample.
+
+    ``norm`` is the norm taken of the gradient: l2 -> ``g / ||g||_2``; l1 -> ``sign(g)`` (an l_inf-unit
+    step); linf -> ``sign(g_k) e_k`` at ``k = argmax |g|`` (an l1-unit step). Zero rows give zero.
+    Shapes ``[B, ...]`` -> ``[B, ...]``.
+    """
+    if norm == "l2":
+        return l2_normalize(g)
+    if norm == "l1":
+        return torch.sign(g)
+    if norm == "linf":
+        flat = g.flatten(1)
+        idx = flat.abs().argmax(dim=1, keepdim=True)
+        d = torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx).sign())
+        return d.view_as(g)
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (else ``model``).
+
+    Inner attacks call the bare module: a DDP forward with gradients enabled arms the gradient reducer,
+    which an input-only backward would never fire.
+    """
+    inner = getattr(model, "module", None)
+    return inner if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Yield the bare model in eval mode with frozen parameters; restore mode and flags on exit.
+
+    The adversarial step of every defense runs inside this (SPEC.md §1: "during the adversarial step the
+    model is in eval mode and its parameters take no gradient").
+    """
+    with frozen_eval(unwrap(model)) as m:
+        yield m
+
+
+def to_floats(stats: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+    """Tensors -> plain floats with a single device synchronisation (one ``tolist`` for all)."""
+    keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in stats.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        values = torch.stack([stats[k].detach().double().reshape(()) for k in keys]).cpu().tolist()
+        out.update(zip(keys, values))
+    return {k: out[k] for k in stats}
+
+
+def error_rate(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction of ``[B, K]`` logits whose argmax is not ``y`` (a 0-d tensor, no sync)."""
+    return (logits.detach().argmax(dim=1) != y).float().mean()
