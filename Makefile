@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup quickstart test test-fast lint bench clean
+.PHONY: setup quickstart test test-slow test-all lint clean
 
 setup: $(VENV)/.installed
 
@@ -15,13 +15,16 @@ $(VENV)/.installed: pyproject.toml
 quickstart: setup
 	$(VENV)/bin/robust train experiment=quickstart
 
-# The whole suite, slow tests included (what CI runs).
+# The default suite (a few minutes): everything but the tests marked slow.
 test: setup
-	$(VENV)/bin/pytest -q
-
-# Skip the slow-marked tests.
-test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
+
+# The slow-marked tests (real MNIST, multi-process, packaging); CI runs them after `make test`.
+test-slow: setup
+	$(VENV)/bin/pytest -q -m slow
+
+test-all: setup
+	$(VENV)/bin/pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check robust_cli tests scripts

@@ -1,0 +1,53 @@
+"""Learning-rate schedules, the Tikhonov penalty and checkpoint round trips."""
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from robust_cli.errors import UserError
+from robust_cli.training.optim import build_optimizer, tikhonov_penalty
+from robust_cli.training.schedules import lr_at
+
+
+def sched(**kw):
+    base = {"name": "multistep", "milestones": [], "gamma": 0.1, "eta_min": 0.0, "warmup_epochs": 0}
+    return OmegaConf.create({**base, **kw})
+
+
+def test_finlay_multistep_divides_by_five_at_60_120_180():
+    s = sched(milestones=[60, 120, 180], gamma=0.2)
+    lrs = [lr_at(e, 0.1, s, 200) for e in (0, 59, 60, 119, 120, 180, 199)]
+    assert lrs == pytest.approx([0.1, 0.1, 0.02, 0.02, 0.004, 0.0008, 0.0008])
+
+
+def test_exponential_cosine_constant_and_warmup():
+    assert lr_at(10, 1e-3, sched(name="exponential", gamma=0.95), 100) == pytest.approx(1e-3 * 0.95**10)
+    cos = sched(name="cosine", eta_min=0.001)
+    assert lr_at(0, 0.1, cos, 10) == pytest.approx(0.1)
+    assert lr_at(5, 0.1, cos, 10) == pytest.approx(0.001 + 0.5 * 0.099 * (1 + math.cos(math.pi / 2)))
+    assert lr_at(7, 0.3, sched(name="constant"), 10) == 0.3
+    warm = sched(name="constant", warmup_epochs=4)
+    assert [lr_at(e, 1.0, warm, 10) for e in range(5)] == pytest.approx([0.1, 0.325, 0.55, 0.775, 1.0])
+    with pytest.raises(UserError):
+        lr_at(0, 0.1, sched(name="sawtooth"), 10)
+
+
+def test_tikhonov_counts_only_non_bias_weights():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(2.0)
+    expected = 4.0 * (2 * 1 * 3 * 3 + 3 * 2)  # conv weight and linear weight only
+    assert tikhonov_penalty(model).item() == pytest.approx(expected)
+
+
+def test_optimizers():
+    params = [nn.Parameter(torch.zeros(2))]
+    base = {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0, "betas": [0.5, 0.9]}
+    assert isinstance(build_optimizer(params, OmegaConf.create({**base, "name": "sgd"})), torch.optim.SGD)
+    adam = build_optimizer(params, OmegaConf.create({**base, "name": "adam"}))
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["betas"] == (0.5, 0.9)
+    assert isinstance(build_optimizer(params, OmegaConf.create({**base, "name": "adamw"})), torch.optim.AdamW)
