@@ -1,0 +1,30 @@
+"""J0 ``none``: the mean cross-entropy on the clean batch (SPEC.md §1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from robust_cli.defenses.base import DefenseOutput
+
+
+@dataclass
+class NoneConfig:
+    """``defense=none``: plain training."""
+
+    _target_: str = "robust_cli.defenses.none.NoDefense"
+    name: str = "none"
+
+
+class NoDefense:
+    """``loss = (1/B) sum_i CE(f(x_i), y_i)``; stats: none beyond the loop's own (train loss, error)."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> DefenseOutput:
+        logits = model(x)
+        return DefenseOutput(F.cross_entropy(logits, y), logits.detach(), {})
+
+
+SCHEMAS = {"none": NoneConfig}
