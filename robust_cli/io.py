@@ -46,6 +46,22 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write raw bytes (e.g. a rendered PNG) to ``path`` atomically."""
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return _atomic(path, _write)
+
+
+def save_figure(path: str | os.PathLike, figure, **kwargs: Any) -> Path:
+    """``figure.savefig`` atomically (the format from ``path``'s suffix)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    return _atomic(path, lambda tmp: figure.savefig(tmp, format=fmt, **kwargs))
+
+
 def write_csv(path: str | os.PathLike, frame) -> Path:
     """Write a pandas DataFrame as CSV (no index) atomically."""
     return _atomic(path, lambda tmp: frame.to_csv(tmp, index=False))

@@ -9,6 +9,7 @@ SLURM job requeued with the same overrides) finds the same directory and resumes
 from __future__ import annotations
 
 import hashlib
+import re
 import platform
 import subprocess
 import time
@@ -30,14 +31,22 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def run_name(overrides: list[str]) -> str:
-    """The last path component for a run: its result-changing overrides, sorted, comma-joined.
+def _item(override: str) -> str:
+    """``key=value`` -> ``key-value`` with the value reduced to ``[A-Za-z0-9._-]`` (lists: ``32_16``)."""
+    key, _, value = override.partition("=")
+    value = re.sub(r"[^A-Za-z0-9._-]+", "_", value.strip("[]()'\" ")).strip("_")
+    return f"{key.lstrip('+~')}-{value}"
 
-    ``["defense=tulip", "epochs=5", "device=cpu", "lr=0.1"]`` -> ``"epochs=5,lr=0.1"``. Slashes become
-    underscores; names longer than 180 characters keep a prefix and gain a hash of the whole.
+
+def run_name(overrides: list[str]) -> str:
+    """The last path component for a run: its result-changing overrides, sorted, ``+``-joined.
+
+    ``["defense=tulip", "epochs=5", "device=cpu", "optimizer.lr=0.1"]`` -> ``"epochs-5+optimizer.lr-0.1"``.
+    The name holds no ``=``, ``,`` or brackets, so ``robust eval run=<dir>`` takes it unquoted. Names longer
+    than 180 characters keep a prefix and gain a hash of the whole.
     """
     kept = sorted(o for o in overrides if _key(o) not in RUNTIME_KEYS | GROUP_KEYS and not _key(o).startswith("hydra"))
-    name = ",".join(kept).replace("/", "_") or "default"
+    name = "+".join(_item(o) for o in kept) or "default"
     if len(name) > MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
         name = f"{name[:MAX_NAME - 11]}-{digest}"

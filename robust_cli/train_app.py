@@ -29,18 +29,25 @@ def train(cfg: DictConfig) -> dict:
     if record is not None and record.status == "done" and (run_dir / "model.pt").exists() and not cfg.force:
         log.info("already trained: %s (force=true retrains)", run_dir)
         return dict(record.data.get("final", {}))
-    if cfg.trainer.devices > 1:
-        from robust_cli.training import distributed
+    from robust_cli.training import distributed
 
+    if cfg.trainer.devices > 1 or distributed.under_torchrun():
+        # spawns trainer.devices workers (or, under torchrun, runs in this worker); rank 0's result returns
         return distributed.launch(_fit_in_dir, cfg, run_dir, overrides)
     return _fit_in_dir(cfg, run_dir, overrides)
 
 
-def _fit_in_dir(cfg: DictConfig, run_dir, overrides, ctx=None) -> dict:
-    from robust_cli.training.loop import fit
+def _fit_in_dir(cfg: DictConfig, run_dir, overrides) -> dict:
+    """Train in this process: the whole run, or one rank of a DistributedDataParallel group."""
+    from robust_cli.training import distributed
+    from robust_cli.training.loop import fit, resolve_device
 
-    final = fit(cfg, run_dir, overrides, ctx)
-    if ctx is None or ctx.is_main:
+    ctx = distributed.init(cfg.trainer, resolve_device(cfg.device))
+    try:
+        final = fit(cfg, run_dir, overrides, ctx)
+    finally:
+        distributed.cleanup(ctx)
+    if ctx.is_main:
         log.info("done: %s  test error %.4f", run_dir, final.get("test_error", float("nan")))
     return final
 

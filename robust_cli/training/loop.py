@@ -234,8 +234,13 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: Context | Non
                     distributed.barrier(ctx)
     except BaseException as err:
         if record is not None:
-            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-            record.finish("failed", reason=reason)
+            if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                # Ctrl-C, or submitit stopping the job before a SLURM time limit / preemption to requeue it:
+                # the checkpoint of the last completed epoch is intact and the same command resumes from it
+                record.finish("interrupted", reason=f"{type(err).__name__} after epoch {len(history)}; "
+                              "run the same command to resume")
+            else:
+                record.finish("failed", reason=f"{type(err).__name__}: {err}")
         raise
     finally:
         if file_log is not None:

@@ -1,0 +1,290 @@
+"""``robust eval``: attack a trained run and write distances, error curves, summaries, plots and diagnostics.
+
+``robust eval run=<train run dir> attack=[fgsm,pgd] norm=[l2,linf] n_examples=500`` evaluates every
+(attack, norm) combination on the first ``n_examples`` test images and writes under ``<run>/eval/``:
+
+- ``<attack>-<norm>/per_sample.csv``, ``curve.csv``, ``summary.json`` (reused on a later call unless
+  ``force=true`` or the attack's options, ``n_examples`` or the eps search changed);
+- ``summary.csv``, ``error_curves.csv``, ``error_curves.png`` merged over everything evaluated on the run;
+- ``lipschitz.json`` (``lipschitz=true``).
+
+``robust eval -m attack=fgsm,pgd norm=l2,linf`` runs one job per combination; each merges under a file
+lock after writing its own directory, so the merged files end up holding every job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import inspect
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from robust_cli import io
+from robust_cli.apps import is_multirun, user_errors
+from robust_cli.attacks.base import NORMS
+from robust_cli.config import register_configs
+from robust_cli.errors import UserError
+
+register_configs()
+log = logging.getLogger("robust_cli.eval")
+
+# what must match for a stored result to be reused
+_CACHE_KEYS = ("n", "params", "eps_search", "search_steps", "seed")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but CUDA is not available")
+    return torch.device(name)
+
+
+def selected_norms(norm: Any) -> list[str]:
+    norms = list(norm) if isinstance(norm, (list, tuple, ListConfig)) else [norm]
+    norms = [str(n) for n in norms]
+    bad = [n for n in norms if n not in NORMS]
+    if bad:
+        raise UserError(f"unknown norm {', '.join(bad)}; expected one of {', '.join(NORMS)} or a list of them")
+    if not norms:
+        raise UserError("norm=[] selects nothing")
+    return list(dict.fromkeys(norms))
+
+
+def selected_attacks(attack_cfg: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """``{name: (attack function, options)}`` from ``cfg.attack`` (``{name: {_target_, name, ...}}``)."""
+    if attack_cfg is None or not isinstance(attack_cfg, DictConfig) or len(attack_cfg) == 0:
+        raise UserError("no attack selected; give attack=<name>, attack=[a,b] or attack=all")
+    out = {}
+    for key, node in attack_cfg.items():
+        options = OmegaConf.to_container(node, resolve=True)
+        target = options.pop("_target_", None)
+        name = str(options.pop("name", key))
+        if target is None:
+            raise UserError(f"attack {key!r} has no _target_")
+        try:
+            fn = hydra.utils.get_method(target)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise UserError(f"attack {name}: cannot import {target}: {err}") from None
+        if not hasattr(fn, "norms") or not hasattr(fn, "budget"):
+            raise UserError(f"attack {name}: {target} is not registered with @register_attack")
+        out[name] = (fn, options)
+    return out
+
+
+def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -> list[tuple[str, str]]:
+    """The (attack, norm) pairs to evaluate; unsupported pairs are an error when asked for singly."""
+    pairs = []
+    for name, (fn, _) in attacks.items():
+        for norm in norms:
+            if norm in fn.norms:
+                pairs.append((name, norm))
+            elif single:
+                raise UserError(f"attack {name} does not support norm={norm} (it supports {', '.join(fn.norms)})")
+            else:
+                log.info("skipping %s-%s: %s supports %s only", name, norm, name, ", ".join(fn.norms))
+    if not pairs and not is_multirun():
+        raise UserError(f"no selected attack supports norm={','.join(norms)}")
+    return pairs  # a -m job whose one combination is unsupported has nothing to do: not a failed job
+
+
+@contextlib.contextmanager
+def locked(eval_dir: Path) -> Iterator[None]:
+    """An exclusive lock on ``eval_dir/.lock``: concurrent ``-m`` jobs merge one after another."""
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    with open(eval_dir / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cached(out: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
+    from robust_cli.reporting.tables import read_json
+
+    path = out / "summary.json"
+    if not (path.is_file() and (out / "per_sample.csv").is_file() and (out / "curve.csv").is_file()):
+        return None
+    try:
+        summary = read_json(path)
+    except (OSError, ValueError):  # an unreadable old file is recomputed
+        return None
+    stored = summary.get("config", {})
+    changed = [k for k in _CACHE_KEYS if stored.get(k) != expected.get(k)]
+    if changed:
+        log.info("%s: %s changed since it was evaluated; recomputing", out.name, ", ".join(changed))
+        return None
+    return summary
+
+
+def wants_reference(fn: Any) -> bool:
+    """The attack takes ``reference=(images, labels)`` (the data stability attack): it gets the training set."""
+    try:
+        return "reference" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
+                 reference=None) -> dict:
+    """Run one (attack, norm), write its three files, return its summary.
+
+    ``reference``: the training set ``(x [N,C,H,W], y [N])``, passed to attacks that take one.
+    """
+    from robust_cli.evaluation.checks import curve_check, unbounded_check
+    from robust_cli.evaluation.curves import error_curve
+    from robust_cli.evaluation.runner import run_attack
+    from robust_cli.evaluation.summary import summarize
+
+    task = progress.add_task(f"{name}-{norm}", total=int(x.shape[0]))
+    torch.manual_seed(cfg.seed)
+    extra = {"reference": reference} if reference is not None and wants_reference(fn) else {}
+    result = run_attack(
+        model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
+        search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
+    )
+    summary = summarize(
+        result.frame, attack=name, norm=norm, x_norm=result.x_norm, eps=float(cfg.eps.get(norm, math.nan)),
+        thresholds=thresholds.get(norm, []), seconds=result.seconds,
+        forward_per_sample=result.forward_per_sample, backward_per_sample=result.backward_per_sample,
+    )
+    eps, err = error_curve(result.frame["distance"].to_numpy())
+    summary["budget"] = bool(fn.budget)
+    summary["search_resolution"] = result.resolution
+    summary["checks"] = {
+        **curve_check(err, result.non_monotone),
+        **unbounded_check(bool(fn.budget), summary["success_rate"], name),
+        "zero_grad_fraction": zero_grad,
+    }
+    summary["config"] = {
+        "n": int(x.shape[0]), "params": params, "eps_search": cfg.eps_search if fn.budget else None,
+        "search_steps": int(cfg.search_steps) if fn.budget else None, "seed": int(cfg.seed),
+    }
+    out = Path(cfg.run) / "eval" / f"{name}-{norm}"
+    io.write_csv(out / "per_sample.csv", result.frame)
+    io.write_csv(out / "curve.csv", pd.DataFrame({"eps": eps, "error": err}))
+    io.write_json(out / "summary.json", summary)
+    return summary
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def print_summary(summary: pd.DataFrame, checks: dict[str, dict[str, Any]], console=None) -> None:
+    """A compact rich table of the merged summary (every column is in ``summary.csv``), then the checks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from robust_cli.evaluation.checks import failed_checks
+
+    console = console or Console()
+    table = Table(title="robust eval", title_justify="left")
+    for head in ("attack", "norm", "clean err", "median d", "mean d", "rho_adv", "err@eps", "robust acc",
+                 "success", "s", "fwd/bwd"):
+        table.add_column(head, justify="left" if head in ("attack", "norm", "robust acc") else "right")
+    acc_cols = sorted([c for c in summary.columns if c.startswith("robust_acc@")], key=lambda c: float(c[11:]))
+    for _, row in summary.iterrows():
+        acc = " ".join(f"{row[c]:.2f}@{c[11:]}" for c in acc_cols if not pd.isna(row[c]))
+        table.add_row(
+            str(row["attack"]), str(row["norm"]), _fmt(row["clean_error"]), _fmt(row["median_distance"]),
+            _fmt(row["mean_distance"]), _fmt(row["rho_adv"]), f"{_fmt(row['error_at_eps'])}@{_fmt(row['eps'])}",
+            acc or "-", _fmt(row["success_rate"]), _fmt(row["seconds"], 2),
+            f"{_fmt(row['forward_per_sample'])}/{_fmt(row['backward_per_sample'])}",
+        )
+    console.print(table)
+    for key, flags in checks.items():
+        failed = failed_checks(flags)
+        style = "red" if failed else "green"
+        text = ("failed: " + ", ".join(failed)) if failed else "passed"
+        console.print(f"checks {key}: [{style}]{text}[/{style}] (zero-grad fraction "
+                      f"{_fmt(flags.get('zero_grad_fraction'))})")
+
+
+def evaluate(cfg: DictConfig) -> pd.DataFrame:
+    """Everything ``robust eval`` does; returns the merged summary table."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from robust_cli.data import load_split
+    from robust_cli.evaluation.curves import thresholds_for
+    from robust_cli.evaluation.lipschitz import input_gradient_norms, lipschitz_statistics
+    from robust_cli.reporting.plots import plot_error_curves
+    from robust_cli.reporting.tables import evaluated, merge, read_json, update_cross_checks
+    from robust_cli.training.checkpoint import load_trained_model
+
+    run_dir = Path(cfg.run)
+    if not run_dir.is_dir():
+        raise UserError(f"run={cfg.run} is not a directory; give run=<a finished train run directory>")
+    if cfg.n_examples < 1 or cfg.batch_size < 1:
+        raise UserError("n_examples and batch_size must be at least 1")
+    if cfg.eps_search not in ("bisection", "grid"):
+        raise UserError(f"eps_search must be bisection or grid, got {cfg.eps_search}")
+    norms = selected_norms(cfg.norm)
+    attacks = selected_attacks(cfg.attack)
+    single = len(attacks) == 1 and len(norms) == 1 and not is_multirun()
+    pairs = plan(attacks, norms, single)
+    if not pairs:
+        return pd.DataFrame()
+
+    device = resolve_device(cfg.device)
+    model, train_cfg = load_trained_model(run_dir, device=device)
+    x, y = load_split(train_cfg.dataset, train_cfg.data, "test")
+    n = min(int(cfg.n_examples), int(x.shape[0]))
+    x, y = x[:n], y[:n]
+    thresholds = thresholds_for(str(train_cfg.dataset.name), list(train_cfg.dataset.in_shape))
+    eval_dir = run_dir / "eval"
+
+    grad = input_gradient_norms(model, x.to(device), y.to(device), cfg.batch_size)
+    zero_grad = float((grad == 0).double().mean())
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), transient=False)
+    reference = None
+    if any(wants_reference(attacks[name][0]) for name, _ in pairs):
+        reference = load_split(train_cfg.dataset, train_cfg.data, "train")
+    with progress:
+        for name, norm in pairs:
+            fn, params = attacks[name]
+            expected = {"n": n, "params": params, "eps_search": cfg.eps_search if fn.budget else None,
+                        "search_steps": int(cfg.search_steps) if fn.budget else None, "seed": int(cfg.seed)}
+            if not cfg.force and _cached(eval_dir / f"{name}-{norm}", expected) is not None:
+                log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
+                continue
+            evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
+                         zero_grad=zero_grad, progress=progress, reference=reference)
+
+    with locked(eval_dir):
+        lip_path = eval_dir / "lipschitz.json"
+        stale = not lip_path.is_file() or read_json(lip_path).get("n") != n  # n_examples changed
+        if cfg.lipschitz and (cfg.force or stale):
+            stats = lipschitz_statistics(model, x.to(device), y.to(device), cfg.batch_size)
+            io.write_json(lip_path, stats)
+            log.info("lipschitz: max |grad loss| %.4g, max |J| %.4g, prod |W| %.4g",
+                     stats["max_grad_norm"], stats["max_jacobian_norm"], stats["weight_norm_product"])
+        update_cross_checks(eval_dir)
+        summary, curves = merge(eval_dir)
+        plot_error_curves(curves, eval_dir / "error_curves.png", title=str(run_dir))
+        checks = {f"{s['attack']}-{s['norm']}": s.get("checks", {}) for _, s in evaluated(eval_dir)}
+    print_summary(summary, checks)
+    log.info("wrote %s", eval_dir)
+    return summary
+
+
+@hydra.main(config_path="pkg://robust_cli.conf", config_name="eval", version_base=None)
+@user_errors
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)

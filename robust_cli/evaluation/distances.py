@@ -1,0 +1,42 @@
+"""Perturbation sizes and adversarial distances (SPEC.md §2).
+
+The adversarial distance of a test image is the size of the perturbation an attack found, measured on the
+*re-verified* adversarial image: 0 where the clean image is already misclassified, ``inf`` where the attack
+failed (the model still predicts the label on the clipped image).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from robust_cli.attacks.base import NORMS, batch_norm
+
+
+def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sizes of ``r = x_adv - x`` in every norm.
+
+    Args:
+        x_adv, x: ``[B, C, H, W]`` images in [0,1].
+
+    Returns:
+        ``{norm: [B] float32}`` for l0 (number of changed values), l1, l2 and linf. Computed in float64 and
+        cast back, so that a one-value change of 1/255 is not lost in a float32 sum over many pixels.
+    """
+    r = (x_adv.double() - x.double())
+    return {norm: batch_norm(r, norm).float() for norm in NORMS}
+
+
+def adversarial_distance(size: torch.Tensor, clean_correct: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+    """The adversarial distance ``[B]`` (SPEC.md §2).
+
+    Args:
+        size: ``[B]`` perturbation size in the attack's norm.
+        clean_correct: ``[B]`` bool, the model predicts the label on the clean image.
+        success: ``[B]`` bool, the model misclassifies the re-verified adversarial image.
+
+    Returns:
+        ``0`` where ``~clean_correct``, ``inf`` where ``clean_correct & ~success``, else ``size``.
+    """
+    inf = torch.full_like(size, float("inf"))
+    dist = torch.where(success, size, inf)
+    return torch.where(clean_correct, dist, torch.zeros_like(size))

@@ -1,0 +1,192 @@
+"""Runs one attack in one norm over the evaluation subset: batching, re-verification, pass counting.
+
+The attack proposes, the evaluation decides (SPEC.md §2): every returned image is clipped to [0,1] and
+classified again by the model in fp32; only a misclassification the model confirms is a success, and the
+distance is recomputed from that image. Budget attacks get their per-sample distance from the batched eps
+search of ``eps_search.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from robust_cli.attacks.base import NORMS
+from robust_cli.evaluation.distances import adversarial_distance, perturbation_norms
+from robust_cli.evaluation.eps_search import search_distance
+
+log = logging.getLogger(__name__)
+
+
+class CountingModel(nn.Module):
+    """Wraps a model and counts the samples that go through it forwards and backwards.
+
+    ``forward_samples`` grows by the batch size at every call; ``backward_samples`` by the batch size every
+    time a gradient flows back through the call's output (a hook on the output tensor, so ``backward()``
+    and ``torch.autograd.grad`` both count, and an output never differentiated does not). Divided by the
+    number of images these are the paper-style "passes per sample".
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.forward_samples = 0
+        self.backward_samples = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        n = int(x.shape[0])
+        self.forward_samples += n
+        if out.requires_grad:
+            def count(grad: torch.Tensor) -> None:
+                self.backward_samples += n
+
+            out.register_hook(count)
+        return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Labels ``[N]`` the model predicts on ``x`` ``[N,C,H,W]``, in fp32, without autocast."""
+    out = []
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        for i in range(0, x.shape[0], batch_size):
+            out.append(model(x[i:i + batch_size].float()).argmax(1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
+
+
+def sanitize(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Clip ``x_adv`` to [0,1] in fp32; rows holding NaN/inf fall back to the clean image (a failure)."""
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"attack returned shape {tuple(x_adv.shape)} for input {tuple(x.shape)}")
+    x_adv = x_adv.detach().float()
+    bad = ~torch.isfinite(x_adv).flatten(1).all(1)
+    x_adv = torch.where(bad.view(-1, *([1] * (x.dim() - 1))), x, x_adv)
+    return x_adv.clamp(0, 1)
+
+
+@dataclass
+class AttackResult:
+    """The outcome of one attack in one norm over ``N`` images.
+
+    Attributes:
+        frame: ``per_sample.csv``: index, label, clean_pred, adv_pred, distance and the sizes in the other
+            three norms.
+        seconds: wall time of the attack (search included, verification included).
+        forward_per_sample, backward_per_sample: passes through the model divided by ``N``.
+        non_monotone: number of samples whose success was observed to be non-monotone in eps (budget only).
+        x_norm: ``[N]`` ``||x||`` in the attack's norm (for rho_adv).
+        resolution: the largest eps step of the budget search (0 for minimal-norm attacks).
+    """
+
+    frame: pd.DataFrame
+    seconds: float
+    forward_per_sample: float
+    backward_per_sample: float
+    non_monotone: int = 0
+    x_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    resolution: float = 0.0
+
+
+def run_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: Callable[..., torch.Tensor],
+    norm: str,
+    params: dict[str, Any] | None = None,
+    *,
+    batch_size: int = 250,
+    eps_search: str = "bisection",
+    search_steps: int = 10,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+) -> AttackResult:
+    """Attack ``x`` and measure every sample's adversarial distance.
+
+    Args:
+        model: ``[B,C,H,W]`` in [0,1] -> logits ``[B,K]``, eval mode.
+        x: ``[N,C,H,W]`` images in [0,1] (CPU or device); y: ``[N]`` int64 labels.
+        attack: a registered attack (``.budget``, ``.norms``), called as ``attack(model, x, y, norm=, **params)``
+            (plus ``eps=[b]`` for budget attacks).
+        norm: one of ``attack.norms``.
+        params: the attack's options (``eps`` is ignored for budget attacks: the search sets it).
+        batch_size: images per attack call.
+        eps_search, search_steps: the budget-attack search (``bisection`` | ``grid``).
+        device: where the model and the batches live.
+        on_batch: called with the batch size after each batch (progress bars).
+
+    Returns:
+        An ``AttackResult``.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}")
+    params = dict(params or {})
+    budget = bool(getattr(attack, "budget", False))
+    if budget:
+        params.pop("eps", None)
+    counted = CountingModel(model).eval()
+    was_training = model.training
+    had_grad = [p.grad is not None for p in model.parameters()]
+    others = [n for n in NORMS if n != norm]
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "clean_pred", "adv_pred", "distance", *others)}
+    x_norms = []
+    non_monotone = 0
+    resolution = 0.0
+    start = time.perf_counter()
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size].to(device).float()
+        yb = y[i:i + batch_size].to(device)
+        clean_pred = predict(model, xb)
+        correct = clean_pred == yb
+        x_adv = xb.clone()
+        idx = correct.nonzero().squeeze(1)
+        if idx.numel():
+            xc, yc = xb[idx], yb[idx]
+            if budget:
+                found = search_distance(attack, model, xc, yc, norm, params, method=eps_search,
+                                        steps=search_steps, attack_model=counted)
+                x_adv[idx] = sanitize(found.x_adv, xc)
+                non_monotone += int(found.non_monotone.sum())
+                resolution = max(resolution, float(found.resolution.max()))
+            else:
+                x_adv[idx] = sanitize(attack(counted, xc, yc, norm=norm, **params), xc)
+        adv_pred = predict(model, x_adv)
+        success = adv_pred != yb
+        sizes = perturbation_norms(x_adv, xb)
+        dist = adversarial_distance(sizes[norm], correct, success)
+        rows["label"].append(yb.cpu().numpy())
+        rows["clean_pred"].append(clean_pred.cpu().numpy())
+        rows["adv_pred"].append(adv_pred.cpu().numpy())
+        rows["distance"].append(dist.cpu().double().numpy())
+        for other in others:
+            rows[other].append(sizes[other].cpu().double().numpy())
+        x_norms.append(perturbation_norms(xb, torch.zeros_like(xb))[norm].cpu().double().numpy())
+        if on_batch is not None:
+            on_batch(int(xb.shape[0]))
+    seconds = time.perf_counter() - start
+    # the attack contract (CONTRIBUTING.md): an attack that breaks it would corrupt later evaluations
+    if model.training != was_training:
+        raise RuntimeError(f"attack {getattr(attack, '__name__', attack)} changed model.training")
+    if any(p.grad is not None and not h for p, h in zip(model.parameters(), had_grad)):
+        raise RuntimeError(f"attack {getattr(attack, '__name__', attack)} left gradients on the parameters")
+    n = max(int(x.shape[0]), 1)
+    columns = {k: np.concatenate(v) if v else [] for k, v in rows.items()}
+    frame = pd.DataFrame({"index": np.arange(x.shape[0]), **columns})
+    return AttackResult(
+        frame=frame,
+        seconds=seconds,
+        forward_per_sample=counted.forward_samples / n,
+        backward_per_sample=counted.backward_samples / n,
+        non_monotone=non_monotone,
+        x_norm=np.concatenate(x_norms) if x_norms else np.zeros(0),
+        resolution=resolution,
+    )

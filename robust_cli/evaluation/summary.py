@@ -1,0 +1,66 @@
+"""``summary.json`` of one attack in one norm: the numbers read off its distances (SPEC.md §2)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from robust_cli.evaluation.curves import error_at, median_distance
+
+
+def _num(v: float) -> float | None:
+    """JSON-safe float: NaN becomes None, inf stays (json writes Infinity, pandas reads it back)."""
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def summarize(
+    frame,
+    *,
+    attack: str,
+    norm: str,
+    x_norm: np.ndarray,
+    eps: float,
+    thresholds: list[float],
+    seconds: float,
+    forward_per_sample: float,
+    backward_per_sample: float,
+) -> dict[str, Any]:
+    """Numbers of one ``per_sample.csv``.
+
+    Args:
+        frame: the per-sample table (``label``, ``clean_pred``, ``distance``, ...), ``N`` rows.
+        x_norm: ``[N]`` ``||x||`` in ``norm`` (rho_adv, thesis eq 3.20).
+        eps: the configured eps of this norm (``error_at_eps``).
+        thresholds: the robust-accuracy thresholds of this norm and data set (may be empty).
+
+    Returns:
+        A JSON-ready dict: ``clean_error = err(0)``; ``median_distance`` (eps where err reaches 50%);
+        ``mean_distance`` and ``rho_adv = mean ||r|| / ||x||`` over the successful attacks on correctly
+        classified images (failures would make both infinite; ``success_rate`` reports them);
+        ``error_at_eps``; ``robust_accuracy`` ``{threshold: 1 - err(threshold)}``; cost.
+    """
+    d = frame["distance"].to_numpy(dtype=np.float64)
+    correct = (frame["label"] == frame["clean_pred"]).to_numpy()
+    ok = correct & np.isfinite(d)
+    n_correct = int(correct.sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = d[ok] / x_norm[ok]
+    return {
+        "attack": attack,
+        "norm": norm,
+        "n": len(d),
+        "clean_error": _num(error_at(d, 0.0)),
+        "median_distance": _num(median_distance(d)),
+        "mean_distance": _num(d[ok].mean()) if ok.any() else None,
+        "rho_adv": _num(rho.mean()) if ok.any() else None,
+        "eps": float(eps),
+        "error_at_eps": _num(error_at(d, eps)),
+        "robust_accuracy": {f"{t:g}": _num(1 - error_at(d, t)) for t in thresholds},
+        "success_rate": _num(ok.sum() / n_correct) if n_correct else None,
+        "seconds": float(seconds),
+        "forward_per_sample": float(forward_per_sample),
+        "backward_per_sample": float(backward_per_sample),
+    }

@@ -1,0 +1,50 @@
+"""``eval/error_curves.png``: one panel per norm, one step line per attack, the worst case in bold black."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on clusters; must precede pyplot
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from robust_cli import io
+
+NORM_ORDER = ("l0", "l1", "l2", "linf")
+NORM_LABEL = {"l0": r"$\ell_0$", "l1": r"$\ell_1$", "l2": r"$\ell_2$", "linf": r"$\ell_\infty$"}
+
+
+def plot_error_curves(curves: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
+    """Plot the long table ``curves`` (attack, norm, eps, error) to ``path`` (PNG, written atomically).
+
+    Each curve is the right-continuous step function ``err(eps) = P[distance <= eps]`` (Finlay Def. 4.1),
+    drawn up to the largest finite eps of its panel.
+    """
+    norms = [n for n in NORM_ORDER if n in set(curves["norm"])] or ["l2"]
+    fig, axes = plt.subplots(1, len(norms), figsize=(4.2 * len(norms), 3.6), squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        panel = curves[curves["norm"] == norm]
+        right = float(panel["eps"].max()) * 1.05 if len(panel) and panel["eps"].max() > 0 else 1.0
+        for attack, group in panel.groupby("attack", sort=True):
+            eps = np.append(group["eps"].to_numpy(float), right)
+            err = np.append(group["error"].to_numpy(float), group["error"].to_numpy(float)[-1])
+            worst = attack == "worst_case"
+            ax.step(eps, err, where="post", label=attack, color="black" if worst else None,
+                    linewidth=2.4 if worst else 1.3, linestyle="--" if worst else "-", zorder=3 if worst else 2)
+        ax.set_xlim(0, right)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"{NORM_LABEL.get(norm, norm)} distance eps")
+        ax.set_ylabel("error P[d <= eps]")
+        ax.set_title(NORM_LABEL.get(norm, norm))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    try:
+        return io.save_figure(path, fig, dpi=110)
+    finally:
+        plt.close(fig)

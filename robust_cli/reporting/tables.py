@@ -1,0 +1,147 @@
+"""Merged tables of everything evaluated on one run: ``eval/summary.csv`` and ``eval/error_curves.csv``.
+
+Each ``eval/<attack>-<norm>/`` directory holds ``per_sample.csv``, ``curve.csv`` and ``summary.json``; the
+merge reads them all, so separate ``robust eval`` calls (or ``-m`` jobs) accumulate into the same tables.
+Per norm with two attacks or more, a ``worst_case`` row is added: per image the minimum distance over the
+attacks (SPEC.md §2), with its own curve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robust_cli import io
+from robust_cli.evaluation.checks import cross_checks, failed_checks
+from robust_cli.evaluation.curves import error_at, error_curve, median_distance, worst_case
+
+log = logging.getLogger(__name__)
+
+WORST = "worst_case"
+SUMMARY_COLUMNS = [
+    "attack", "norm", "n", "clean_error", "median_distance", "mean_distance", "rho_adv", "eps", "error_at_eps",
+]
+COST_COLUMNS = ["success_rate", "seconds", "forward_per_sample", "backward_per_sample", "checks_failed"]
+CURVE_COLUMNS = ["attack", "norm", "eps", "error"]
+PER_SAMPLE_COLUMNS = ["index", "label", "clean_pred", "adv_pred", "distance"]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """``json.load`` of a summary (Infinity/NaN accepted)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def evaluated(eval_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """``[(attack-norm directory, summary)]`` of every finished evaluation under ``eval_dir``, sorted."""
+    out = []
+    for path in sorted(Path(eval_dir).glob("*/summary.json")):
+        try:
+            out.append((path.parent, read_json(path)))
+        except (OSError, json.JSONDecodeError) as err:  # a torn file cannot happen (atomic), a foreign one can
+            log.warning("skipping unreadable %s: %s", path, err)
+    return out
+
+
+def _row(summary: dict[str, Any]) -> dict[str, Any]:
+    row = {k: summary.get(k) for k in SUMMARY_COLUMNS}
+    for t, acc in summary.get("robust_accuracy", {}).items():
+        row[f"robust_acc@{t}"] = acc
+    row.update({k: summary.get(k) for k in COST_COLUMNS[:-1]})
+    row["checks_failed"] = " ".join(failed_checks(summary.get("checks", {})))
+    return row
+
+
+def _distances_by_norm(entries: list[tuple[Path, dict[str, Any]]]) -> dict[str, dict[str, pd.DataFrame]]:
+    by_norm: dict[str, dict[str, pd.DataFrame]] = {}
+    for directory, summary in entries:
+        frame = pd.read_csv(directory / "per_sample.csv")
+        by_norm.setdefault(summary["norm"], {})[summary["attack"]] = frame
+    return by_norm
+
+
+def update_cross_checks(eval_dir: Path) -> None:
+    """Recompute the checks between attacks of one norm and store them in the concerned ``summary.json``."""
+    entries = evaluated(eval_dir)
+    dirs = {(s["attack"], s["norm"]): (d, s) for d, s in entries}
+    for norm, frames in _distances_by_norm(entries).items():
+        aligned = _align(frames)
+        if aligned is None:
+            continue
+        resolution = {a: float(dirs[(a, norm)][1].get("search_resolution") or 0.0) for a in aligned}
+        for attack, checks in cross_checks(aligned, norm, resolution=resolution).items():
+            directory, summary = dirs[(attack, norm)]
+            if all(summary.get("checks", {}).get(k) == v for k, v in checks.items()):
+                continue
+            summary.setdefault("checks", {}).update(checks)
+            io.write_json(directory / "summary.json", summary)
+
+
+def _align(frames: dict[str, pd.DataFrame]) -> dict[str, np.ndarray] | None:
+    """``{attack: distances}`` on the images every attack of the norm evaluated (an inner join on index)."""
+    common = None
+    for frame in frames.values():
+        idx = set(frame["index"].tolist())
+        common = idx if common is None else common & idx
+    if not common:
+        return None
+    keep = sorted(common)
+    return {a: f.set_index("index").loc[keep, "distance"].to_numpy(np.float64) for a, f in frames.items()}
+
+
+def merge(eval_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write ``summary.csv`` and ``error_curves.csv`` from every ``<attack>-<norm>`` under ``eval_dir``.
+
+    Returns:
+        ``(summary, curves)``: the two tables written (also with the ``worst_case`` rows).
+    """
+    eval_dir = Path(eval_dir)
+    entries = evaluated(eval_dir)
+    rows, curves = [], []
+    for directory, summary in entries:
+        rows.append(_row(summary))
+        curve = pd.read_csv(directory / "curve.csv")
+        curves.append(curve.assign(attack=summary["attack"], norm=summary["norm"])[CURVE_COLUMNS])
+    by_summary = {(s["attack"], s["norm"]): s for _, s in entries}
+    for norm, frames in _distances_by_norm(entries).items():
+        aligned = _align(frames)
+        if aligned is None or len(aligned) < 2:
+            continue
+        d = worst_case(list(aligned.values()))
+        some = next(s for (a, nm), s in by_summary.items() if nm == norm)
+        eps_at = float(some["eps"])
+        thresholds = [float(t) for t in some.get("robust_accuracy", {})]
+        parts = [by_summary[(a, norm)] for a in aligned]
+        row = {
+            "attack": WORST, "norm": norm, "n": len(d), "clean_error": error_at(d, 0.0),
+            "median_distance": median_distance(d), "mean_distance": None, "rho_adv": None,
+            "eps": eps_at, "error_at_eps": error_at(d, eps_at),
+            **{f"robust_acc@{t:g}": 1 - error_at(d, t) for t in thresholds},
+            "success_rate": None,
+            "seconds": sum(p.get("seconds") or 0.0 for p in parts),
+            "forward_per_sample": sum(p.get("forward_per_sample") or 0.0 for p in parts),
+            "backward_per_sample": sum(p.get("backward_per_sample") or 0.0 for p in parts),
+            "checks_failed": "",
+        }
+        correct_finite = np.isfinite(d) & (d > 0)
+        row["mean_distance"] = float(d[correct_finite].mean()) if correct_finite.any() else None
+        rows.append(row)
+        eps, err = error_curve(d)
+        curves.append(pd.DataFrame({"attack": WORST, "norm": norm, "eps": eps, "error": err}))
+    summary = pd.DataFrame(rows)
+    if len(summary):
+        ordered = [c for c in SUMMARY_COLUMNS if c in summary] + sorted(
+            [c for c in summary if c.startswith("robust_acc@")], key=lambda c: float(c.split("@")[1])
+        ) + [c for c in COST_COLUMNS if c in summary]
+        summary = summary[ordered]
+    else:
+        summary = pd.DataFrame(columns=SUMMARY_COLUMNS + COST_COLUMNS)
+    curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
+    io.write_csv(eval_dir / "summary.csv", summary)
+    io.write_csv(eval_dir / "error_curves.csv", curves_df)
+    return summary, curves_df

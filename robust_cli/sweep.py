@@ -1,0 +1,256 @@
+"""Sweep summary: ``<sweep dir>/jobs.csv``, one row per job of a multirun, failed and unfinished ones too.
+
+A Hydra callback (``hydra.callbacks.sweep_summary._target_: robust_cli.sweep.SweepSummary``). Where its
+hooks run depends on the launcher:
+
+- ``on_multirun_start`` / ``on_multirun_end``: in the submitting process. Hydra skips ``on_multirun_end``
+  when any job failed (the sweeper re-raises the first failure), so the summary cannot wait for it.
+- ``on_job_start`` / ``on_job_end``: in the job's own process (a joblib worker, a SLURM job, or the
+  submitting process for the basic launcher). A requeued SLURM job runs ``on_job_start`` again.
+
+So every job writes its own record, ``<sweep dir>/<job num>/job.json`` (atomically), at its start and its
+end, and then regenerates ``jobs.csv`` from all records under a file lock; the submitting process writes
+the list of expected jobs (``sweep.json``) before launching. A job therefore appears as ``pending`` before
+it starts, ``running`` while it runs (or if it was killed without a chance to report), then ``completed``
+or ``failed`` with its error, never silently missing.
+
+Columns of jobs.csv: job, overrides, status, test_error (the last ``test_error`` of the run's
+history.csv: the final clean test error, in [0, 1]), epochs, run_dir, error, slurm_job_id, attempts,
+started_at, finished_at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from robust_cli import io
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["job", "overrides", "status", "test_error", "epochs", "run_dir", "error", "slurm_job_id",
+           "attempts", "started_at", "finished_at"]
+RECORD = "job.json"
+EXPECTED = "sweep.json"
+SUMMARY = "jobs.csv"
+_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """The jobs of a basic-sweeper multirun, in job-number order: ``["a=1,2", "b=x"]`` ->
+    ``[["a=1", "b=x"], ["a=2", "b=x"]]`` (Hydra's own expansion, so the order matches ``hydra.job.num``)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def run_dir_of(config: DictConfig) -> str | None:
+    """The run directory a job works in: ``run`` for ``robust eval``, the deterministic train run directory
+    (robust_cli.rundir.train_run_dir) for ``robust train``; None when the config has neither."""
+    cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    try:
+        if "run" in cfg and cfg.get("run"):
+            return str(cfg.run)
+        if "out_dir" in cfg and "dataset" in cfg:
+            from robust_cli.rundir import train_run_dir
+
+            return str(train_run_dir(cfg, list(config.hydra.overrides.task)))
+    except Exception as err:  # a summary must never make a job fail
+        log.debug("run directory of the job not found: %s", err)
+    return None
+
+
+def final_metrics(run_dir: str | None) -> dict[str, Any]:
+    """``{"test_error", "epochs"}`` from the last row of ``<run_dir>/history.csv`` (empty when absent)."""
+    if not run_dir:
+        return {}
+    path = Path(run_dir) / "history.csv"
+    if not path.exists():
+        return {}
+    try:
+        hist = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, OSError):
+        return {}
+    if hist.empty:
+        return {}
+    out: dict[str, Any] = {"epochs": int(hist["epoch"].iloc[-1]) if "epoch" in hist else len(hist)}
+    if "test_error" in hist:
+        out["test_error"] = float(hist["test_error"].iloc[-1])
+    return out
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}"[:500]
+
+
+@contextlib.contextmanager
+def _locked(sweep_dir: Path):
+    """An exclusive lock on ``<sweep_dir>/.jobs.lock``: concurrent jobs regenerate jobs.csv one at a time."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / ".jobs.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _records(sweep_dir: Path) -> dict[int, dict[str, Any]]:
+    found = {}
+    for path in sweep_dir.glob(f"*/{RECORD}"):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        found[int(rec["job"])] = rec
+    return found
+
+
+def write_summary(sweep_dir: str | Path) -> pd.DataFrame:
+    """Regenerate ``<sweep_dir>/jobs.csv`` from ``sweep.json`` and the jobs' records; returns the table.
+
+    With ``sweep.json`` (basic sweeper) the rows are exactly the expected jobs, in order; a record from an
+    earlier sweep with other overrides in the same directory is ignored. Without it, one row per record.
+    """
+    sweep_dir = Path(sweep_dir)
+    with _locked(sweep_dir):
+        records = _records(sweep_dir)
+        expected = None
+        if (sweep_dir / EXPECTED).exists():
+            expected = json.loads((sweep_dir / EXPECTED).read_text()).get("jobs")
+        rows = []
+        if expected is not None:
+            for num, overrides in enumerate(expected):
+                rec = records.get(num)
+                if rec is None or rec.get("overrides") != list(overrides):
+                    rec = {"job": num, "overrides": list(overrides), "status": "pending"}
+                rows.append(rec)
+        else:
+            rows = [records[k] for k in sorted(records)]
+        table = []
+        for rec in rows:
+            row = {c: rec.get(c) for c in COLUMNS}
+            row["overrides"] = " ".join(rec.get("overrides") or [])
+            row.update(final_metrics(rec.get("run_dir")))
+            table.append(row)
+        frame = pd.DataFrame(table, columns=COLUMNS)
+        for col in ("job", "epochs", "attempts"):  # integers with gaps (pending jobs have none)
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+        io.write_csv(sweep_dir / SUMMARY, frame)
+    return frame
+
+
+class SweepSummary(Callback):
+    """Hydra callback keeping ``<hydra.sweep.dir>/jobs.csv`` up to date (see the module docstring)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = None
+        if OmegaConf.select(config, "hydra.sweeper._target_") == _BASIC_SWEEPER:
+            try:
+                jobs = expand_sweep(list(config.hydra.overrides.task))
+            except Exception as err:
+                log.warning("sweep summary: could not expand the sweep overrides: %s", err)
+        io.write_json(sweep_dir / EXPECTED, {
+            "overrides": list(config.hydra.overrides.task), "jobs": jobs, "started_at": _now(),
+            "launcher": OmegaConf.select(config, "hydra.launcher._target_"),
+        })
+        self._safe_summary(sweep_dir)
+
+    @staticmethod
+    def _in_sweep(config: DictConfig) -> bool:
+        """Jobs of a single run (no ``-m``) belong to no sweep: the callback leaves them alone."""
+        return str(OmegaConf.select(config, "hydra.mode")) == str(RunMode.MULTIRUN)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self._in_sweep(config):
+            return
+        path = self._record_path(config)
+        old = {}
+        if path.exists():
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                old = json.loads(path.read_text())
+        same = old.get("overrides") == list(config.hydra.overrides.task)
+        io.write_json(path, {
+            "job": int(config.hydra.job.num),
+            "overrides": list(config.hydra.overrides.task),
+            "status": "running",
+            "run_dir": run_dir_of(config),
+            "error": None,
+            "slurm_job_id": _slurm_job_id(config),
+            # a requeued job (same overrides, same record) counts its starts
+            "attempts": int(old.get("attempts") or 0) + 1 if same else 1,
+            "started_at": old.get("started_at") if same and old.get("started_at") else _now(),
+            "finished_at": None,
+        })
+        self._safe_summary(Path(str(config.hydra.sweep.dir)))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if not self._in_sweep(config):
+            return
+        path = self._record_path(config)
+        rec = {}
+        if path.exists():
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                rec = json.loads(path.read_text())
+        failed = job_return.status == JobStatus.FAILED
+        rec.update(
+            job=int(config.hydra.job.num),
+            overrides=list(config.hydra.overrides.task),
+            status="failed" if failed else "completed",
+            run_dir=rec.get("run_dir") or run_dir_of(config),
+            error=_one_line(job_return._return_value) if failed else None,
+            finished_at=_now(),
+        )
+        rec.setdefault("attempts", 1)
+        io.write_json(path, rec)
+        self._safe_summary(Path(str(config.hydra.sweep.dir)))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        frame = self._safe_summary(Path(str(config.hydra.sweep.dir)))
+        if frame is not None:
+            counts = frame["status"].value_counts().to_dict()
+            log.info("sweep summary %s: %s", Path(str(config.hydra.sweep.dir)) / SUMMARY, counts)
+
+    @staticmethod
+    def _record_path(config: DictConfig) -> Path:
+        # hydra.runtime.output_dir = <sweep dir>/<sweep subdir>, set by Hydra before on_job_start
+        out = OmegaConf.select(config, "hydra.runtime.output_dir")
+        if not out:
+            out = str(Path(str(config.hydra.sweep.dir)) / str(config.hydra.job.num))
+        return Path(str(out)) / RECORD
+
+    @staticmethod
+    def _safe_summary(sweep_dir: Path) -> pd.DataFrame | None:
+        try:
+            return write_summary(sweep_dir)
+        except Exception as err:  # the summary must never make a job or the sweep fail
+            log.warning("sweep summary not written to %s: %s", sweep_dir, err)
+            return None
+
+
+def _slurm_job_id(config: DictConfig) -> str | None:
+    import os
+
+    jid = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if jid is not None and "SLURM_ARRAY_TASK_ID" in os.environ:
+        return f"{jid}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")

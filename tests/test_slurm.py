@@ -1,0 +1,135 @@
+"""Sweeps on a real (single-node, localhost) SLURM cluster through hydra-submitit-launcher.
+
+The cluster is started by scripts/slurm_local.sh (Debian's slurm-wlm + munge, installed by
+.ci/slurm_setup.sh); the tests skip where `slurmctld` is not installed or we are not root.
+
+- a 2-job `robust train -m ... hydra/launcher=slurm` sweep lands in the deterministic run directories and
+  in jobs.csv with the SLURM job ids;
+- requeue: a job whose time limit (1 minute, SIGUSR2 50 s before it) is shorter than its training is
+  checkpointed and requeued by submitit, and the run resumes from checkpoints/last.pt until it finishes:
+  history.csv holds epochs 1..E exactly once each, and the job was started more than once.
+  SLURM gives a requeued job a begin time ~2 minutes in the future; the test releases it at once
+  (`scontrol update StartTime=now`) so the test is fast: only the scheduler's wait is skipped, the
+  signal, checkpoint, requeue and resume are SLURM's and submitit's own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "slurm_local.sh"
+SLURM_ARGS = [
+    "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=null", "hydra.launcher.partition=debug",
+    "hydra.sweep.subdir=${hydra.job.num}",
+    "+hydra.callbacks.sweep_summary._target_=robust_cli.sweep.SweepSummary",
+]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A running local SLURM; yields the environment (SLURM_CONF) for its clients."""
+    if shutil.which("slurmctld") is None:
+        pytest.skip("slurmctld not found: install slurm-wlm and munge (.ci/slurm_setup.sh)")
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM runs as root (SlurmUser=root)")
+    state = tmp_path_factory.mktemp("slurm")
+    # free ports, so that a cluster someone already runs here (default ports) does not collide
+    from robust_cli.training.distributed import free_port
+
+    env = dict(os.environ, SLURM_LOCAL_DIR=str(state), SLURM_LOCAL_CTLD_PORT=str(free_port()),
+               SLURM_LOCAL_D_PORT=str(free_port()))
+    started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=90)
+    if started.returncode != 0:
+        pytest.fail(f"local SLURM did not start:\n{started.stderr}")
+    env["SLURM_CONF"] = str(state / "slurm.conf")
+    try:
+        yield env
+    finally:
+        subprocess.run(["scancel", "--user=root"], env=env, capture_output=True, timeout=30)
+        subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=60)
+
+
+def robust_bin() -> str:
+    exe = shutil.which("robust", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("the `robust` entry point is not installed")
+    return exe
+
+
+def test_slurm_sweep_lands_in_deterministic_run_dirs(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [robust_bin(), "train", "-m", "epochs=1,2", "model.widths=[8]", f"out_dir={tmp_path}", "device=cpu",
+         f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=5", *SLURM_ARGS],
+        env=slurm, capture_output=True, text=True, timeout=150,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = pd.read_csv(sweep / "jobs.csv", dtype={"slurm_job_id": str})
+    assert list(jobs["status"]) == ["completed", "completed"]
+    for epochs, row in zip((1, 2), jobs.itertuples()):
+        expected = tmp_path / "train" / "digits" / "mlp" / "none" / f"epochs-{epochs}+model.widths-8"
+        assert Path(row.run_dir) == expected
+        hist = pd.read_csv(expected / "history.csv")
+        assert list(hist["epoch"]) == list(range(1, epochs + 1))
+        assert row.test_error == pytest.approx(hist["test_error"].iloc[-1])
+        assert (expected / "model.pt").exists()
+        assert isinstance(row.slurm_job_id, str) and row.slurm_job_id  # it ran as a SLURM job
+    # submitit wrote its sbatch scripts and logs under the sweep directory
+    assert list((sweep / ".submitit").glob("*/*_submission.sh"))
+
+
+def _release_requeued(env: dict, stop: threading.Event) -> None:
+    """Release requeued jobs held back by SLURM's post-requeue begin time."""
+    while not stop.is_set():
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], env=env, capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] == "PENDING" and "BeginTime" in parts[2]:
+                subprocess.run(["scontrol", "update", f"JobId={parts[0]}", "StartTime=now"], env=env,
+                               capture_output=True)
+        stop.wait(1.0)
+
+
+def test_requeue_after_time_limit_resumes_with_continuous_history(slurm, tmp_path):
+    # Training far longer than one attempt (1-minute limit, SIGUSR2 50 s before it: each attempt gets
+    # 10-40 s, depending on when slurmctld checks its time limits); an epoch of this MLP takes ~2-3 s on
+    # a loaded 2-core machine, so 20 epochs need 2-3 attempts.
+    epochs = int(os.environ.get("ROBUST_REQUEUE_TEST_EPOCHS", "20"))
+    sweep = tmp_path / "sweep"
+    stop = threading.Event()
+    releaser = threading.Thread(target=_release_requeued, args=(slurm, stop), daemon=True)
+    releaser.start()
+    try:
+        proc = subprocess.run(
+            [robust_bin(), "train", "-m", f"epochs={epochs}", "model.widths=[256,256]", f"out_dir={tmp_path}",
+             "device=cpu", f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=1",
+             "hydra.launcher.signal_delay_s=50", "hydra.launcher.max_num_timeout=10", *SLURM_ARGS],
+            env=slurm, capture_output=True, text=True, timeout=240,
+        )
+    finally:
+        stop.set()
+        releaser.join()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = pd.read_csv(sweep / "jobs.csv")
+    (row,) = list(jobs.itertuples())
+    assert row.status == "completed"
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.out"))
+    requeues = logs.count("Requeued job")
+    assert requeues >= 1, f"training finished within one attempt; raise ROBUST_REQUEUE_TEST_EPOCHS ({epochs})"
+    assert row.attempts == requeues + 1  # the sweep summary saw every start of the job
+    hist = pd.read_csv(Path(row.run_dir) / "history.csv")
+    assert list(hist["epoch"]) == list(range(1, epochs + 1)), "an epoch is repeated or missing"
+    assert row.test_error == pytest.approx(hist["test_error"].iloc[-1])
+    assert (Path(row.run_dir) / "model.pt").exists()
