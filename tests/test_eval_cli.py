@@ -38,8 +38,8 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def _run_arg(run: Path) -> str:
-    # run directory names hold '=' and ','; Hydra takes them verbatim inside single quotes
-    return f"run='{run}'"
+    # run directory names hold no '=', ',' or brackets: a user pastes them unquoted
+    return f"run={run}"
 
 
 def test_eval_several_attacks_and_norms_then_reuse(run_dir):

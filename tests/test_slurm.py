@@ -25,15 +25,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # a real cluster: minutes, so in `make test-slow`
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 SLURM_ARGS = [
     "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
     "hydra.launcher.mem_gb=null", "hydra.launcher.partition=debug",
-    "hydra.sweep.subdir=${hydra.job.num}",
-    "+hydra.callbacks.sweep_summary._target_=robust_cli.sweep.SweepSummary",
+    "hydra.sweep.subdir=${hydra.job.num}",  # conf/train.yaml installs the SweepSummary callback
 ]
 
 

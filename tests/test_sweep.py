@@ -17,8 +17,7 @@ import pytest
 
 from robust_cli.sweep import expand_sweep, write_summary
 
-SWEEP_ARGS = ["hydra.sweep.subdir=${hydra.job.num}",
-              "+hydra.callbacks.sweep_summary._target_=robust_cli.sweep.SweepSummary"]
+SWEEP_ARGS = ["hydra.sweep.subdir=${hydra.job.num}"]  # conf/train.yaml installs the SweepSummary callback
 
 
 def robust_bin() -> str:

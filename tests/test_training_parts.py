@@ -29,6 +29,10 @@ def test_exponential_cosine_constant_and_warmup():
     assert lr_at(0, 0.1, cos, 10) == pytest.approx(0.1)
     assert lr_at(5, 0.1, cos, 10) == pytest.approx(0.001 + 0.5 * 0.099 * (1 + math.cos(math.pi / 2)))
     assert lr_at(7, 0.3, sched(name="constant"), 10) == 0.3
+    # within an epoch: cosine moves every step, step schedules wait for the epoch boundary
+    assert lr_at(0.5, 0.1, cos, 1) == pytest.approx(0.001 + 0.5 * 0.099)
+    assert lr_at(59.9, 0.1, sched(milestones=[60], gamma=0.2), 100) == pytest.approx(0.1)
+    assert lr_at(2.5, 1.0, sched(name="exponential", gamma=0.5), 10) == pytest.approx(0.25)
     warm = sched(name="constant", warmup_epochs=4)
     assert [lr_at(e, 1.0, warm, 10) for e in range(5)] == pytest.approx([0.1, 0.325, 0.55, 0.775, 1.0])
     with pytest.raises(UserError):
@@ -51,3 +55,23 @@ def test_optimizers():
     adam = build_optimizer(params, OmegaConf.create({**base, "name": "adam"}))
     assert isinstance(adam, torch.optim.Adam) and adam.defaults["betas"] == (0.5, 0.9)
     assert isinstance(build_optimizer(params, OmegaConf.create({**base, "name": "adamw"})), torch.optim.AdamW)
+
+
+def test_channels_last_and_tikhonov_train_in_process(tmp_path):
+    """The options that change how a step runs (channels_last, tikhonov, amp on CPU -> fp32) still train."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from robust_cli.config import register_configs
+    from robust_cli.training.loop import fit
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("robust_cli.conf", version_base=None):
+        cfg = compose("train", overrides=["experiment=quickstart", "model=resnet34", "channels_last=true",
+                                          "tikhonov=5e-4", "amp=true", "epochs=1", "device=cpu",
+                                          "max_batches_per_epoch=3", "batch_size=16"])
+    GlobalHydra.instance().clear()
+    final = fit(cfg, tmp_path / "run", [])
+    assert final["epoch"] == 1 and 0 <= final["test_error"] <= 1 and final["train_loss"] > 0
+    assert (tmp_path / "run" / "model.pt").is_file()

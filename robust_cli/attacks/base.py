@@ -102,15 +102,33 @@ def is_adversarial(logits: torch.Tensor, y: torch.Tensor, targeted: bool = False
     return pred == y if targeted else pred != y
 
 
-def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", targeted: bool = False) -> torch.Tensor:
-    """Per-sample objective ``[B]`` the gradient attacks *ascend*.
+def _others_logsumexp(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``logsumexp_{j != y} f_j`` per sample ``[B]`` (``-inf`` for a single class)."""
+    return logits.scatter(1, y[:, None], float("-inf")).logsumexp(dim=1)
 
-    ``ce``: cross-entropy of the true label (untargeted) or minus that of the target (targeted).
+
+def attack_loss(
+    logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", targeted: bool = False, *, scale_free: bool = False
+) -> torch.Tensor:
+    """Per-sample objective ``[B]`` the gradient attacks *ascend*; ``logits`` ``[B,K]``, ``y`` ``[B]``.
+
+    ``ce``: cross-entropy of the true label (untargeted) or minus that of the target (targeted), evaluated
+    as ``CE = softplus(s)`` with ``s = logsumexp_{j!=y} f_j - f_y`` (the same value as ``-log softmax_y``).
+    Why this form: the textbook backward ``softmax - onehot`` forms ``p_y - 1`` by cancellation, which in
+    float32 is exactly 0 once ``1 - p_y`` is below about 3e-8 (margin above ~17): the true-class term drops
+    out of the input gradient and FGSM/PGD step along a wrong direction. Here ``dCE/df`` is
+    ``sigmoid(s) * (softmax_{j!=y}(f), -1)`` (y-th entry -1): no cancellation.
     ``margin``: ``max_{j!=y} f_j - f_y`` (untargeted, the Carlini-Wagner margin) or ``f_t - max_{j!=t} f_j``
     (targeted); unlike CE its gradient does not vanish on confidently classified points.
+
+    ``scale_free`` (``ce`` only): return ``s`` itself, whose gradient is ``grad CE / sigmoid(s)``: per sample
+    the same direction as CE's, but the factor ``sigmoid(s) ~ exp(s)``, which underflows to 0 in float32
+    once the margin exceeds ~100 (a blind, all-zero gradient), is gone. For attacks that only use the
+    direction (sign, l2-normalised or top-k steps); the value is not the cross-entropy.
     """
     if loss == "ce":
-        ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        s = _others_logsumexp(logits, y) - logits.gather(1, y[:, None]).squeeze(1)
+        ce = s if scale_free else torch.nn.functional.softplus(s)
         return -ce if targeted else ce
     if loss == "margin":
         m = margin(logits, y)
@@ -119,18 +137,20 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", targete
 
 
 def loss_gradient(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce", targeted: bool = False
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce", targeted: bool = False,
+    *, scale_free: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_x sum_b loss_b, logits)``: the per-sample input gradient ``[B,C,H,W]`` and the logits ``[B,K]``.
 
     The loss is summed (not averaged) so each sample's gradient carries no ``1/B`` factor. Runs with grad
     enabled even when called under ``torch.no_grad()``; only ``x`` requires grad, so nothing reaches the
-    parameters (call inside ``frozen_eval``).
+    parameters (call inside ``frozen_eval``). ``scale_free``: see ``attack_loss`` (direction-only users).
     """
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = model(x)
-        (grad,) = torch.autograd.grad(attack_loss(logits, y, loss, targeted).sum(), x)
+        objective = attack_loss(logits, y, loss, targeted, scale_free=scale_free)
+        (grad,) = torch.autograd.grad(objective.sum(), x)
     return grad, logits.detach()
 
 

@@ -4,18 +4,36 @@ and l1 (sparse l1 descent, SLIDE, Tramèr & Boneh 2019), as used in Finlay et al
 Each step ascends the attack loss ``L`` (cross-entropy by default) along the steepest-ascent direction of
 the norm, then projects back onto the eps-ball intersected with the box::
 
-    delta <- Proj_{||r|| <= eps, x + r in [0,1]} (delta + alpha * s(grad_x L)),   alpha = step_size * eps
+    delta <- Proj_{||r|| <= eps, x + r in [0,1]} (delta + alpha_t * s(grad_x L)),   alpha_t = a_t * eps
     linf: s(g) = sign(g)          l2: s(g) = g / ||g||_2
     l1:   s(g) = sign(g) * 1[|g_i| >= top-q quantile of the movable |g|] / (number of such coordinates)
 
 A value already on a box face is not movable outwards, so it is left out of the l1 quantile (SLIDE).
-All steps run (no early stop); the function returns, per sample, the misclassified iterate with the most
+
+What makes it at least as strong as the single-step attack at every eps (an iterative attack that loses to
+FGSM on some images is a weak evaluation, see ``evaluation/checks.py``):
+
+- the first run starts from ``x`` (a random start can only begin farther from the corner FGSM jumps to;
+  later restarts start at random, Madry et al.);
+- the single-step attack's own point (``fgsm`` in linf, ``fgm`` in l2, one full SLIDE step in l1) is a
+  candidate, and the returned point is the best candidate, so success of FGSM at eps implies success here;
+- the step lengths ``a_t`` follow a ``schedule`` (``cosine`` annealing by default for ``pgd``) whose sum
+  exceeds Madry's 2.5 eps, so the iterates can reach any corner of the ball and still settle;
+- the gradient direction is computed without cancellation or underflow (``attack_loss(scale_free=True)``):
+  on confident points the float32 CE gradient loses its true-class term or is exactly zero;
+- random starts are drawn from a private generator seeded by ``seed`` (0 by default), so the start is
+  ``eps * u`` with the same ``u`` at every eps: success stays (close to) monotone in eps, which the
+  bisection over eps assumes.
+
+All steps run (no early stop); the function returns, per sample, the misclassified candidate with the most
 negative margin ``f_y - max_{j!=y} f_j`` over all steps and restarts (any point inside the budget will do for
-the evaluation, and the deepest one survives its re-verification), else the last iterate.
+the evaluation, and the deepest one survives its re-verification), else the candidate with the smallest
+margin.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +51,8 @@ from robust_cli.attacks.base import (
     register_attack,
     view_as_images,
 )
+from robust_cli.attacks.fgm import fgm
+from robust_cli.attacks.fgsm import fgsm
 
 
 def ascent_direction(grad: torch.Tensor, x_adv: torch.Tensor, norm: str, l1_top: float = 0.01) -> torch.Tensor:
@@ -80,6 +100,20 @@ def random_start_in_ball(x: torch.Tensor, eps: torch.Tensor, norm: str, generato
     return u * e * view_as_images(radius, x)
 
 
+def step_schedule(step_size: float, steps: int, schedule: str) -> list[float]:
+    """Step lengths ``[steps]`` as fractions of eps: ``constant`` (Madry et al.) or ``cosine`` annealing.
+
+    ``cosine``: ``step_size * (1 + cos(pi t / steps)) / 2`` for ``t = 0 .. steps-1`` (the SGDR curve of
+    Loshchilov & Hutter without restarts): long early steps cross the ball, short late ones settle on the
+    decision boundary instead of oscillating across it with a fixed step.
+    """
+    if schedule == "constant":
+        return [step_size] * steps
+    if schedule == "cosine":
+        return [step_size * (1 + math.cos(math.pi * t / steps)) / 2 for t in range(steps)]
+    raise ValueError(f"unknown step schedule {schedule!r}; expected 'constant' or 'cosine'")
+
+
 def projected_gradient(
     model: nn.Module,
     x: torch.Tensor,
@@ -94,50 +128,76 @@ def projected_gradient(
     targeted: bool = False,
     loss: str = "ce",
     l1_top: float = 0.01,
-    seed: int | None = None,
+    seed: int | None = 0,
+    schedule: str = "constant",
+    single_step: bool = True,
 ) -> torch.Tensor:
     """The iterative engine behind ``pgd``, ``ifgsm`` and ``bim`` (see the module docstring).
 
     Args:
         x: ``[B,C,H,W]`` in [0,1]. y: ``[B]`` labels, or target labels when ``targeted``.
-        eps: budget, float or ``[B]``. step_size: step length as a fraction of eps.
-        restarts: independent runs (random starts differ); a sample keeps its deepest adversarial iterate.
-        seed: seeds the random starts (a private generator; the global RNG is not touched) when given.
+        eps: budget, float or ``[B]``. step_size: step length as a fraction of eps (the first of the
+            ``schedule``).
+        random_start: restarts after the first start from a uniform point of the eps-ball; the first run
+            always starts from ``x`` itself.
+        restarts: runs; a sample keeps its deepest adversarial iterate over all of them.
+        seed: seeds the random starts (a private generator; the global RNG is not touched). The same seed
+            gives the same unit draws at every eps, so a start is ``eps * u``: continuous in eps, which keeps
+            success close to monotone in eps for the bisection. ``None``: draw from the global RNG.
+        schedule: ``constant`` or ``cosine`` step lengths (``step_schedule``).
+        single_step: also try the single-step attack's point (``fgsm`` in linf, ``fgm`` in l2, called
+            with the same ``loss`` and ``targeted``; one full step of length eps in l1), so this attack
+            succeeds wherever that one does, at the same eps.
 
     Returns:
         ``[B,C,H,W]`` in [0,1] with ``||x_adv - x|| <= eps`` per sample.
     """
     eps_t = as_batch_eps(eps, x)
-    alpha = view_as_images(eps_t * step_size, x)
+    e = view_as_images(eps_t, x)
     x = x.detach()
     generator = None
     if seed is not None:
         generator = torch.Generator(device=x.device).manual_seed(seed)
+    sizes = step_schedule(step_size, steps, schedule)
     best = x.clone()
+    best_adv = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     best_score = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
 
     def keep(point: torch.Tensor, logits: torch.Tensor) -> None:
-        # the misclassified iterate deepest past the boundary: a point just across it may flip back when
-        # the evaluation re-runs the model on another batch (last-bit differences)
-        nonlocal best, best_score
-        score = margin(logits, y) if not targeted else -margin(logits, y)
-        better = is_adversarial(logits, y, targeted) & (score < best_score)
+        # Per sample the point with the lowest margin, adversarial points first: the deepest one past the
+        # boundary survives the evaluation's re-run on another batch (last-bit differences), and where no
+        # point is adversarial the nearest miss is returned.
+        nonlocal best, best_adv, best_score
+        score = -margin(logits, y) if targeted else margin(logits, y)
+        adv = is_adversarial(logits, y, targeted)
+        better = (adv & ~best_adv) | ((adv == best_adv) & (score < best_score))
         best = torch.where(view_as_images(better, x), point, best)
+        best_adv = best_adv | adv
         best_score = torch.where(better, score, best_score)
 
+    runs = max(1, restarts) if random_start else 1  # without random starts every run would be the same
+    single = {"linf": fgsm, "l2": fgm}.get(norm) if single_step else None
     with frozen_eval(model):
-        for _ in range(max(1, restarts)):
+        if single is not None:
+            # the single-step attack itself, not a re-implementation: its point is a candidate bit for bit
+            one = single(model, x, y, norm=norm, eps=eps_t, targeted=targeted, loss=loss)
+            with torch.no_grad():
+                keep(one, model(one))
+        for run in range(runs):
             delta = torch.zeros_like(x)
-            if random_start:
+            if run > 0:
                 delta = project(random_start_in_ball(x, eps_t, norm, generator), x, eps_t, norm)
-            for _ in range(steps):
-                grad, logits = loss_gradient(model, x + delta, y, loss, targeted)
+            for t, size in enumerate(sizes):
+                grad, logits = loss_gradient(model, x + delta, y, loss, targeted, scale_free=True)
                 keep(x + delta, logits)
-                delta = project(delta + alpha * ascent_direction(grad, x + delta, norm, l1_top), x, eps_t, norm)
+                direction = ascent_direction(grad, x + delta, norm, l1_top)
+                if run == 0 and t == 0 and single_step and single is None:
+                    one = enforce_budget(x + e * direction, x, eps_t, norm)  # l1: one full step
+                    with torch.no_grad():
+                        keep(one, model(one))
+                delta = project(delta + size * e * direction, x, eps_t, norm)
             with torch.no_grad():
                 keep(x + delta, model(x + delta))
-    # samples never misclassified return their last iterate (the strongest point the run reached)
-    best = torch.where(view_as_images(torch.isinf(best_score), x), x + delta, best)
     return enforce_budget(best, x, eps_t, norm)
 
 
@@ -150,22 +210,27 @@ def pgd(
     norm: str,
     eps: float | torch.Tensor,
     steps: int = 50,
-    step_size: float = 0.05,
+    step_size: float = 0.25,
     random_start: bool = True,
     restarts: int = 1,
     targeted: bool = False,
     loss: str = "ce",
     l1_top: float = 0.01,
-    seed: int | None = None,
+    seed: int | None = 0,
+    schedule: str = "cosine",
+    single_step: bool = True,
 ) -> torch.Tensor:
-    """PGD with a random start in the eps-ball; l1 by sparse l1 descent (thesis §5.4: 1% sparsity).
+    """PGD from ``x``, then ``restarts - 1`` random starts; l1 by sparse l1 descent (thesis §5.4: 1% sparsity).
 
     ``x`` ``[B,C,H,W]`` in [0,1], ``eps`` float or ``[B]``; returns ``[B,C,H,W]`` in [0,1] within eps.
-    Step ``alpha = step_size * eps`` (default 2.5 eps / steps, Madry et al.). See ``projected_gradient``.
+    Steps ``alpha_t = a_t * eps`` with ``a_t`` cosine-annealed from ``step_size`` (0.25: the steps add up to
+    ``steps * step_size / 2 = 6.25 eps``, above Madry's 2.5 eps, so the far corner of the ball is reachable)
+    and the ``fgsm``/``fgm`` point as a candidate. ``schedule="constant", step_size=2.5/steps,
+    single_step=False, restarts=1`` is Madry et al.'s PGD from the clean point. See ``projected_gradient``.
     """
     return projected_gradient(model, x, y, norm=norm, eps=eps, steps=steps, step_size=step_size,
                               random_start=random_start, restarts=restarts, targeted=targeted, loss=loss,
-                              l1_top=l1_top, seed=seed)
+                              l1_top=l1_top, seed=seed, schedule=schedule, single_step=single_step)
 
 
 @dataclass
@@ -175,13 +240,15 @@ class PGDConfig:
     _target_: str = "robust_cli.attacks.pgd.pgd"
     name: str = "pgd"
     steps: int = 50
-    step_size: float = 0.05  # fraction of eps per step
-    random_start: bool = True
+    step_size: float = 0.25  # fraction of eps of the first step (the schedule shrinks it)
+    random_start: bool = True  # restarts after the first (which starts at x) start at random
     restarts: int = 1
     targeted: bool = False
     loss: str = "ce"  # ce | margin
     l1_top: float = 0.01  # l1 only: fraction of values moved per step (SLIDE sparsity)
-    seed: int | None = None
+    seed: int | None = 0  # random starts: the same draws at every eps (null: the global RNG)
+    schedule: str = "cosine"  # cosine | constant
+    single_step: bool = True  # the fgsm/fgm point is a candidate (never weaker than the single step)
 
 
 SCHEMAS = {"pgd": PGDConfig}

@@ -182,7 +182,9 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: Context | Non
                 sums = {"loss": 0.0, "wrong": 0.0, "n": 0.0}
                 stat_sums: dict[str, float] = {}
                 train_model.train()
-                for idx in batches:
+                for step, idx in enumerate(batches):
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(epoch + step / len(batches), cfg.optimizer.lr, cfg.schedule, cfg.epochs)
                     xb = augment(x_train[idx], cfg.dataset.augment, gen).to(device, non_blocking=True)
                     yb = y_train[idx].to(device, non_blocking=True)
                     if cfg.channels_last:

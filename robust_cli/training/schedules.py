@@ -7,21 +7,24 @@ import math
 from robust_cli.errors import UserError
 
 
-def lr_at(epoch: int, base_lr: float, schedule, epochs: int) -> float:
-    """The learning rate for 0-based ``epoch``.
+def lr_at(epoch: float, base_lr: float, schedule, epochs: int) -> float:
+    """The learning rate at training progress ``epoch`` (0-based; fractional within an epoch).
+
+    The loop asks for it before every step with ``epoch + step / steps_per_epoch``. Step schedules follow the
+    papers and change only at epoch boundaries; cosine and the warm-up are continuous.
 
     Schedules (``schedule.name``):
         multistep: ``base_lr * gamma^(number of milestones <= epoch)`` (Finlay: lr/5 at 60,120,180 -> gamma 0.2)
-        exponential: ``base_lr * gamma^epoch`` (thesis MNIST: gamma 0.95)
-        cosine: from ``base_lr`` to ``eta_min`` over ``epochs``
+        exponential: ``base_lr * gamma^floor(epoch)`` (thesis MNIST: gamma 0.95 per epoch)
+        cosine: from ``base_lr`` to ``eta_min`` over ``epochs``, per step
         constant: ``base_lr``
     A linear warm-up from ``base_lr / 10`` over ``warmup_epochs`` precedes any of them.
     """
     name = schedule.name
     if name == "multistep":
-        lr = base_lr * schedule.gamma ** sum(1 for m in schedule.milestones if epoch >= m)
+        lr = base_lr * schedule.gamma ** sum(1 for m in schedule.milestones if math.floor(epoch) >= m)
     elif name == "exponential":
-        lr = base_lr * schedule.gamma**epoch
+        lr = base_lr * schedule.gamma ** math.floor(epoch)
     elif name == "cosine":
         lr = schedule.eta_min + 0.5 * (base_lr - schedule.eta_min) * (1 + math.cos(math.pi * epoch / max(1, epochs)))
     elif name == "constant":
