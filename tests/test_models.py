@@ -85,7 +85,7 @@ def build(model: str, dataset: str = "digits", *extra: str, meta: bool = False):
 
 
 def test_every_yaml_has_a_schema_and_vice_versa():
-    assert MODEL_NAMES == list_models()
+    assert list_models() == MODEL_NAMES
     expected = {"mlp", "lenet5", "allcnn", "resnet34", "resnext34", "preact_resnet18", "wrn", "nin"}
     assert expected <= set(MODEL_NAMES)
 
