@@ -55,7 +55,8 @@ def _one_line(err: BaseException) -> str:
         text = str(err).strip()
         if "Available options" in text:
             head, _, options = text.partition("Available options")
-            opts = [o.strip() for o in options.split("\n")[1:] if o.strip()]
+            options = options.split("Config search path")[0]  # Hydra appends its search path: noise here
+            opts = [o.strip() for o in options.split("\n")[1:] if o.strip() and not o.strip().endswith("_schema")]
             text = f"{head.strip()} (available: {', '.join(opts)})"
         first = " ".join(line.strip() for line in text.splitlines()[:1] if line.strip())
         extra = [line.strip() for line in text.splitlines()[1:] if line.strip().startswith(("Key ", "Value "))]
