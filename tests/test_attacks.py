@@ -222,6 +222,39 @@ def test_targeted_reaches_the_target_exactly_above_the_optimum(attack, norm):
         assert (model(miss).argmax(1) == y).all()
 
 
+@pytest.mark.parametrize("attack,norm", [(pgd, "linf"), (pgd, "l2"), (ifgsm, "linf"), (bim, "l2")])
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+def test_iterative_attacks_succeed_wherever_the_single_step_does(attack, norm, loss):
+    """Steps far too short to reach the ball's corner (10 x 0.01 eps): only the single-step point can succeed,
+    and it is a candidate, so every image FGSM/FGM breaks at an eps is broken by the iterative attack too."""
+    model, x, y = problem(24, num_classes=10)
+    single = fgsm if norm == "linf" else fgm
+    opt = minimal_distance(model, x, y, norm).float()
+    broken = 0
+    for factor in (1.05, 1.5, 2.5, 4.0):
+        eps = opt * factor
+        one = fooled(model, single(model, x, y, norm=norm, eps=eps, loss=loss), y)
+        many = fooled(model, attack(model, x, y, norm=norm, eps=eps, loss=loss, steps=10, step_size=0.01), y)
+        assert (many | ~one).all()
+        broken += int(one.sum())
+    assert broken >= 10  # the comparison is not empty
+
+
+def test_cosine_schedule_closed_form_and_madry_reach():
+    """``sum_t (1 + cos(pi t / n)) / 2 = (n + 1) / 2`` (the cosines of t = 0..n-1 add up to 1); the default
+    PGD steps add up to at least Madry's 2.5 eps, and the constant schedule is ``step_size`` every step."""
+    from robust_cli.attacks.pgd import step_schedule
+
+    for n in (1, 2, 7, 50):
+        assert sum(step_schedule(0.3, n, "cosine")) == pytest.approx(0.3 * (n + 1) / 2)
+        assert step_schedule(0.3, n, "constant") == [0.3] * n
+    params = inspect.signature(pgd).parameters
+    steps, size = params["steps"].default, params["step_size"].default
+    assert sum(step_schedule(size, steps, params["schedule"].default)) >= 2.5
+    with pytest.raises(ValueError):
+        step_schedule(0.1, 3, "linear")
+
+
 def test_seeded_random_start_is_reproducible_and_leaves_global_rng_alone():
     model, x, y = problem(8)
     state = torch.get_rng_state()

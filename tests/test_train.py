@@ -136,7 +136,7 @@ def test_help_lists_commands_and_groups():
     for word in ("train", "eval", "dataset", "model", "defense", "tulip", "resnext34", "quickstart"):
         assert word in proc.stdout
     cfg = robust("train", "experiment=quickstart", "--cfg", "job")
-    assert cfg.returncode == 0 and "widths" in cfg.stdout
+    assert cfg.returncode == 0 and "name: lenet5" in cfg.stdout and "name: digits" in cfg.stdout
 
 
 @pytest.mark.slow
