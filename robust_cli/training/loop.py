@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # Test hook: end the process abruptly (as a kill would) right after this epoch's checkpoint is written.
 CRASH_AFTER_EPOCH_ENV = "ROBUST_CRASH_AFTER_EPOCH"
+# Test hook: pad every epoch to at least this many seconds (after its checkpoint), so that a requeue test
+# needs several attempts however fast the machine is.
+MIN_EPOCH_SECONDS_ENV = "ROBUST_MIN_EPOCH_SECONDS"
 
 
 @dataclass
@@ -160,6 +163,7 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: Context | Non
         log.warning("amp=true needs CUDA; training in fp32 on %s", device)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     crash_after = os.environ.get(CRASH_AFTER_EPOCH_ENV)
+    min_epoch_s = float(os.environ.get(MIN_EPOCH_SECONDS_ENV, "0"))
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -232,6 +236,8 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: Context | Non
                              cfg.epochs, lr, row["train_loss"], row["train_error"], row["test_error"], row["seconds"])
                     if crash_after is not None and int(crash_after) == epoch + 1:
                         os._exit(137)
+                    if min_epoch_s > row["seconds"]:
+                        time.sleep(min_epoch_s - row["seconds"])
                 if ctx.world_size > 1:
                     distributed.barrier(ctx)
     except BaseException as err:
