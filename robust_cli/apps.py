@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from robust_cli.errors import UserError
+from robust_cli.errors import JobFailed, UserError
 
 log = logging.getLogger("robust_cli")
 
@@ -66,7 +66,7 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except UserError as err:
             if is_multirun():
-                raise
+                raise JobFailed(f"robust: error: {err}") from None
             sys.stderr.write(f"robust: error: {err}\n")
             sys.exit(2)
         except KeyboardInterrupt:

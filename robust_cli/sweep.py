@@ -36,6 +36,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from robust_cli import io
+from robust_cli.errors import JobFailed
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ def final_metrics(run_dir: str | None) -> dict[str, Any]:
 
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
+    if isinstance(err, JobFailed):  # already "robust: error: <message>"
+        return text[:500]
     return f"{type(err).__name__}: {text}"[:500]
 
 

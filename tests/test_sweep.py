@@ -62,7 +62,10 @@ def test_train_multirun_writes_one_row_per_job_including_failed(tmp_path):
     assert len(jobs) == 2
     ok, bad = jobs.iloc[0], jobs.iloc[1]
     assert ok["status"] == "completed" and bad["status"] == "failed"
-    assert "epochs and batch_size must be at least 1" in bad["error"]
+    assert bad["error"].startswith("robust: error: ") and "epochs and batch_size must be at least 1" in bad["error"]
+    # the failure is reported as its one line, not a traceback
+    assert "Traceback" not in proc.stderr
+    assert "robust: error: " in proc.stderr and "epochs and batch_size must be at least 1" in proc.stderr
     # the deterministic run directory: <out_dir>/train/<dataset>/<model>/<defense>/<sorted overrides>
     assert Path(ok["run_dir"]) == tmp_path / "train" / "digits" / "mlp" / "none" / "epochs-1+model.widths-8"
     hist = pd.read_csv(Path(ok["run_dir"]) / "history.csv")
