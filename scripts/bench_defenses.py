@@ -139,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--profile", default=None, help="profile this defense instead of timing all")
     p.add_argument("--profile-rows", type=int, default=15)
+    p.add_argument("--no-mkldnn", action="store_true",
+                   help="CPU: PyTorch's native convolutions instead of oneDNN's (whose input-gradient kernel "
+                        "for a 1-channel convolution is slow; see BENCHMARKS.md)")
     args = p.parse_args(argv)
+    if args.no_mkldnn:
+        torch.backends.mkldnn.enabled = False
     if "none" not in args.defenses:
         args.defenses = ["none", *args.defenses]
     if args.threads:
@@ -150,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
     print(f"# torch {torch.__version__}, device {device}"
           f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, "
-          f"threads {torch.get_num_threads()}, batch {args.batch}, repeats {args.repeats} x {args.inner} steps")
+          f"threads {torch.get_num_threads()}, mkldnn {torch.backends.mkldnn.enabled}, batch {args.batch}, "
+          f"repeats {args.repeats} x {args.inner} steps")
     if args.profile:
         for kind in args.models:
             profile(args.profile, kind, args, device)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from robust_cli.models.input_grad_conv import InputGradConv2d
 from robust_cli.models.layers import check_in_shape, conv_out_size, valid_or_same_padding
 
 
@@ -47,7 +48,8 @@ class LeNet5(nn.Module):
         if min(h1, w1, h2, w2) < 1:
             raise ValueError(f"input {list(in_shape)} is too small for lenet5 (needs at least 4x4)")
         self.features = nn.Sequential(
-            nn.Conv2d(c, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            # conv1's input gradient (every attack and defense needs it) by the fast CPU path
+            InputGradConv2d(c, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 5, padding=(ph, pw)), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(),
         )
