@@ -12,8 +12,10 @@ for the equivalent forward convolution above, one thread; ``scripts/bench_defens
 and that one kernel made every defense step on LeNet-5 cost 2.5-12x a plain training step. Other shapes
 measured (1->32 3x3, 3->16, 3->64, 16->16) show no such gap, so only LeNet-5's first layer uses this class.
 
-The weight and bias gradients are PyTorch's own. The backward is built from differentiable operations, so
-double backprop (the ``lip``/``tulip``/``margin`` penalties) differentiates through it like any layer.
+The weight and bias gradients are PyTorch's own. The input gradient is itself a custom function whose
+input gradient is the forward convolution again, so double backprop (the ``lip``/``tulip``/``margin``
+penalties) stays on the fast kernels as well and differentiates through it like any layer (checked
+against ``nn.Conv2d`` and by ``gradgradcheck`` in ``tests/test_input_grad_conv.py``).
 Elsewhere (CUDA, strides, dilation, groups, non-zero padding modes) it is a plain ``nn.Conv2d``; the
 parameters and the ``state_dict`` are those of ``nn.Conv2d`` in every case.
 """
@@ -25,8 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class _InputGradAsConv(torch.autograd.Function):
-    """``conv2d(x, weight, bias, padding)`` (stride 1) with the input gradient computed as a convolution."""
+def _transposed(grad_out: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+    """The adjoint of ``conv2d(., weight, padding)`` (stride 1): ``[B, O, H', W']`` -> ``[B, 1, H, W]``,
+    as the forward convolution with the kernel flipped in space and transposed in channels."""
+    back_pad = tuple(k - 1 - p for k, p in zip(weight.shape[-2:], padding))
+    return F.conv2d(grad_out, weight.flip(2, 3).transpose(0, 1), padding=back_pad)
+
+
+class _Conv(torch.autograd.Function):
+    """``conv2d(x, weight, bias, padding)`` (stride 1, 1 input channel); input gradient by ``_Adjoint``."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding):
@@ -38,16 +47,36 @@ class _InputGradAsConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        padding = ctx.padding
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            back_pad = tuple(k - 1 - p for k, p in zip(weight.shape[-2:], padding))
-            grad_x = F.conv2d(grad_out, weight.flip(2, 3).transpose(0, 1), padding=back_pad)
+            grad_x = _Adjoint.apply(grad_out, weight, ctx.padding)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, padding=padding)
+            grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, padding=ctx.padding)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=(0, 2, 3))
         return grad_x, grad_w, grad_b, None
+
+
+class _Adjoint(torch.autograd.Function):
+    """``_transposed(grad_out, weight, padding)``. Its own input gradient is the forward convolution again
+    (``_Conv``), so the double backward of the penalties stays on the fast kernels too: oneDNN's backward of
+    this 6->1 convolution is as slow as the one this module avoids."""
+
+    @staticmethod
+    def forward(ctx, grad_out, weight, padding):
+        ctx.save_for_backward(grad_out, weight)
+        ctx.padding = padding
+        return _transposed(grad_out, weight, padding)
+
+    @staticmethod
+    def backward(ctx, v):
+        grad_out, weight = ctx.saved_tensors
+        g_out = g_w = None
+        if ctx.needs_input_grad[0]:
+            g_out = _Conv.apply(v, weight, None, ctx.padding)
+        if ctx.needs_input_grad[1]:  # d<v, adjoint(g, W)>/dW = d<conv(v, W), g>/dW
+            g_w = torch.nn.grad.conv2d_weight(v, weight.shape, grad_out, padding=ctx.padding)
+        return g_out, g_w, None
 
 
 class InputGradConv2d(nn.Conv2d):
@@ -63,5 +92,5 @@ class InputGradConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fast_path(x):
-            return _InputGradAsConv.apply(x, self.weight, self.bias, tuple(self.padding))
+            return _Conv.apply(x, self.weight, self.bias, tuple(self.padding))
         return super().forward(x)
