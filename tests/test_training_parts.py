@@ -75,3 +75,27 @@ def test_channels_last_and_tikhonov_train_in_process(tmp_path):
     final = fit(cfg, tmp_path / "run", [])
     assert final["epoch"] == 1 and 0 <= final["test_error"] <= 1 and final["train_loss"] > 0
     assert (tmp_path / "run" / "model.pt").is_file()
+
+
+class _RunsCode:
+    """Unpickling this calls ``os.system``: what a hostile checkpoint would do."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch should-not-exist",))
+
+
+def test_checkpoints_refuse_pickles_that_run_code(tmp_path, monkeypatch):
+    """``load_checkpoint`` and ``load_trained_model`` read with weights_only: a pickle carrying a callable is
+    refused with one line, and the callable never runs."""
+    from robust_cli.training.checkpoint import load_checkpoint, load_trained_model
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": _RunsCode()}, tmp_path / "last.pt")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "last.pt")
+    torch.save({"state_dict": _RunsCode()}, tmp_path / "model.pt")
+    with pytest.raises(UserError, match="cannot read"):
+        load_trained_model(tmp_path)
+    assert not (tmp_path / "should-not-exist").exists()
