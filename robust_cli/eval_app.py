@@ -14,13 +14,10 @@ lock after writing its own directory, so the merged files end up holding every j
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import inspect
 import logging
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,26 +96,12 @@ def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -
     return pairs  # a -m job whose one combination is unsupported has nothing to do: not a failed job
 
 
-@contextlib.contextmanager
-def locked(eval_dir: Path) -> Iterator[None]:
-    """An exclusive lock on ``eval_dir/.lock``: concurrent ``-m`` jobs merge one after another."""
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    with open(eval_dir / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _cached(out: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
-    from robust_cli.reporting.tables import read_json
-
     path = out / "summary.json"
     if not (path.is_file() and (out / "per_sample.csv").is_file() and (out / "curve.csv").is_file()):
         return None
     try:
-        summary = read_json(path)
+        summary = io.read_json(path)
     except (OSError, ValueError):  # an unreadable old file is recomputed
         return None
     stored = summary.get("config", {})
@@ -224,7 +207,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     from robust_cli.evaluation.curves import thresholds_for
     from robust_cli.evaluation.lipschitz import input_gradient_norms, lipschitz_statistics
     from robust_cli.reporting.plots import plot_error_curves
-    from robust_cli.reporting.tables import evaluated, merge, read_json, update_cross_checks
+    from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
     from robust_cli.training.checkpoint import load_trained_model
 
     run_dir = Path(cfg.run)
@@ -267,9 +250,9 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
             evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
                          zero_grad=zero_grad, progress=progress, reference=reference)
 
-    with locked(eval_dir):
+    with io.file_lock(eval_dir / ".lock"):  # concurrent -m jobs merge one after another
         lip_path = eval_dir / "lipschitz.json"
-        stale = not lip_path.is_file() or read_json(lip_path).get("n") != n  # n_examples changed
+        stale = not lip_path.is_file() or io.read_json(lip_path).get("n") != n  # n_examples changed
         if cfg.lipschitz and (cfg.force or stale):
             stats = lipschitz_statistics(model, x.to(device), y.to(device), cfg.batch_size)
             io.write_json(lip_path, stats)

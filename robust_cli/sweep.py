@@ -22,7 +22,6 @@ started_at, finished_at.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import time
@@ -104,18 +103,6 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:500]
 
 
-@contextlib.contextmanager
-def _locked(sweep_dir: Path):
-    """An exclusive lock on ``<sweep_dir>/.jobs.lock``: concurrent jobs regenerate jobs.csv one at a time."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / ".jobs.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _records(sweep_dir: Path) -> dict[int, dict[str, Any]]:
     found = {}
     for path in sweep_dir.glob(f"*/{RECORD}"):
@@ -134,7 +121,7 @@ def write_summary(sweep_dir: str | Path) -> pd.DataFrame:
     earlier sweep with other overrides in the same directory is ignored. Without it, one row per record.
     """
     sweep_dir = Path(sweep_dir)
-    with _locked(sweep_dir):
+    with io.file_lock(sweep_dir / ".jobs.lock"):  # concurrent jobs regenerate jobs.csv one at a time
         records = _records(sweep_dir)
         expected = None
         if (sweep_dir / EXPECTED).exists():

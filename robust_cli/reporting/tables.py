@@ -31,18 +31,12 @@ CURVE_COLUMNS = ["attack", "norm", "eps", "error"]
 PER_SAMPLE_COLUMNS = ["index", "label", "clean_pred", "adv_pred", "distance"]
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """``json.load`` of a summary (Infinity/NaN accepted)."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def evaluated(eval_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     """``[(attack-norm directory, summary)]`` of every finished evaluation under ``eval_dir``, sorted."""
     out = []
     for path in sorted(Path(eval_dir).glob("*/summary.json")):
         try:
-            out.append((path.parent, read_json(path)))
+            out.append((path.parent, io.read_json(path)))
         except (OSError, json.JSONDecodeError) as err:  # a torn file cannot happen (atomic), a foreign one can
             log.warning("skipping unreadable %s: %s", path, err)
     return out
