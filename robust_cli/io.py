@@ -16,13 +16,26 @@ from pathlib import Path
 from typing import Any
 
 
+# the process umask, read once (os.umask can only be read by setting it): mkstemp creates files 0600, and the
+# final files get the mode a plain open() would have given them
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, flush it to disk, give it the umask's mode, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data is on disk before the rename makes it the file
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -37,8 +50,6 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     def _write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
 
     return _atomic(path, _write)
 
@@ -46,16 +57,6 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (non-finite floats are written as Infinity/NaN)."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write raw bytes (e.g. a rendered PNG) to ``path`` atomically."""
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    return _atomic(path, _write)
 
 
 def save_figure(path: str | os.PathLike, figure, **kwargs: Any) -> Path:

@@ -18,6 +18,9 @@ log = logging.getLogger("robust_cli.train")
 def train(cfg: DictConfig) -> dict:
     """Train one configuration; a finished run is reported, not retrained, unless ``force=true``.
 
+    Any other run resumes from its checkpoint, ``force=true`` or not: ``force`` is not part of the run
+    directory's name, so a requeued (or repeated) ``force=true`` command must continue the retrain it started.
+
     Returns the final metrics (the last history row), also stored in ``run.json``.
     """
     from robust_cli.training.loop import resolve_device
@@ -26,25 +29,27 @@ def train(cfg: DictConfig) -> dict:
     overrides = task_overrides()
     run_dir = train_run_dir(cfg, overrides)
     record = RunRecord(run_dir) if (run_dir / "run.json").exists() else None
-    if record is not None and record.status == "done" and (run_dir / "model.pt").exists() and not cfg.force:
+    done = record is not None and record.status == "done"
+    if done and (run_dir / "model.pt").exists() and not cfg.force:
         log.info("already trained: %s (force=true retrains)", run_dir)
         return dict(record.data.get("final", {}))
+    fresh = done and bool(cfg.force)  # retrain a finished run; running/interrupted/failed ones resume
     from robust_cli.training import distributed
 
     if cfg.trainer.devices > 1 or distributed.under_torchrun():
         # spawns trainer.devices workers (or, under torchrun, runs in this worker); rank 0's result returns
-        return distributed.launch(_fit_in_dir, cfg, run_dir, overrides)
-    return _fit_in_dir(cfg, run_dir, overrides)
+        return distributed.launch(_fit_in_dir, cfg, run_dir, overrides, fresh)
+    return _fit_in_dir(cfg, run_dir, overrides, fresh)
 
 
-def _fit_in_dir(cfg: DictConfig, run_dir, overrides) -> dict:
+def _fit_in_dir(cfg: DictConfig, run_dir, overrides, fresh: bool = False) -> dict:
     """Train in this process: the whole run, or one rank of a DistributedDataParallel group."""
     from robust_cli.training import distributed
     from robust_cli.training.loop import fit, resolve_device
 
     ctx = distributed.init(cfg.trainer, resolve_device(cfg.device))
     try:
-        final = fit(cfg, run_dir, overrides, ctx)
+        final = fit(cfg, run_dir, overrides, ctx, fresh=fresh)
     finally:
         distributed.cleanup(ctx)
     if ctx.is_main:

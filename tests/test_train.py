@@ -130,6 +130,51 @@ def test_force_retrains(tmp_path):
     assert json.loads((run / "run.json").read_text())["starts"] == first + 1
 
 
+def test_requeued_force_run_resumes_instead_of_restarting(tmp_path):
+    """``force`` is not in the run name: a force=true retrain killed after epoch 1 and started again with the
+    same command (a SLURM requeue) continues from its checkpoint and ends with the uninterrupted weights."""
+    args = [*QUICK, "epochs=3", "deterministic=true", "model.dropout=0.2", f"out_dir={tmp_path}"]
+    assert robust("train", *args).returncode == 0
+    run = only_run_dir(tmp_path)
+    reference = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    history = pd.read_csv(run / "history.csv").drop(columns="seconds")
+
+    crashed = robust("train", *args, "force=true", env={"ROBUST_CRASH_AFTER_EPOCH": "1"})
+    assert crashed.returncode != 0
+    assert "resuming" not in crashed.stderr  # a finished run is retrained from scratch
+    assert list(pd.read_csv(run / "history.csv").epoch) == [1]
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+
+    requeued = robust("train", *args, "force=true")
+    assert requeued.returncode == 0, requeued.stderr
+    assert "resuming" in requeued.stderr and "from epoch 1" in requeued.stderr
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "done" and record["starts"] == 3
+    pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv").drop(columns="seconds"), history)
+    retrained = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    for key in reference:
+        assert torch.equal(retrained[key], reference[key]), key
+
+
+def test_eval_refuses_a_model_of_an_unfinished_run(finished_run, tmp_path):
+    """A model.pt left by an earlier training is not the run's model while run.json says it is not done."""
+    from robust_cli.errors import UserError
+    from robust_cli.training.checkpoint import load_trained_model
+
+    shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)
+    run = only_run_dir(tmp_path)
+    load_trained_model(run)  # done: loads
+    record = json.loads((run / "run.json").read_text())
+    for status in ("running", "failed", "interrupted"):
+        (run / "run.json").write_text(json.dumps({**record, "status": status}))
+        with pytest.raises(UserError, match=f"not a finished run .*status: {status}") as err:
+            load_trained_model(run)
+        assert "\n" not in str(err.value)
+    (run / "run.json").unlink()
+    model, cfg = load_trained_model(run)  # no run.json (a foreign run directory): loads
+    assert cfg.model.name == "mlp"
+
+
 def test_help_lists_commands_and_groups():
     proc = robust("--help")
     assert proc.returncode == 0

@@ -15,19 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from robust_cli import io
 from robust_cli.errors import UserError
+from robust_cli.rundir import RunRecord
+from robust_cli.training.distributed import unwrap
 
 FORMAT = 1
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare module under DistributedDataParallel / torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
 def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list[dict[str, Any]]) -> None:
     io.torch_save(path, {
-        "format": FORMAT, "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "format": FORMAT, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "epoch": int(epoch), "history": history,
     })
 
@@ -42,7 +38,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def save_model(path: Path, model, cfg: DictConfig) -> None:
     """Write ``model.pt``: weights plus the model, dataset and data configs needed to rebuild it."""
     io.torch_save(path, {
-        "format": FORMAT, "state_dict": _unwrap(model).state_dict(),
+        "format": FORMAT, "state_dict": unwrap(model).state_dict(),
         "model_cfg": OmegaConf.to_container(cfg.model, resolve=True),
         "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
         "data_cfg": OmegaConf.to_container(cfg.data, resolve=True),
@@ -50,7 +46,7 @@ def save_model(path: Path, model, cfg: DictConfig) -> None:
 
 
 def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a trained model from ``<run_dir>/model.pt``.
+    """Rebuild a trained model from ``<run_dir>/model.pt``; refused unless ``run.json`` (when present) says done.
 
     Returns:
         (model in eval mode on ``device``, the run's config as a DictConfig with at least ``model``,
@@ -60,6 +56,10 @@ def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
     from robust_cli.models import build_model
 
     run_dir = Path(run_dir)
+    status = RunRecord(run_dir).status if (run_dir / "run.json").is_file() else "done"  # no run.json: foreign
+    if status != "done":
+        raise UserError(f"{run_dir} is not a finished run (run.json status: {status}); finish it with its "
+                        "`robust train` command, or give run=<a finished train run directory>")
     path = run_dir / "model.pt"
     if not path.is_file():
         hint = " (training not finished?)" if (run_dir / "checkpoints" / "last.pt").exists() else ""

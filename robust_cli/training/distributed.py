@@ -1,14 +1,16 @@
-"""Data-parallel training over several processes: DistributedDataParallel + DistributedSampler.
+"""Data-parallel training over several processes: DistributedDataParallel, one rank per process.
 
-The training loop calls this small API and stays the same for 1 or N processes:
+The training loop (``robust_cli.training.loop.fit``) uses this small API and stays the same for 1 or N
+processes:
 
-    launch(train_fn, cfg)            # spawns cfg.trainer.devices processes (or just calls train_fn)
+    launch(train_fn, cfg, ...)           # spawns cfg.trainer.devices processes (or just calls train_fn)
       ctx = init(cfg.trainer, device)    # inside train_fn: DistContext(rank, world_size, ...)
-      model = wrap(model, ctx)           # DDP when world_size > 1
-      smp = sampler(train_set, ctx, shuffle=True, seed=cfg.seed); smp.set_epoch(epoch) every epoch
-      loader = DataLoader(train_set, batch_size=per_rank_batch_size(cfg.batch_size, ctx), sampler=smp)
-      all_reduce_sum(counts, ctx)        # global sums of per-rank statistics
-      if ctx.is_main: write the run directory
+      per_rank_batch_size(cfg.batch_size, ctx)   # the global batch split over the ranks (must divide)
+      model = wrap(model, ctx)           # DDP when world_size > 1; save unwrap(model)
+      the loop draws one (seed, epoch) permutation on every rank and takes positions rank, rank+W, ...
+      of it, as DistributedSampler does (``sampler`` gives the same split for a Dataset/DataLoader)
+      all_reduce_sum(sums, ctx)          # global sums of per-rank statistics
+      if ctx.is_main: write the run directory; barrier(ctx)
       cleanup(ctx)
 
 Equivalence with single-process training. With world size W and global batch B, every rank takes B/W
@@ -17,11 +19,12 @@ over the same B examples that one process would have used:
 
     grad = (1/W) * sum_r (W/B) * sum_{i in batch_r} grad l_i = (1/B) * sum_{i in batch} grad l_i.
 
-This holds when (a) the W rank batches together form the single-process batch: `sampler` returns a
-DistributedSampler even for W = 1, whose permutation of the data set depends only on (seed, epoch), and
-rank r takes positions r, r+W, r+2W, ... of it, so the union of the rank batches at step t is exactly
-positions [tB, (t+1)B) of the permutation; (b) B is divisible by W and the data set size by W (otherwise
-DistributedSampler pads by repeating indices); (c) the loss is a mean of per-example terms with no
+This holds when (a) the W rank batches together form the single-process batch: the permutation of the
+data set depends only on (seed, epoch) (the same on every rank and for W = 1), and rank r takes positions
+r, r+W, r+2W, ... of it, so the union of the rank batches at step t is exactly positions [tB, (t+1)B) of
+the permutation; (b) B is divisible by W (``per_rank_batch_size`` refuses otherwise) and the data set size
+by W (otherwise the loop drops the last n % W positions of the permutation; DistributedSampler would pad
+by repeating indices); (c) the loss is a mean of per-example terms with no
 cross-example coupling: BatchNorm in train mode normalises over the local B/W examples only (use
 `wrap(..., sync_batchnorm=True)` on CUDA), and random per-example operations (dropout, random attack
 starts) draw different numbers on each rank. Under those conditions the parameters agree with
@@ -197,8 +200,19 @@ def wrap(model: nn.Module, ctx: DistContext, *, sync_batchnorm: bool = False) ->
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (or ``model`` itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The bare module under DistributedDataParallel / DataParallel / torch.compile wrappers (else ``model``).
+
+    Save and evaluate this one (wrappers prefix state-dict keys with ``module.`` / ``_orig_mod.``); inner
+    attacks call it too: a DDP forward with gradients enabled arms the gradient reducer, which an input-only
+    backward would never fire.
+    """
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 def sampler(
@@ -229,15 +243,6 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` (picklable) on every rank, e.g. the epoch to resume from."""
-    if not ctx.distributed:
-        return obj
-    box = [obj if ctx.rank == src else None]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def barrier(ctx: DistContext) -> None:

@@ -14,7 +14,6 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,9 @@ from robust_cli.defenses import build_defense
 from robust_cli.errors import UserError
 from robust_cli.models import build_model
 from robust_cli.rundir import RunRecord
+from robust_cli.training import distributed
 from robust_cli.training.checkpoint import load_checkpoint, save_checkpoint, save_model
+from robust_cli.training.distributed import DistContext
 from robust_cli.training.optim import build_optimizer, tikhonov_penalty
 from robust_cli.training.schedules import lr_at
 
@@ -41,19 +42,6 @@ CRASH_AFTER_EPOCH_ENV = "ROBUST_CRASH_AFTER_EPOCH"
 # Test hook: pad every epoch to at least this many seconds (after its checkpoint), so that a requeue test
 # needs several attempts however fast the machine is.
 MIN_EPOCH_SECONDS_ENV = "ROBUST_MIN_EPOCH_SECONDS"
-
-
-@dataclass
-class Context:
-    """Where this process trains: one process, or one rank of a DistributedDataParallel group."""
-
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,8 +87,8 @@ def clean_error(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, device
     return wrong / len(x)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator, ctx: Context):
-    """Shuffled index batches of one epoch; under DDP each rank takes its shard of the permutation.
+def _batches(n: int, per_rank: int, generator: torch.Generator, ctx: DistContext):
+    """Shuffled index batches (``per_rank`` each) of one epoch; under DDP each rank takes its shard.
 
     The permutation is drawn from the epoch's generator (the same on every rank), then split as
     ``DistributedSampler`` does (rank, rank + world_size, ...) so the ranks together see each image once.
@@ -109,13 +97,17 @@ def _batches(n: int, batch_size: int, generator: torch.Generator, ctx: Context):
     if ctx.world_size > 1:
         usable = n - n % ctx.world_size
         perm = perm[:usable][ctx.rank::ctx.world_size]
-    per_rank = max(1, batch_size // ctx.world_size)
     return [perm[i:i + per_rank] for i in range(0, len(perm), per_rank)]
 
 
-def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: Context | None = None) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir`` (resuming from its checkpoint) and return the final metrics."""
-    ctx = ctx or Context(device=resolve_device(cfg.device))
+def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: DistContext | None = None,
+        fresh: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` and return the final metrics.
+
+    Resumes from ``checkpoints/last.pt`` when it exists, unless ``fresh`` (retrain a finished run: the
+    caller decides, see ``train_app.train``), which deletes that checkpoint before the run is marked running.
+    """
+    ctx = ctx or DistContext(device=resolve_device(cfg.device))
     device = ctx.device
     set_determinism(bool(cfg.deterministic))
     torch.manual_seed(cfg.seed)
@@ -131,10 +123,14 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: Context | Non
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise UserError("epochs and batch_size must be at least 1")
+    try:
+        per_rank_batch = distributed.per_rank_batch_size(cfg.batch_size, ctx)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     start_epoch, history = 0, []
-    if ckpt_path.exists() and not cfg.force:
+    if ckpt_path.exists() and not fresh:
         ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -142,16 +138,14 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: Context | Non
         if ctx.is_main:
             log.info("resuming %s from epoch %d", run_dir, start_epoch)
 
-    train_model = model
-    if ctx.world_size > 1:
-        from robust_cli.training import distributed
-
-        train_model = distributed.wrap(model, ctx)
+    train_model = distributed.wrap(model, ctx)  # the model itself in a single process
 
     record, file_log = None, None
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         file_log = add_file_log(run_dir / "train.log")
+        if fresh:  # a requeue after a crash in the first epoch must not resume the old run's checkpoint
+            ckpt_path.unlink(missing_ok=True)
         io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         record = RunRecord(run_dir)
         record.start(device=str(device), overrides=overrides)
@@ -179,7 +173,7 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: Context | Non
                     group["lr"] = lr
                 torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout & defenses' random starts
                 gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))  # order & augmentation
-                batches = _batches(len(x_train), cfg.batch_size, gen, ctx)
+                batches = _batches(len(x_train), per_rank_batch, gen, ctx)
                 if cfg.max_batches_per_epoch:
                     batches = batches[: cfg.max_batches_per_epoch]
                 task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches), info="")
@@ -198,22 +192,23 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: Context | Non
                         loss = out.loss
                         if cfg.tikhonov:
                             loss = loss + cfg.tikhonov * tikhonov_penalty(model)
-                    if not torch.isfinite(loss):
-                        raise UserError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower the lr")
+                    # one device sync per step: the loss and the mistakes, both exact in float64
+                    loss_v, wrong_v = torch.stack([loss.detach().double(),
+                                                   (out.logits.detach().argmax(1) != yb).sum().double()]).tolist()
+                    if not math.isfinite(loss_v):
+                        raise UserError(f"the loss became {loss_v} in epoch {epoch + 1}; lower the lr")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     b = len(yb)
-                    sums["loss"] += float(loss.detach()) * b
-                    sums["wrong"] += float((out.logits.detach().argmax(1) != yb).sum())
+                    sums["loss"] += loss_v * b
+                    sums["wrong"] += wrong_v
                     sums["n"] += b
                     for key, value in out.stats.items():
                         stat_sums[key] = stat_sums.get(key, 0.0) + float(value) * b
                     progress.update(task, advance=1, info=f"loss {sums['loss'] / sums['n']:.4f}")
                 progress.remove_task(task)
                 if ctx.world_size > 1:
-                    from robust_cli.training import distributed
-
                     keys = sorted(stat_sums)
                     packed = torch.tensor([sums["loss"], sums["wrong"], sums["n"], *[stat_sums[k] for k in keys]],
                                           dtype=torch.float64, device=device)
