@@ -281,6 +281,23 @@ def test_pgd_examples_stay_in_ball_and_box_and_raise_the_loss(norm):
     assert (adv >= clean - 1e-6).float().mean() > 0.9 and adv.mean() > clean.mean()
 
 
+def test_l2_pgd_at_uses_its_whole_budget_on_mostly_black_images():
+    """MNIST-like inputs (mostly 0): about half the ascent direction points out of the box. The exact projection
+    onto ball ∩ box still reaches norm eps; rescaling into the ball and clipping after stalls short of it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.Tanh(), nn.Linear(32, 10)).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(16, 1, 28, 28)
+    x[:, :, 6:22, 10:18] = torch.rand(16, 1, 16, 8, generator=g).round()  # a stroke of 0/1 pixels
+    y = torch.randint(0, 10, (16,), generator=g)
+    eps = 2.0
+    x_adv = PgdAt(norm="l2", eps=eps, steps=10, step_size=eps / 2).perturb(model, x, y).x_adv
+    size = (x_adv - x).flatten(1).norm(dim=1)
+    torch.testing.assert_close(size, torch.full_like(size, eps), rtol=1e-3, atol=0)
+    assert (size <= eps * (1 + 1e-5)).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
 def test_l2_projection_closed_form():
     x0 = torch.full((2, 1, 2, 2), 0.5)
     far = x0 + torch.tensor([0.3, 0.0, 0.0, 0.4]).view(1, 1, 2, 2)  # norm 0.5, inside the box
@@ -313,6 +330,20 @@ def test_vat_power_iteration_finds_top_hessian_eigenvector():
         hess = w.T @ (torch.diag(p[i]) - torch.outer(p[i], p[i])) @ w  # Hessian of KL(p || q(x + r)) at r = 0
         top = torch.linalg.eigh(hess).eigenvectors[:, -1]
         assert abs(float(d[i] @ top)) > 0.999
+
+
+def test_vat_direction_under_bf16_autocast_matches_float32():
+    """Under autocast the power iteration still runs in float32: in bfloat16 ``x + xi d`` rounds to ``x``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 5)).eval()
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(2)
+    ref = vat_direction(model, x, xi=1e-3, power_iterations=1)
+    torch.manual_seed(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = vat_direction(model, x, xi=1e-3, power_iterations=1)
+    assert got.dtype == torch.float32
+    assert (F.cosine_similarity(got.flatten(1), ref.flatten(1), dim=1) > 0.9).all()
 
 
 def test_vat_loss_is_ce_plus_kl_at_eps_step():

@@ -63,3 +63,15 @@ def test_plain_conv_where_the_fast_path_does_not_apply():
     with torch.no_grad():
         assert not InputGradConv2d(1, 2, 3)._fast_path(x)
     assert set(InputGradConv2d(1, 2, 3).state_dict()) == {"weight", "bias"}
+
+
+def test_cpu_bf16_autocast_forward_and_backward():
+    """Under CPU autocast the plain path runs (the fast one would mix bfloat16 and float32 in its backward)."""
+    torch.manual_seed(0)
+    conv = InputGradConv2d(1, 3, 5, padding=2)
+    x = torch.rand(2, 1, 8, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not conv._fast_path(x)
+        loss = conv(x).float().pow(2).sum()
+    loss.backward()
+    assert x.grad is not None and conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()

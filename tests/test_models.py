@@ -24,7 +24,7 @@ from robust_cli.config import register_configs
 from robust_cli.data.info import DatasetInfo
 from robust_cli.errors import UserError
 from robust_cli.models import build_model, list_models, model_schemas
-from robust_cli.models.layers import Normalize, num_parameters
+from robust_cli.models.layers import Normalize, PreActBlock, num_parameters
 from robust_cli.models.resnext import BranchBlock
 
 CONF_DIR = Path(str(files("robust_cli.conf")))  # the installed config package (conf/)
@@ -262,6 +262,16 @@ def test_tanh_head_bounds_logits_and_has_no_bn_affine():
     assert big.abs().max() <= 0.3 + 1e-6 and big.abs().max() > 0.29
     out.sum().backward()
     assert head.t.grad is not None and head.t.grad != 0
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_preact_block_state_dict_keys(dropout):
+    """PreAct-ResNet and WRN share this block; its keys are those of checkpoints saved before the merge."""
+    core = {f"{bn}.{k}" for bn in ("bn1", "bn2")
+            for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    core |= {"conv1.weight", "conv2.weight"}
+    assert set(PreActBlock(4, 4, 1, dropout=dropout).state_dict()) == core
+    assert set(PreActBlock(4, 8, 2, dropout=dropout).state_dict()) == core | {"shortcut.weight"}
 
 
 # ---------------------------------------------------------------- ResNeXt: branches aggregated by the mean

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robust_cli.defenses.base import attack_mode, flat_norm
+from robust_cli.attacks.base import batch_norm
+from robust_cli.defenses.base import attack_mode
 from robust_cli.defenses.penalty import PenaltyOptions, Perturbation, PerturbedDefense
 
 
@@ -29,7 +30,7 @@ def clean_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
         logits = m(xr)
         loss = F.cross_entropy(logits, y)
         (g,) = torch.autograd.grad(loss, xr)
-    l2 = flat_norm(g, "l2") * len(x)
+    l2 = batch_norm(g, "l2") * len(x)
     stats = {"clean_loss": loss.detach(), "grad_norm_max": l2.amax(), "grad_norm_mean": l2.mean()}
     return g, logits.detach(), stats
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import frozen_eval
+from robust_cli.attacks.base import frozen_eval, view_as_images
+from robust_cli.training.distributed import unwrap  # the bare model under DDP: inner attacks call it
 
 #: canonical penalty / attack norm names, and the spellings accepted for them in configs
 _NORM_ALIASES = {"l2": "l2", "2": "l2", "2.0": "l2", "l1": "l1", "1": "l1", "1.0": "l1",
@@ -54,27 +55,10 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def flat_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-sample norm of ``g`` ``[B, ...]`` -> ``[B]``, differentiable (``norm`` canonical)."""
-    flat = g.flatten(1)
-    if norm == "l2":
-        return torch.linalg.vector_norm(flat, ord=2, dim=1)
-    if norm == "l1":
-        return flat.abs().sum(dim=1)
-    if norm == "linf":
-        return flat.abs().amax(dim=1)
-    raise ValueError(f"unknown norm {norm!r}")
-
-
-def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast ``[B]`` to ``[B, 1, 1, 1]`` (as many dims as ``like``)."""
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
 def l2_normalize(g: torch.Tensor) -> torch.Tensor:
     """``g / ||g||_2`` per sample ``[B, ...]``; rows with zero norm stay zero (no division by 0)."""
     n = torch.linalg.vector_norm(g.flatten(1), ord=2, dim=1)
-    return g / per_sample(torch.where(n > 0, n, torch.ones_like(n)), g)
+    return g / view_as_images(torch.where(n > 0, n, torch.ones_like(n)), g)
 
 
 def dual_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
@@ -94,16 +78,6 @@ def dual_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
         d = torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx).sign())
         return d.view_as(g)
     raise ValueError(f"unknown norm {norm!r}")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (else ``model``).
-
-    Inner attacks call the bare module: a DDP forward with gradients enabled arms the gradient reducer,
-    which an input-only backward would never fire.
-    """
-    inner = getattr(model, "module", None)
-    return inner if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
 
 
 @contextlib.contextmanager

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robust_cli.defenses.base import DefenseOutput, canonical_norm, error_rate, flat_norm, to_floats
+from robust_cli.attacks.base import batch_norm
+from robust_cli.defenses.base import DefenseOutput, canonical_norm, to_floats
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def margin_terms(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, norm: s
     g = logit_input_gradients(logits, x, batched)  # [B, K, d]
     g_y = g.gather(1, y[:, None, None].expand(-1, 1, g.shape[2]))  # [B, 1, d]
     diff = g_y - g  # [B, K, d]; the j = y row is zero and masked below
-    sens = flat_norm(diff.flatten(0, 1), norm).view(logits.shape)
+    sens = batch_norm(diff.flatten(0, 1), norm).view(logits.shape)
     sens = sens.masked_fill(other, float("-inf")).amax(dim=1)
     return hinge, sens
 
@@ -93,8 +94,7 @@ class Margin:
         stats = {"hinge": hinge.mean().detach(), "penalty": sens.mean().detach(),
                  "sensitivity_max": sens.amax().detach(),
                  "clean_loss": F.cross_entropy(logits.detach(), y),
-                 "margin_violation": (hinge.detach() > 0).float().mean(),
-                 "clean_error": error_rate(logits, y)}
+                 "margin_violation": (hinge.detach() > 0).float().mean()}
         return DefenseOutput(loss, logits.detach(), to_floats(stats))
 
 

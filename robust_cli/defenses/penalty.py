@@ -24,13 +24,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robust_cli.attacks.base import batch_norm
 from robust_cli.defenses.base import (
     DefenseOutput,
     canonical_norm,
     check_choice,
     dual_direction,
     error_rate,
-    flat_norm,
     to_floats,
 )
 
@@ -91,8 +91,8 @@ class LipschitzPenalty:
         logits = model(xr)
         loss = F.cross_entropy(logits, y)  # the batch mean: its input gradient carries 1/B
         (g,) = torch.autograd.grad(loss, xr, create_graph=True)
-        penalty = self._reduce(flat_norm(g, self.norm))
-        l2 = flat_norm(g.detach(), "l2") * len(x)  # per-sample ||grad l_i||_2 for the history
+        penalty = self._reduce(batch_norm(g, self.norm))
+        l2 = batch_norm(g.detach(), "l2") * len(x)  # per-sample ||grad l_i||_2 for the history
         stats = {"penalty": penalty.detach(), "grad_norm_max": l2.amax(), "grad_norm_mean": l2.mean()}
         return loss + self.lam * penalty, logits, stats
 
@@ -108,7 +108,7 @@ class LipschitzPenalty:
             (g,) = torch.autograd.grad(losses.mean(), xr, retain_graph=True)
             d = dual_direction(g, self.norm)
             losses_h = F.cross_entropy(model(x.detach() + self.h * d), y, reduction="none")
-            l2 = flat_norm(g, "l2") * b
+            l2 = batch_norm(g, "l2") * b
             stats.update(grad_norm_max=l2.amax(), grad_norm_mean=l2.mean())
         else:
             d = dual_direction(direction.detach(), self.norm)
@@ -147,14 +147,14 @@ class Perturbation:
 
     Attributes:
         x_adv: ``[B, C, H, W]`` the perturbed inputs (detached).
-        clean_logits: ``[B, K]`` detached logits at the clean inputs (eval mode), or ``None`` if not computed.
+        clean_logits: ``[B, K]`` detached logits at the clean inputs (eval mode), for the train error.
         gradient: ``[B, C, H, W]`` the input gradient the step followed (reused as the finite-difference
             direction), or ``None``.
         stats: tensors for the history (``clean_loss``, ``grad_norm_max``, ...).
     """
 
     x_adv: torch.Tensor
-    clean_logits: torch.Tensor | None = None
+    clean_logits: torch.Tensor
     gradient: torch.Tensor | None = None
     stats: dict = field(default_factory=dict)
 
@@ -185,5 +185,4 @@ class PerturbedDefense:
             logits_adv = model(p.x_adv)
             loss = adv_loss = F.cross_entropy(logits_adv, y)
         stats.update(adv_loss=adv_loss.detach(), adv_error=error_rate(logits_adv, y))
-        logits = p.clean_logits if p.clean_logits is not None else logits_adv.detach()
-        return DefenseOutput(loss=loss, logits=logits, stats=to_floats(stats))
+        return DefenseOutput(loss=loss, logits=p.clean_logits, stats=to_floats(stats))

@@ -36,16 +36,19 @@ class VatConfig:
 def vat_direction(model: nn.Module, x: torch.Tensor, xi: float, power_iterations: int) -> torch.Tensor:
     """Unit (l2, per sample) estimate ``[B,C,H,W]`` of the top Hessian eigenvector of ``KL(p(x)||p(x+r))``.
 
-    Call inside ``attack_mode``.
+    Call inside ``attack_mode``. Runs in (at least) float32 with autocast off: in bfloat16 or float16 the
+    finite-difference step ``xi * d`` is rounded away and the direction would be noise.
     """
-    with torch.no_grad():
-        p = F.softmax(model(x), dim=1)
-    d = l2_normalize(torch.randn_like(x))
-    for _ in range(power_iterations):
-        r = (xi * d).requires_grad_(True)
-        kl = F.kl_div(F.log_softmax(model(x + r), dim=1), p, reduction="sum")  # per-sample gradients
-        (g,) = torch.autograd.grad(kl, r)
-        d = l2_normalize(g)
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.detach().to(torch.promote_types(x.dtype, torch.float32))
+        with torch.no_grad():
+            p = F.softmax(model(x), dim=1)
+        d = l2_normalize(torch.randn_like(x))
+        for _ in range(power_iterations):
+            r = (xi * d).requires_grad_(True)
+            kl = F.kl_div(F.log_softmax(model(x + r), dim=1), p, reduction="sum")  # per-sample gradients
+            (g,) = torch.autograd.grad(kl, r)
+            d = l2_normalize(g)
     return d.detach()
 
 

@@ -16,7 +16,7 @@ The weight and bias gradients are PyTorch's own. The input gradient is itself a 
 input gradient is the forward convolution again, so double backprop (the ``lip``/``tulip``/``margin``
 penalties) stays on the fast kernels as well and differentiates through it like any layer (checked
 against ``nn.Conv2d`` and by ``gradgradcheck`` in ``tests/test_input_grad_conv.py``).
-Elsewhere (CUDA, strides, dilation, groups, non-zero padding modes) it is a plain ``nn.Conv2d``; the
+Elsewhere (CUDA, CPU autocast, strides, dilation, groups, non-zero padding modes) it is a plain ``nn.Conv2d``; the
 parameters and the ``state_dict`` are those of ``nn.Conv2d`` in every case.
 """
 
@@ -85,7 +85,8 @@ class InputGradConv2d(nn.Conv2d):
     kernel``. Shapes as ``nn.Conv2d``: ``[B, 1, H, W]`` -> ``[B, out_channels, H', W']``."""
 
     def _fast_path(self, x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and torch.is_grad_enabled() and self.in_channels == 1
+        return (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and self.in_channels == 1
                 and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
                 and all(p < k for p, k in zip(self.padding, self.kernel_size)))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class Normalize(nn.Module):
@@ -69,6 +70,34 @@ class RobustModel(nn.Module):
 
 
 # ---------------------------------------------------------------- helpers for the architecture bodies
+
+
+class PreActBlock(nn.Module):
+    """``conv3x3(drop(relu(bn(conv3x3(relu(bn(x))))))) + shortcut``: the full pre-activation unit (He et al.
+    2016, Fig. 4e) of PreAct-ResNet, and with ``dropout > 0`` the wide block B(3,3) of WRN (Zagoruyko &
+    Komodakis 2016).
+
+    Where the shape changes, the shortcut is a strided 1x1 conv applied to the pre-activated input.
+    Shapes: ``[B, in_ch, H, W]`` -> ``[B, out_ch, ceil(H/stride), ceil(W/stride)]``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(self.drop(F.relu(self.bn2(out))))
+        return out + shortcut
 
 
 def conv_block(in_ch: int, out_ch: int, kernel_size: int, *, stride: int = 1, padding: int = 0,

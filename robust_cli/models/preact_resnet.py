@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from robust_cli.models.layers import check_in_shape
+from robust_cli.models.layers import PreActBlock, check_in_shape
 
 
 @dataclass
@@ -21,31 +20,6 @@ class PreActResNet18Config:
     tanh_head: bool = False
     width: int = 64
     blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
-
-
-class PreActBlock(nn.Module):
-    """``conv3x3(relu(bn(conv3x3(relu(bn(x)))))) + shortcut``, the full pre-activation unit (He et al. Fig. 4e).
-
-    Where the shape changes, the shortcut is a strided 1x1 conv applied to the pre-activated input.
-    Shapes: ``[B, in_ch, H, W]`` -> ``[B, out_ch, ceil(H/stride), ceil(W/stride)]``.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_ch)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + shortcut
 
 
 class PreActResNet18(nn.Module):

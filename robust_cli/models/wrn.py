@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from robust_cli.models.layers import check_in_shape
+from robust_cli.models.layers import PreActBlock, check_in_shape
 
 
 @dataclass
@@ -22,32 +21,6 @@ class WideResNetConfig:
     depth: int = 28
     widen_factor: int = 10
     dropout: float = 0.0  # between the two convs of a block; the paper's best CIFAR runs used 0.3
-
-
-class WideBlock(nn.Module):
-    """Pre-activation wide block ``conv3x3(drop(relu(bn(conv3x3(relu(bn(x))))))) + shortcut`` (B(3,3)).
-
-    Where the shape changes, the shortcut is a strided 1x1 conv applied to the pre-activated input.
-    Shapes: ``[B, in_ch, H, W]`` -> ``[B, out_ch, ceil(H/stride), ceil(W/stride)]``.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int, dropout: float):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_ch)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(self.drop(F.relu(self.bn2(out))))
-        return out + shortcut
 
 
 class WideResNet(nn.Module):
@@ -72,8 +45,8 @@ class WideResNet(nn.Module):
         in_ch = 16
         for i, out_ch in enumerate(widths):
             stages.append(nn.Sequential(*[
-                WideBlock(in_ch if j == 0 else out_ch, out_ch, stride=(2 if i > 0 and j == 0 else 1),
-                          dropout=dropout)
+                PreActBlock(in_ch if j == 0 else out_ch, out_ch, stride=(2 if i > 0 and j == 0 else 1),
+                            dropout=dropout)
                 for j in range(n)
             ]))
             in_ch = out_ch
