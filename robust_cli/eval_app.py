@@ -14,6 +14,7 @@ lock after writing its own directory, so the merged files end up holding every j
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import math
@@ -36,8 +37,25 @@ from robust_cli.errors import UserError
 register_configs()
 log = logging.getLogger("robust_cli.eval")
 
-# what must match for a stored result to be reused
-_CACHE_KEYS = ("n", "params", "eps_search", "search_steps", "seed")
+# what must match for a stored result to be reused ("model": model.pt retrained with force=true)
+_CACHE_KEYS = ("model", "n", "params", "eps_search", "search_steps", "seed")
+
+
+def model_identity(model: torch.nn.Module) -> str:
+    """A SHA-256 of the model's weights and buffers (16 hex digits): changes whenever ``robust train
+    force=true`` retrains the run, so results of the old model are not reused."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def result_config(fn: Any, params: dict, n: int, cfg: DictConfig, model_id: str) -> dict[str, Any]:
+    """What produced a result (stored as ``summary.json["config"]``, compared on ``_CACHE_KEYS``)."""
+    return {"model": model_id, "n": int(n), "params": params,
+            "eps_search": cfg.eps_search if fn.budget else None,
+            "search_steps": int(cfg.search_steps) if fn.budget else None, "seed": int(cfg.seed)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,7 +114,9 @@ def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -
     return pairs  # a -m job whose one combination is unsupported has nothing to do: not a failed job
 
 
-def _cached(out: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
+def _cached(out: Path, expected: dict[str, Any], eps: float) -> dict[str, Any] | None:
+    """The stored summary of ``out`` if it was computed with ``expected``, else None. A changed ``eps.<norm>``
+    only moves ``error_at_eps``: that one number is recomputed from ``per_sample.csv``, not the attack."""
     path = out / "summary.json"
     if not (path.is_file() and (out / "per_sample.csv").is_file() and (out / "curve.csv").is_file()):
         return None
@@ -109,6 +129,12 @@ def _cached(out: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
     if changed:
         log.info("%s: %s changed since it was evaluated; recomputing", out.name, ", ".join(changed))
         return None
+    if not math.isclose(float(summary.get("eps", math.nan)), eps) and not (math.isnan(eps)):
+        from robust_cli.evaluation.curves import error_at
+
+        distances = pd.read_csv(out / "per_sample.csv")["distance"].to_numpy()
+        summary["eps"], summary["error_at_eps"] = eps, float(error_at(distances, eps))
+        io.write_json(out / "summary.json", summary)
     return summary
 
 
@@ -121,10 +147,11 @@ def wants_reference(fn: Any) -> bool:
 
 
 def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
-                 reference=None) -> dict:
+                 config, reference=None) -> dict:
     """Run one (attack, norm), write its three files, return its summary.
 
-    ``reference``: the training set ``(x [N,C,H,W], y [N])``, passed to attacks that take one.
+    ``config``: ``result_config(...)``, stored for the cache. ``reference``: the training set
+    ``(x [N,C,H,W], y [N])``, passed to attacks that take one.
     """
     from robust_cli.evaluation.checks import curve_check, unbounded_check
     from robust_cli.evaluation.curves import error_curve
@@ -151,10 +178,7 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
         **unbounded_check(bool(fn.budget), summary["success_rate"], name),
         "zero_grad_fraction": zero_grad,
     }
-    summary["config"] = {
-        "n": int(x.shape[0]), "params": params, "eps_search": cfg.eps_search if fn.budget else None,
-        "search_steps": int(cfg.search_steps) if fn.budget else None, "seed": int(cfg.seed),
-    }
+    summary["config"] = config
     out = Path(cfg.run) / "eval" / f"{name}-{norm}"
     io.write_csv(out / "per_sample.csv", result.frame)
     io.write_csv(out / "curve.csv", pd.DataFrame({"eps": eps, "error": err}))
@@ -205,7 +229,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
 
     from robust_cli.data import load_split
     from robust_cli.evaluation.curves import thresholds_for
-    from robust_cli.evaluation.lipschitz import input_gradient_norms, lipschitz_statistics
+    from robust_cli.evaluation.lipschitz import lipschitz_statistics, zero_gradient_fraction
     from robust_cli.reporting.plots import plot_error_curves
     from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
     from robust_cli.training.checkpoint import load_trained_model
@@ -232,8 +256,9 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     thresholds = thresholds_for(str(train_cfg.dataset.name), list(train_cfg.dataset.in_shape))
     eval_dir = run_dir / "eval"
 
-    grad = input_gradient_norms(model, x.to(device), y.to(device), cfg.batch_size)
-    zero_grad = float((grad == 0).double().mean())
+    x, y = x.to(device), y.to(device)
+    model_id = model_identity(model)
+    zero_grad = None  # computed on the first pair that is not reused
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), transient=False)
     reference = None
@@ -242,19 +267,22 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     with progress:
         for name, norm in pairs:
             fn, params = attacks[name]
-            expected = {"n": n, "params": params, "eps_search": cfg.eps_search if fn.budget else None,
-                        "search_steps": int(cfg.search_steps) if fn.budget else None, "seed": int(cfg.seed)}
-            if not cfg.force and _cached(eval_dir / f"{name}-{norm}", expected) is not None:
+            config = result_config(fn, params, n, cfg, model_id)
+            eps = float(cfg.eps.get(norm, math.nan))
+            if not cfg.force and _cached(eval_dir / f"{name}-{norm}", config, eps) is not None:
                 log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
                 continue
+            if zero_grad is None:
+                zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
             evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
-                         zero_grad=zero_grad, progress=progress, reference=reference)
+                         zero_grad=zero_grad, progress=progress, config=config, reference=reference)
 
     with io.file_lock(eval_dir / ".lock"):  # concurrent -m jobs merge one after another
         lip_path = eval_dir / "lipschitz.json"
-        stale = not lip_path.is_file() or io.read_json(lip_path).get("n") != n  # n_examples changed
+        stored = io.read_json(lip_path) if lip_path.is_file() else {}
+        stale = (stored.get("n"), stored.get("model")) != (n, model_id)  # n_examples changed, or retrained
         if cfg.lipschitz and (cfg.force or stale):
-            stats = lipschitz_statistics(model, x.to(device), y.to(device), cfg.batch_size)
+            stats = {**lipschitz_statistics(model, x, y, cfg.batch_size), "model": model_id}
             io.write_json(lip_path, stats)
             log.info("lipschitz: max |grad loss| %.4g, max |J| %.4g, prod |W| %.4g",
                      stats["max_grad_norm"], stats["max_jacobian_norm"], stats["weight_norm_product"])

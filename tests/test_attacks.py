@@ -172,6 +172,21 @@ def test_budget_attacks_succeed_just_above_the_optimum(n, attack, norm, kwargs, 
     assert (batch_norm(x_adv - x, norm) <= eps * (1 + 1e-6)).all()
 
 
+@pytest.mark.parametrize("attack,norm,kwargs,opts", BUDGET[:2], ids=["fgsm", "fgm"])
+def test_single_step_attacks_see_confident_points(attack, norm, kwargs, opts):
+    """The same two-class problem with logits times 1000 (margins in the hundreds, where the float32 CE
+    gradient is exactly 0 and its square underflows): same decisions, same optimum, so the single-step
+    attacks must still fool every image just above it (they use the scale-free direction)."""
+    model, x, y = problem(24, **opts)
+    with torch.no_grad():
+        model.fc.weight.mul_(1000.0)
+        model.fc.bias.mul_(1000.0)
+        assert (model(x).argmax(1) == y).all()
+    eps = (minimal_distance(model, x, y, norm) * (1 + 1e-3)).float()
+    x_adv = attack(model, x, y, norm=norm, eps=eps, **kwargs)
+    assert fooled(model, x_adv, y).all()
+
+
 @pytest.mark.parametrize("attack,norm", [(pgd, "linf"), (pgd, "l2"), (ifgsm, "linf"), (ifgsm, "l2")])
 def test_margin_loss_attacks_multiclass_just_above_the_optimum(attack, norm):
     """Three classes: ascending the CW margin reaches the optimum unless the start's runner-up class is not

@@ -206,6 +206,23 @@ def test_clean_misclassified_images_have_distance_zero():
     assert (res.frame["distance"][:5] == 0).all() and (res.frame["distance"][5:] > 0).all()
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_run_attack_restores_the_callers_mode(training):
+    """The attack runs in eval mode; the model is handed back in the mode it came in."""
+    model, x, y = _two_class(n=8)
+    model.train(training)
+    run_attack(model, x, y, linear_budget, "linf", search_steps=4)
+    assert model.training == training
+
+
+def test_targeted_attacks_are_refused_by_the_evaluation():
+    """The evaluation scores untargeted success against the true labels: a targeted run would record every
+    image as a failure, so it is an error, not a silent table of inf."""
+    model, x, y = _two_class(n=8)
+    with pytest.raises(UserError, match="targeted"):
+        run_attack(model, x, y, linear_budget, "linf", {"targeted": True})
+
+
 def test_counting_model_counts_forward_and_backward():
     model, x, y = _two_class(n=12)
     counted = CountingModel(model)
@@ -449,6 +466,31 @@ def test_eval_writes_schemas_merges_and_reuses(fake_run):
     liar_s = json.loads((ev / "liar-l2" / "summary.json").read_text())
     assert liar_s["checks"]["unbounded_success"] is False and liar_s["success_rate"] == 0.0
     assert "unbounded_success" in table[table["attack"] == "liar"]["checks_failed"].iloc[0]
+
+
+def test_eval_recomputes_after_retraining_and_refreshes_error_at_a_new_eps(fake_run):
+    """The cache is keyed on the model's weights: a retrained model (force=true) is attacked again. A new
+    ``eps.<norm>`` does not need the attack: ``error_at_eps`` is recomputed from the stored distances."""
+    from robust_cli.eval_app import evaluate
+    from robust_cli.evaluation.curves import error_at
+
+    run, model, x, y = fake_run
+    CALLS["n"] = 0
+    evaluate(_cfg(run, ["linear_budget"], "l2"))
+    calls = CALLS["n"]
+    path = run / "eval" / "linear_budget-l2" / "summary.json"
+
+    evaluate(_cfg(run, ["linear_budget"], "l2", eps={"l2": 0.123}))
+    assert CALLS["n"] == calls  # not attacked again
+    stored = json.loads(path.read_text())
+    distances = pd.read_csv(path.parent / "per_sample.csv")["distance"].to_numpy()
+    assert stored["eps"] == 0.123 and stored["error_at_eps"] == pytest.approx(error_at(distances, 0.123))
+    assert pd.read_csv(run / "eval" / "summary.csv")["error_at_eps"].iloc[0] == pytest.approx(stored["error_at_eps"])
+
+    with torch.no_grad():
+        model.fc.weight.mul_(1.5)  # "retrained"
+    evaluate(_cfg(run, ["linear_budget"], "l2", eps={"l2": 0.123}))
+    assert CALLS["n"] > calls
 
 
 def test_eval_unsupported_norm_singly_is_an_error_in_a_list_skipped(fake_run):

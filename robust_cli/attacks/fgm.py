@@ -43,7 +43,7 @@ def fgm(
         raise ValueError(f"fgm is an l2 attack, got norm={norm!r}")
     eps_t = as_batch_eps(eps, x)
     with frozen_eval(model):
-        grad, _ = loss_gradient(model, x, y, loss, targeted)
+        grad, _ = loss_gradient(model, x, y, loss, targeted, scale_free=True)  # direction only
     unit = grad / view_as_images(batch_norm(grad, "l2").clamp_min(1e-30), grad)
     x_adv = x.detach() + view_as_images(eps_t, x) * unit
     return enforce_budget(x_adv, x.detach(), eps_t, norm)

@@ -41,7 +41,7 @@ def fgsm(
         raise ValueError(f"fgsm is an linf attack, got norm={norm!r}")
     eps_t = as_batch_eps(eps, x)
     with frozen_eval(model):
-        grad, _ = loss_gradient(model, x, y, loss, targeted)
+        grad, _ = loss_gradient(model, x, y, loss, targeted, scale_free=True)  # direction only
     x_adv = x.detach() + view_as_images(eps_t, x) * grad.sign()
     return enforce_budget(x_adv, x.detach(), eps_t, norm)
 

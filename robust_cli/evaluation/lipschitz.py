@@ -24,22 +24,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust_cli.attacks.base import frozen_eval, loss_gradient
 from robust_cli.attacks.base import margin as logit_margin
 from robust_cli.models.layers import Normalize
 
 
-def input_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
-    """``||grad_x CE(f(x_i), y_i)||_2`` per image ``[N]`` (per-sample loss, not the batch mean).
+def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250, *,
+                    scale_free: bool = False):
+    """Yield ``grad_x l(x_i)`` ``[b,C,H,W]`` batch by batch, ``l`` the per-sample CE of the true label.
 
-    ``x`` ``[N,C,H,W]`` in [0,1], ``y`` ``[N]``; ``model`` in eval mode; no parameter gradient is left behind.
+    ``x`` ``[N,C,H,W]`` in [0,1], ``y`` ``[N]``; the model runs in eval mode with frozen parameters (restored
+    afterwards), so no parameter gradient is left behind. By ``attacks.base.loss_gradient`` (no float32
+    cancellation on confident images); ``scale_free``: the
+    direction the gradient attacks follow, zero only where the model itself is flat.
     """
-    out = []
     for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size].detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(xb), y[i:i + batch_size], reduction="sum")
-        (g,) = torch.autograd.grad(loss, xb)
-        out.append(g.flatten(1).norm(dim=1))
-    return torch.cat(out)
+        with frozen_eval(model):
+            grad, _ = loss_gradient(model, x[i:i + batch_size], y[i:i + batch_size], "ce", scale_free=scale_free)
+        yield grad
+
+
+def input_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """``||grad_x CE(f(x_i), y_i)||_2`` per image ``[N]`` (per-sample loss, not the batch mean)."""
+    return torch.cat([g.flatten(1).norm(dim=1) for g in input_gradients(model, x, y, batch_size)])
+
+
+def zero_gradient_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250) -> float:
+    """Fraction of the images ``x`` ``[N,C,H,W]`` whose input gradient, in the direction the gradient attacks
+    follow (scale-free CE), is exactly 0: near 1 flags gradient masking (a flat or saturated model), not
+    mere confidence (float32 CE gradients vanish on confident images; this direction does not)."""
+    zero = [g.flatten(1).abs().amax(dim=1) == 0 for g in input_gradients(model, x, y, batch_size, scale_free=True)]
+    return float(torch.cat(zero).double().mean()) if zero else math.nan
 
 
 def jacobian_norms(model: nn.Module, x: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
@@ -140,10 +155,9 @@ def lipschitz_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bat
 
     The model is put in eval mode with frozen parameters for the duration and restored afterwards.
     """
-    from robust_cli.attacks.base import frozen_eval
-
     with frozen_eval(model):
         grad = input_gradient_norms(model, x, y, batch_size)
+        zero = zero_gradient_fraction(model, x, y, batch_size) if x.shape[0] else None
         jac = jacobian_norms(model, x, max(1, batch_size // 2))
         layers = weight_norms(model, x)
         with torch.no_grad():
@@ -156,7 +170,7 @@ def lipschitz_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bat
         "n": int(x.shape[0]),
         "max_grad_norm": float(grad.max()) if grad.numel() else None,
         "mean_grad_norm": float(grad.mean()) if grad.numel() else None,
-        "zero_grad_fraction": float((grad == 0).double().mean()) if grad.numel() else None,
+        "zero_grad_fraction": zero,
         "max_jacobian_norm": max_jac,
         "weight_norm_product": product,
         "weight_norms": layers,

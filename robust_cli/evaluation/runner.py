@@ -21,6 +21,7 @@ from torch import nn
 
 from robust_cli.attacks.base import NORMS
 from robust_cli.evaluation.distances import adversarial_distance, perturbation_norms
+from robust_cli.errors import UserError
 from robust_cli.evaluation.eps_search import search_distance
 
 log = logging.getLogger(__name__)
@@ -130,11 +131,15 @@ def run_attack(
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}")
     params = dict(params or {})
+    if params.get("targeted"):
+        # the evaluation scores "adversarial = not the true label"; a targeted attack's y holds targets
+        raise UserError(f"{getattr(attack, '__name__', attack)}: targeted=true cannot be evaluated (robust eval "
+                        "measures untargeted distances); call the attack function directly for targeted use")
     budget = bool(getattr(attack, "budget", False))
     if budget:
         params.pop("eps", None)
-    counted = CountingModel(model).eval()
     was_training = model.training
+    counted = CountingModel(model).eval()
     had_grad = [p.grad is not None for p in model.parameters()]
     others = [n for n in NORMS if n != norm]
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "clean_pred", "adv_pred", "distance", *others)}
@@ -174,8 +179,9 @@ def run_attack(
             on_batch(int(xb.shape[0]))
     seconds = time.perf_counter() - start
     # the attack contract (CONTRIBUTING.md): an attack that breaks it would corrupt later evaluations
-    if model.training != was_training:
+    if model.training:
         raise RuntimeError(f"attack {getattr(attack, '__name__', attack)} changed model.training")
+    model.train(was_training)
     if any(p.grad is not None and not h for p, h in zip(model.parameters(), had_grad)):
         raise RuntimeError(f"attack {getattr(attack, '__name__', attack)} left gradients on the parameters")
     n = max(int(x.shape[0]), 1)
