@@ -58,14 +58,6 @@ def result_config(fn: Any, params: dict, n: int, cfg: DictConfig, model_id: str)
             "search_steps": int(cfg.search_steps) if fn.budget else None, "seed": int(cfg.seed)}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but CUDA is not available")
-    return torch.device(name)
-
-
 def selected_norms(norm: Any) -> list[str]:
     norms = list(norm) if isinstance(norm, (list, tuple, ListConfig)) else [norm]
     norms = [str(n) for n in norms]
@@ -230,6 +222,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     from robust_cli.data import load_split
     from robust_cli.evaluation.curves import thresholds_for
     from robust_cli.evaluation.lipschitz import lipschitz_statistics, zero_gradient_fraction
+    from robust_cli.training.loop import resolve_device
     from robust_cli.reporting.plots import plot_error_curves
     from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
     from robust_cli.training.checkpoint import load_trained_model

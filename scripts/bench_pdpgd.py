@@ -17,6 +17,7 @@ Usage: ``python scripts/bench_pdpgd.py [--run RUN_DIR] [--n 100] [--steps 500] [
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import os
 import sys
@@ -115,7 +116,8 @@ def main() -> None:
     adv_lib = load_advlib(args.advlib)
     ours = {"pdpgd": pdpgd, "pdgd": pdgd}
     extra = dict(kv.split("=", 1) for kv in args.ours.split(",") if kv)
-    extra = {k: (eval(v) if v[:1] in "0123456789.[-" or v in ("True", "False") else v) for k, v in extra.items()}
+    extra = {k: (ast.literal_eval(v) if v[:1] in "0123456789.[-" or v in ("True", "False") else v)
+             for k, v in extra.items()}
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     rows = []
     for label, our_name, norm, lib_name, lib_kw in ATTACKS:

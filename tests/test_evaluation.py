@@ -103,6 +103,12 @@ def test_perturbation_norms_and_distance_rules():
     assert s["l1"][0].item() == pytest.approx(0.7)
     assert s["l2"][0].item() == pytest.approx(0.5)
     assert s["linf"][0].item() == pytest.approx(0.4)
+    # three channels: l0 counts pixels (SPEC.md §2), a pixel changed in two channels counts once
+    rgb = torch.full((1, 3, 2, 2), 0.5)
+    rgb_adv = rgb.clone()
+    rgb_adv[0, :2, 0, 0] += 0.1
+    rgb_adv[0, 2, 1, 0] -= 0.1
+    assert perturbation_norms(rgb_adv, rgb)["l0"].tolist() == [2]
     d = adversarial_distance(torch.tensor([0.5, 0.7, 0.2]), torch.tensor([True, True, False]),
                              torch.tensor([True, False, False]))
     assert d.tolist() == [0.5, math.inf, 0.0]

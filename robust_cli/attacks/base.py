@@ -70,6 +70,12 @@ def batch_norm(r: torch.Tensor, norm: str) -> torch.Tensor:
     raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
 
 
+def changed_pixels(r: torch.Tensor) -> torch.Tensor:
+    """Per-sample number of pixels ``[B]`` where ``r`` ``[B, C, H, W]`` changes any channel: the l0 of the papers
+    (SPEC.md §2 thresholds, thesis §5.3 pixel-group l0); equals ``batch_norm(r, "l0")`` for one channel."""
+    return (r != 0).any(dim=1).flatten(1).sum(dim=1).to(r.dtype)
+
+
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``f_y - max_{j != y} f_j`` per sample ``[B]``: positive iff the prediction is ``y`` (ties aside)."""
     true = logits.gather(1, y[:, None]).squeeze(1)
@@ -220,7 +226,8 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str) 
     """Map a perturbation ``delta`` ``[B,C,H,W]`` into ``{||r|| <= eps} ∩ {x + r in [0,1]}``; ``eps`` ``[B]``.
 
     All three are exact Euclidean projections onto the intersection (linf: a per-value clamp; l2 and l1:
-    a scalar KKT multiplier found by bisection, see ``_project_l2_box`` and ``_project_l1_box``).
+    a scalar KKT multiplier found in closed form by sorting the breakpoints, see ``_project_l2_box`` and
+    ``_project_l1_box``).
     """
     if norm == "linf":
         e = view_as_images(eps, delta)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_cli.attacks import proximal
-from robust_cli.attacks.base import frozen_eval, margin, register_attack, view_as_images
+from robust_cli.attacks.base import batch_norm, changed_pixels, frozen_eval, margin, register_attack, view_as_images
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +98,9 @@ def surrogate(m: torch.Tensor, kind: str) -> torch.Tensor:
 
 def perturbation_norm(r: torch.Tensor, norm: str, l0_mode: str = "pixel") -> torch.Tensor:
     """Per-sample norm ``[B]`` of ``r`` ``[B, C, H, W]``; l0 counts changed pixels or values (``l0_mode``)."""
-    flat = r.flatten(1)
-    if norm == "linf":
-        return flat.abs().amax(dim=1)
-    if norm == "l2":
-        return flat.norm(dim=1)
-    if norm == "l1":
-        return flat.abs().sum(dim=1)
-    if norm == "l0":
-        changed = r != 0
-        if l0_mode == "pixel" and r.dim() == 4:
-            changed = changed.any(dim=1)
-        return changed.flatten(1).sum(dim=1).to(r.dtype)
-    raise ValueError(f"unknown norm {norm!r}")
+    if norm == "l0" and l0_mode == "pixel" and r.dim() == 4:
+        return changed_pixels(r)
+    return batch_norm(r, norm)
 
 
 def pick_prox(norm: str, l0_mode: str, l0_prox: str) -> tuple[proximal.ProxFn, bool]:

@@ -72,7 +72,7 @@ def ascent_direction(grad: torch.Tensor, x_adv: torch.Tensor, norm: str, l1_top:
         xf = x_adv.flatten(1)
         movable = ~(((xf <= 0) & (g < 0)) | ((xf >= 1) & (g > 0)))
         mag = torch.where(movable, g.abs(), torch.zeros_like(g))
-        k = max(1, round(l1_top * g.shape[1]))
+        k = max(1, math.ceil(l1_top * g.shape[1] - 1e-9))  # ceil, robust to float noise in l1_top * d
         kth = mag.topk(k, dim=1).values[:, -1:]
         chosen = (mag >= kth) & (mag > 0)
         s = torch.where(chosen, g.sign(), torch.zeros_like(g))

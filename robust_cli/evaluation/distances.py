@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from robust_cli.attacks.base import NORMS, batch_norm
+from robust_cli.attacks.base import NORMS, batch_norm, changed_pixels
 
 
 def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -19,11 +19,13 @@ def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> dict[str, torch.
         x_adv, x: ``[B, C, H, W]`` images in [0,1].
 
     Returns:
-        ``{norm: [B] float32}`` for l0 (number of changed values), l1, l2 and linf. Computed in float64 and
-        cast back, so that a one-value change of 1/255 is not lost in a float32 sum over many pixels.
+        ``{norm: [B] float32}`` for l0, l1, l2 and linf. l0 counts changed *pixels* (any channel), the
+        papers' unit and that of the SPEC.md §2 thresholds (values and pixels coincide on one channel).
+        Computed in float64 and cast back, so that a one-value change of 1/255 is not lost in a float32 sum.
     """
     r = (x_adv.double() - x.double())
-    return {norm: batch_norm(r, norm).float() for norm in NORMS}
+    return {norm: (changed_pixels(r) if norm == "l0" and r.dim() == 4 else batch_norm(r, norm)).float()
+            for norm in NORMS}
 
 
 def adversarial_distance(size: torch.Tensor, clean_correct: torch.Tensor, success: torch.Tensor) -> torch.Tensor:

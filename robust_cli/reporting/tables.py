@@ -28,7 +28,6 @@ SUMMARY_COLUMNS = [
 ]
 COST_COLUMNS = ["success_rate", "seconds", "forward_per_sample", "backward_per_sample", "checks_failed"]
 CURVE_COLUMNS = ["attack", "norm", "eps", "error"]
-PER_SAMPLE_COLUMNS = ["index", "label", "clean_pred", "adv_pred", "distance"]
 
 
 def evaluated(eval_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
