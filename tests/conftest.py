@@ -18,3 +18,18 @@ def mnist_root() -> Path:
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"real MNIST not found at {SHARED_DATA}/MNIST/raw")
     return SHARED_DATA
+
+
+@pytest.fixture
+def hydra_compose():
+    """Hydra's ``compose`` inside the package's config module (schemas registered), cleared afterwards."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from robust_cli.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("robust_cli.conf", version_base=None):
+        yield compose
+    GlobalHydra.instance().clear()

@@ -26,14 +26,6 @@ SINGLE = {"linf": fgsm, "l2": fgm}
 ALLOWED = 0.01  # fraction of images an iterative attack may lose on (the brief's tolerance); observed: 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def train_digits_mlp():
     """``(model, x [N,1,8,8] in [0,1], y [N])``: an MLP trained for a few epochs on 1500 digits, and up to
     200 held-out test digits it classifies correctly."""

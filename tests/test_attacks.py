@@ -27,13 +27,6 @@ from robust_cli.attacks.stability import stability
 BATCHES = [1, 24]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation (slow on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 # the 0.1% slack of the tests below needs converged iterates: more steps than the defaults
 PGD = {"steps": 50, "step_size": 0.2}
 
@@ -409,20 +402,6 @@ def test_registry_and_schemas_match_functions():
             else:
                 assert f.name not in ("norm", "eps")
                 assert params[f.name].default == f.default, (name, f.name)
-
-
-@pytest.fixture
-def hydra_compose():
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from robust_cli.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("robust_cli.conf", version_base=None):
-        yield compose
-    GlobalHydra.instance().clear()
 
 
 def test_attack_configs_compose_side_by_side_and_run(hydra_compose):

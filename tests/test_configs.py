@@ -4,12 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_method
 
-from robust_cli.config import register_configs
 from robust_cli.data import info_of
 from robust_cli.models import build_model
 from robust_cli.training.optim import build_optimizer
@@ -20,15 +17,6 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-@pytest.fixture
-def hydra_compose():
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("robust_cli.conf", version_base=None):
-        yield compose
-    GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize("group", ["dataset", "model", "defense", "optimizer", "schedule", "experiment"])
