@@ -1,0 +1,133 @@
+"""One source of truth for every option: Hydra schemas derived from the code that takes the options.
+
+An attack's options are the keyword arguments of its function, a defense's or an architecture's the
+arguments of its constructor; :func:`schema_of` turns that signature into the dataclass that Hydra's
+ConfigStore validates the YAML against (``<group>/<name>_schema``). The default of an option is therefore
+written once, in the signature, and a YAML file carries only what differs from it (the agreement test,
+``tests/test_option_agreement.py``, fails when a YAML repeats or contradicts a default).
+
+An object may instead take its options as one dataclass (``obj.options`` names it; the primal-dual attacks
+do, so that PDGD and PDPGD share one set of defaults): the schema is then that dataclass's fields.
+
+Type mapping (the types OmegaConf can check at compose time):
+
+- ``int``, ``float``, ``bool``, ``str`` and ``Optional`` of them: as written;
+- ``Literal["a", "b"]``: ``str`` (the code checks the choice);
+- ``Sequence[T]``, ``tuple[T, ...]``, ``list[T]``: ``list[T]``, the default copied into a factory;
+- anything else (``object``, unions with tensors): ``Any``.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import inspect
+import types
+import typing
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+#: arguments the caller supplies, never config options (the evaluation's norm and eps, an attack's
+#: training set, an architecture's data shape)
+SUPPLIED = frozenset({"self", "model", "x", "y", "norm", "eps", "reference", "in_shape", "num_classes"})
+
+_SCALARS = (int, float, bool, str)
+
+
+def _schema_type(annotation: Any) -> Any:
+    """The OmegaConf-checkable type for a signature annotation (see the module docstring)."""
+    if annotation in _SCALARS:
+        return annotation
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        kinds = {type(a) for a in args}
+        return kinds.pop() if len(kinds) == 1 and next(iter(kinds), None) in _SCALARS else Any
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(rest) < len(args):
+            inner = _schema_type(rest[0])
+            return Any if inner is Any else Optional[inner]
+        return Any
+    if origin in (list, tuple, collections.abc.Sequence):
+        homogeneous = origin is not tuple or len(set(args) - {Ellipsis}) <= 1
+        return list[_schema_type(args[0]) if args and homogeneous else Any]
+    return Any
+
+
+def _field(annotation: Any, default: Any) -> tuple[Any, Any]:
+    """``(type, dataclasses.field)`` for one option; sequences get a factory (dataclasses refuse lists)."""
+    kind = _schema_type(annotation)
+    if default is inspect.Parameter.empty or default is dataclasses.MISSING:
+        return kind, dataclasses.field(default=MISSING)
+    if isinstance(default, (list, tuple)):
+        frozen = list(default)
+        return kind, dataclasses.field(default_factory=lambda: list(frozen))
+    return kind, dataclasses.field(default=default)
+
+
+def options_of(obj: Any) -> dict[str, tuple[Any, Any]]:
+    """``{option: (annotation, default)}`` of a function or class, in signature order.
+
+    ``default`` is ``inspect.Parameter.empty`` for a required option. Classes are read from ``__init__``;
+    an object with an ``options`` dataclass attribute from that dataclass's fields.
+    """
+    spec = getattr(obj, "options", None)
+    if spec is not None and dataclasses.is_dataclass(spec):
+        hints = typing.get_type_hints(spec)
+        out = {}
+        for f in dataclasses.fields(spec):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = inspect.Parameter.empty
+            out[f.name] = (hints[f.name], default)
+        return out
+    fn = obj.__init__ if inspect.isclass(obj) else obj
+    hints = typing.get_type_hints(fn)
+    out = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if name in SUPPLIED or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.kind is param.POSITIONAL_ONLY:
+            raise TypeError(f"{obj.__qualname__}: option {name!r} must be passable by keyword")
+        out[name] = (hints.get(name, Any), param.default)
+    return out
+
+
+def target_of(obj: Any) -> str:
+    """The dotted import path Hydra's ``_target_`` names for ``obj``."""
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def schema_of(obj: Any, name: str, *, extra: dict[str, tuple[Any, Any]] | None = None) -> type:
+    """The Hydra schema of ``obj``'s options: ``_target_``, ``name``, ``extra`` and every option.
+
+    Args:
+        obj: an attack function, a defense class or an architecture class.
+        name: the YAML file name (``model=<name>``), stored as the config's ``name``.
+        extra: options handled by the builder rather than ``obj`` (``{key: (type, default)}``, e.g. a
+            model's ``tanh_head``).
+
+    Returns:
+        a dataclass named ``<Obj>Schema``, with ``obj`` and its option names on ``__robust_options__``.
+    """
+    fields = [("_target_", str, dataclasses.field(default=target_of(obj))),
+              ("name", str, dataclasses.field(default=name))]
+    for key, (annotation, default) in {**options_of(obj), **(extra or {})}.items():
+        fields.append((key, *_field(annotation, default)))
+    schema = dataclasses.make_dataclass(f"{obj.__name__[:1].upper()}{obj.__name__[1:]}Schema", fields)
+    schema.__doc__ = f"Options of {target_of(obj)} (derived from its signature by robust_cli.schema)."
+    schema.__robust_target__ = obj
+    return schema
+
+
+def defaults_of(schema: type) -> dict[str, Any]:
+    """``{field: default}`` of a schema made by :func:`schema_of` (``MISSING`` for required fields)."""
+    out = {}
+    for f in dataclasses.fields(schema):
+        out[f.name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return out
