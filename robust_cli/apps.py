@@ -55,6 +55,8 @@ def is_multirun() -> bool:
 def user_errors(fn: Callable) -> Callable:
     """Turn a ``UserError`` into ``robust: error: <one line>`` and exit status 2 (single runs).
 
+    The app's config is canonicalised first (``robust_cli.norms.canonicalize_config``: ``norm=2`` ->
+    ``l2``), the one place where spellings are parsed, so the library sees canonical names only.
     In a multirun the error is re-raised so that the launcher records the job as failed and the other jobs
     of the sweep go on.
     """
@@ -63,6 +65,13 @@ def user_errors(fn: Callable) -> Callable:
     def wrapped(*args, **kwargs):
         setup_logging()
         try:
+            from omegaconf import DictConfig
+
+            from robust_cli.norms import canonicalize_config
+
+            for arg in args:
+                if isinstance(arg, DictConfig):
+                    canonicalize_config(arg)
             return fn(*args, **kwargs)
         except UserError as err:
             if is_multirun():

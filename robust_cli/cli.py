@@ -93,6 +93,7 @@ def validate(config_name: str, args: list[str]) -> str | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from robust_cli.config import register_configs
+    from robust_cli.norms import canonicalize_config
 
     register_configs()
     overrides, multirun = _overrides(args)
@@ -105,7 +106,7 @@ def validate(config_name: str, args: list[str]) -> str | None:
         GlobalHydra.instance().clear()
         with initialize_config_module("robust_cli.conf", version_base=None):
             for combo in combos[:64]:  # enough to catch a typo; a huge grid is not composed twice
-                compose(config_name, overrides=list(combo))
+                canonicalize_config(compose(config_name, overrides=list(combo)))  # unknown norms fail here
     except Exception as err:  # every composition error is the user's input
         return _one_line(err)
     finally:

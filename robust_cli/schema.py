@@ -28,9 +28,11 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-#: arguments the caller supplies, never config options (the evaluation's norm and eps, an attack's
-#: training set, an architecture's data shape)
-SUPPLIED = frozenset({"self", "model", "x", "y", "norm", "eps", "reference", "in_shape", "num_classes"})
+#: arguments an attack's caller supplies, never config options (the model and batch, the evaluation's norm
+#: and eps, the training set of the data stability attack)
+ATTACK_ARGUMENTS = frozenset({"model", "x", "y", "norm", "eps", "reference"})
+#: arguments a class's builder supplies (an architecture's data shape)
+CLASS_ARGUMENTS = frozenset({"self", "in_shape", "num_classes"})
 
 _SCALARS = (int, float, bool, str)
 
@@ -67,34 +69,61 @@ def _field(annotation: Any, default: Any) -> tuple[Any, Any]:
     return kind, dataclasses.field(default=default)
 
 
-def options_of(obj: Any) -> dict[str, tuple[Any, Any]]:
-    """``{option: (annotation, default)}`` of a function or class, in signature order.
+def _dataclass_options(spec: type) -> dict[str, tuple[Any, Any]]:
+    hints = typing.get_type_hints(spec)
+    out = {}
+    for f in dataclasses.fields(spec):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = inspect.Parameter.empty
+        out[f.name] = (hints[f.name], default)
+    return out
 
-    ``default`` is ``inspect.Parameter.empty`` for a required option. Classes are read from ``__init__``;
-    an object with an ``options`` dataclass attribute from that dataclass's fields.
+
+def _signature_options(fn: Any, skip: frozenset[str], out: dict[str, tuple[Any, Any]]) -> bool:
+    """Add ``fn``'s keyword parameters not yet in ``out``; True when ``fn`` forwards ``**kwargs``."""
+    hints = typing.get_type_hints(fn)
+    forwards = False
+    for name, param in inspect.signature(fn).parameters.items():
+        if param.kind is param.VAR_KEYWORD:
+            forwards = True
+        if name in skip or name in out or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.kind is param.POSITIONAL_ONLY:
+            raise TypeError(f"{fn.__qualname__}: option {name!r} must be passable by keyword")
+        out[name] = (hints.get(name, Any), param.default)
+    return forwards
+
+
+def options_of(obj: Any) -> dict[str, tuple[Any, Any]]:
+    """``{option: (annotation, default)}`` of an attack function or a defense/architecture class.
+
+    ``default`` is ``inspect.Parameter.empty`` for a required option. Where the options are:
+
+    - ``obj.options`` is a dataclass: its fields (the object builds it from its ``**options``);
+    - a function: its parameters, less ``ATTACK_ARGUMENTS``;
+    - a class: the parameters of ``__init__``, less ``CLASS_ARGUMENTS``; where ``__init__`` forwards
+      ``**kwargs`` to its parent's, the parent's parameters follow (a subclass restates only the defaults
+      it changes), and ``**kwargs`` that reach the top are the fields of the dataclass ``obj.kwargs_schema``.
     """
     spec = getattr(obj, "options", None)
     if spec is not None and dataclasses.is_dataclass(spec):
-        hints = typing.get_type_hints(spec)
-        out = {}
-        for f in dataclasses.fields(spec):
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
-                default = inspect.Parameter.empty
-            out[f.name] = (hints[f.name], default)
+        return _dataclass_options(spec)
+    out: dict[str, tuple[Any, Any]] = {}
+    if not inspect.isclass(obj):
+        _signature_options(obj, ATTACK_ARGUMENTS, out)
         return out
-    fn = obj.__init__ if inspect.isclass(obj) else obj
-    hints = typing.get_type_hints(fn)
-    out = {}
-    for name, param in inspect.signature(fn).parameters.items():
-        if name in SUPPLIED or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        if param.kind is param.POSITIONAL_ONLY:
-            raise TypeError(f"{obj.__qualname__}: option {name!r} must be passable by keyword")
-        out[name] = (hints.get(name, Any), param.default)
+    for klass in obj.__mro__:
+        if klass is object:
+            break
+        if "__init__" in vars(klass) and not _signature_options(vars(klass)["__init__"], CLASS_ARGUMENTS, out):
+            return out
+    rest = getattr(obj, "kwargs_schema", None)
+    if rest is not None:
+        out.update({k: v for k, v in _dataclass_options(rest).items() if k not in out})
     return out
 
 

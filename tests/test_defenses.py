@@ -25,6 +25,7 @@ from robust_cli.defenses.pgd_at import PgdAt, project
 from robust_cli.defenses.trades import Trades
 from robust_cli.defenses.tulip import Tulip
 from robust_cli.defenses.vat import Vat, vat_direction
+from robust_cli.norms import canonicalize_config
 
 NAMES = ["none", "at_fgsm", "at_l2", "lip", "tulip", "pgd_at", "trades", "vat", "margin"]
 
@@ -172,7 +173,7 @@ def test_lip_penalty_equals_per_sample_autograd(norm, reduction):
     model = smooth_mlp().train()
     x, y = batch(7)
     lam = 0.7
-    out = Lip(lam=lam, norm=norm, reduction=reduction)(model, x, y)
+    out = Lip(lam=lam, penalty_norm=norm, reduction=reduction)(model, x, y)
     per = vec_norm(per_sample_grads(model, x, y, eval_mode=False), norm) / len(x)  # grad of the batch MEAN
     expected = per.max() if reduction == "max" else per.mean()
     ce = F.cross_entropy(model(x), y)
@@ -186,7 +187,7 @@ def test_lip_penalty_equals_per_sample_autograd(norm, reduction):
 def test_lip_weight_gradient_matches_finite_differences(norm):
     model = smooth_mlp().train()
     x, y = batch(5)
-    defense = Lip(lam=2.0, norm=norm)
+    defense = Lip(lam=2.0, penalty_norm=norm)
     grad = params_grad(lambda: defense(model, x, y).loss, model)
     gen = torch.Generator().manual_seed(3)
     for _ in range(3):
@@ -199,12 +200,12 @@ def test_lip_weight_gradient_matches_finite_differences(norm):
 def test_finite_difference_penalty_converges_to_double_backprop(norm):
     model = smooth_mlp().train()
     x, y = batch(6)
-    exact = Lip(lam=1.0, norm=norm)
+    exact = Lip(lam=1.0, penalty_norm=norm)
     ref = exact(model, x, y).stats["penalty"]
     ref_grad = params_grad(lambda: exact(model, x, y).loss, model)
     errs, grad_errs = [], []
     for h in (1e-1, 1e-2, 1e-3, 1e-4):
-        fd = Lip(lam=1.0, norm=norm, method="finite_difference", h=h)
+        fd = Lip(lam=1.0, penalty_norm=norm, method="finite_difference", h=h)
         errs.append(abs(fd(model, x, y).stats["penalty"] - ref))
         grad_errs.append(float((params_grad(lambda fd=fd: fd(model, x, y).loss, model) - ref_grad).norm()))
     assert all(a > b for a, b in itertools.pairwise(errs)), errs
@@ -253,7 +254,7 @@ def test_margin_sensitivity_equals_jacobian_norm(norm, batched):
 def test_margin_weight_gradient_matches_finite_differences():
     model = smooth_mlp(k=5).train()
     x, y = batch(5, k=5)
-    defense = Margin(C=0.5, norm="l2")
+    defense = Margin(C=0.5, penalty_norm="l2")
     grad = params_grad(lambda: defense(model, x, y).loss, model)
     v = torch.randn(grad.shape, generator=torch.Generator().manual_seed(0), dtype=grad.dtype)
     fd = directional_fd(lambda: defense(model, x, y).loss.detach(), model, v)
@@ -416,9 +417,9 @@ def test_build_defense_from_every_yaml():
         for name in NAMES:
             cfg = compose(config_name="train", overrides=[f"defense={name}"])
             assert type(build_defense(cfg.defense)).__name__ == _CLASSES[name]
-        cfg = compose(config_name="train", overrides=["defense=lip", "defense.norm=inf",
+        cfg = compose(config_name="train", overrides=["defense=lip", "defense.penalty_norm=inf",
                                                       "defense.method=finite_difference"])
-        lip = build_defense(cfg.defense)
+        lip = build_defense(canonicalize_config(cfg).defense)  # aliases are resolved at the CLI boundary
         assert lip.penalty.norm == "linf" and lip.penalty.method == "finite_difference"
         with pytest.raises(ConfigCompositionException):
             compose(config_name="train", overrides=["defense=tulip", "defense.epsilon=0.1"])

@@ -1,4 +1,4 @@
-"""Training objectives (SPEC.md §1): one module per ``defense=<name>`` option.
+"""Training objectives (Finlay et al. §2-3; Matyasko's thesis Ch.3): one module per ``defense=<name>`` option.
 
 ``build_defense(defense_cfg)`` turns a ``defense`` config into the callable the training loop uses:
 ``defense(model, x, y) -> DefenseOutput(loss, logits, stats)`` (see CONTRIBUTING.md).

@@ -1,4 +1,4 @@
-"""J1 ``at_fgsm`` (Finlay et al. 2018, SPEC.md §1): mean CE at ``x' = x + eps * sign(g) / sqrt(d)``.
+"""J1 ``at_fgsm`` (Finlay, Oberman & Abbasi 2018, §2.1): mean CE at ``x' = x + eps * sign(g) / sqrt(d)``.
 
 ``g = grad_x (1/B) sum_i CE(f(x_i), y_i)`` at the clean batch, computed in eval mode with frozen parameters;
 ``d = C*H*W``, so the step has l2 norm exactly ``eps`` wherever ``g`` has no zero entry. Unclipped as in the
@@ -8,7 +8,6 @@ authors' code; ``clip=true`` clips ``x'`` to [0, 1]. ``lam > 0`` adds the Lipsch
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -16,7 +15,8 @@ from torch.nn import functional as F
 
 from robust_cli.attacks.base import batch_norm
 from robust_cli.defenses.base import attack_mode
-from robust_cli.defenses.penalty import PenaltyOptions, Perturbation, PerturbedDefense
+from robust_cli.defenses.penalty import Perturbation, PerturbedDefense
+from robust_cli.schema import schema_of
 
 
 def clean_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -35,18 +35,14 @@ def clean_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return g, logits.detach(), stats
 
 
-@dataclass
-class AtFgsmConfig(PenaltyOptions):
-    """``defense=at_fgsm`` (J1)."""
-
-    _target_: str = "robust_cli.defenses.at_fgsm.AtFgsm"
-    name: str = "at_fgsm"
-    eps: float = 0.01  # l2 norm of the step, [0,1] pixel units (the authors' recipe)
-    clip: bool = False  # clip x' to [0, 1] (the original code does not)
-
-
 class AtFgsm(PerturbedDefense):
-    """J1: CE at the scaled signed-gradient step of l2 norm ``eps``."""
+    """J1: CE at the scaled signed-gradient step of l2 norm ``eps``.
+
+    Args:
+        eps: l2 norm of the step, [0,1] pixel units (the authors' recipe: 0.01).
+        clip: clip ``x'`` to [0, 1] (the original code does not).
+        **penalty: the Lipschitz penalty at ``x'`` (:class:`~robust_cli.defenses.penalty.PenaltyOptions`).
+    """
 
     def __init__(self, eps: float = 0.01, clip: bool = False, **penalty):
         super().__init__(**penalty)
@@ -61,4 +57,4 @@ class AtFgsm(PerturbedDefense):
         return Perturbation(x_adv.detach(), logits, g, stats)
 
 
-SCHEMAS = {"at_fgsm": AtFgsmConfig}
+SCHEMAS = {"at_fgsm": schema_of(AtFgsm, "at_fgsm")}

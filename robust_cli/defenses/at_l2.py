@@ -1,4 +1,4 @@
-"""J2 ``at_l2`` (Finlay et al. 2018, SPEC.md §1): mean CE at ``x' = x + eps * g / ||g||_2`` per sample.
+"""J2 ``at_l2`` (Finlay, Oberman & Abbasi 2018, §2.1): mean CE at ``x' = x + eps * g / ||g||_2`` per sample.
 
 ``g = grad_x (1/B) sum_i CE(f(x_i), y_i)`` at the clean batch (eval mode, frozen parameters); each row is
 normalised by its own l2 norm, so every perturbation has l2 norm ``eps``; rows whose gradient is exactly zero
@@ -8,28 +8,23 @@ Lipschitz penalty at ``x'`` (that is ``tulip``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from robust_cli.defenses.at_fgsm import clean_gradient
 from robust_cli.defenses.base import l2_normalize
-from robust_cli.defenses.penalty import PenaltyOptions, Perturbation, PerturbedDefense
-
-
-@dataclass
-class AtL2Config(PenaltyOptions):
-    """``defense=at_l2`` (J2)."""
-
-    _target_: str = "robust_cli.defenses.at_l2.AtL2"
-    name: str = "at_l2"
-    eps: float = 0.01  # l2 norm of the step, [0,1] pixel units
-    clip: bool = False  # clip x' to [0, 1] (the original code does not)
+from robust_cli.defenses.penalty import Perturbation, PerturbedDefense
+from robust_cli.schema import schema_of
 
 
 class AtL2(PerturbedDefense):
-    """J2: CE at the per-sample normalised gradient step of l2 norm ``eps``."""
+    """J2: CE at the per-sample normalised gradient step of l2 norm ``eps``.
+
+    Args:
+        eps: l2 norm of the step, [0,1] pixel units (the authors' recipe: 0.01).
+        clip: clip ``x'`` to [0, 1] (the original code does not).
+        **penalty: the Lipschitz penalty at ``x'`` (:class:`~robust_cli.defenses.penalty.PenaltyOptions`).
+    """
 
     def __init__(self, eps: float = 0.01, clip: bool = False, **penalty):
         super().__init__(**penalty)
@@ -43,4 +38,4 @@ class AtL2(PerturbedDefense):
         return Perturbation(x_adv.detach(), logits, g, stats)
 
 
-SCHEMAS = {"at_l2": AtL2Config}
+SCHEMAS = {"at_l2": schema_of(AtL2, "at_l2")}

@@ -19,10 +19,6 @@ from torch import nn
 from robust_cli.attacks.base import frozen_eval, view_as_images
 from robust_cli.training.distributed import unwrap  # the bare model under DDP: inner attacks call it
 
-#: canonical penalty / attack norm names, and the spellings accepted for them in configs
-_NORM_ALIASES = {"l2": "l2", "2": "l2", "2.0": "l2", "l1": "l1", "1": "l1", "1.0": "l1",
-                 "linf": "linf", "inf": "linf"}
-
 
 @dataclass
 class DefenseOutput:
@@ -37,15 +33,6 @@ class DefenseOutput:
     loss: torch.Tensor
     logits: torch.Tensor
     stats: dict[str, float] = field(default_factory=dict)
-
-
-def canonical_norm(norm: object, allowed: tuple[str, ...] = ("l2", "l1", "linf")) -> str:
-    """``"l2" | "l1" | "linf"`` from a config value (``2``, ``"2"``, ``"l2"``, ``inf``, ``"linf"``, ...)."""
-    key = str(norm).strip().lower()
-    canon = _NORM_ALIASES.get(key)
-    if canon is None or canon not in allowed:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {allowed}")
-    return canon
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -84,8 +71,9 @@ def dual_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
 def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Yield the bare model in eval mode with frozen parameters; restore mode and flags on exit.
 
-    The adversarial step of every defense runs inside this (SPEC.md §1: "during the adversarial step the
-    model is in eval mode and its parameters take no gradient").
+    The adversarial step of every defense runs inside this: eval mode, so BatchNorm statistics are neither
+    used per batch nor updated by the attack, and no gradient on the parameters (as in the authors' code of
+    Finlay et al. and of Madry et al.).
     """
     with frozen_eval(unwrap(model)) as m:
         yield m

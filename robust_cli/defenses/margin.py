@@ -1,4 +1,5 @@
-"""``margin``: deep margin maximisation (Matyasko's thesis, Ch.3 eq 3.18; papers/002 §3.4).
+"""``margin``: deep margin maximisation (Matyasko, "Towards deep neural networks robust to
+adversarial examples", thesis Ch.3 §3.4, eq 3.18).
 
 Per sample ``i`` with label ``y``::
 
@@ -6,7 +7,7 @@ Per sample ``i`` with label ``y``::
     eps_i   = max_{j != y} || grad_x f_y(x_i) - grad_x f_j(x_i) ||      (margin sensitivity, l2 or l1)
     loss    = mean_i (hinge_i + C * eps_i)
 
-(SPEC.md §1 writes the sum over the batch; the mean is that sum / B: the same minimiser, and a learning rate
+(eq 3.18 writes the sum over the batch; the mean is that sum / B: the same minimiser, and a learning rate
 that does not depend on the batch size.) ``eps_i`` is differentiated through by double backprop: the ``K``
 input gradients ``grad_x f_k`` are built with ``create_graph=True`` (one batched vector-Jacobian product,
 ``K`` rows), so the loop's ``loss.backward()`` reaches the weights through them. The l1 sensitivity bounds
@@ -17,27 +18,18 @@ gradients also carry the batch-statistics terms of the other samples, as every d
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from robust_cli.attacks.base import batch_norm
-from robust_cli.defenses.base import DefenseOutput, canonical_norm, to_floats
+from robust_cli.defenses.base import DefenseOutput, to_floats
+from robust_cli.norms import check_norm
+from robust_cli.schema import schema_of
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class MarginConfig:
-    """``defense=margin``: thesis MNIST defaults (C = 0.1 with l2; use C = 0.01 with l1)."""
-
-    _target_: str = "robust_cli.defenses.margin.Margin"
-    name: str = "margin"
-    C: float = 0.1  # weight of the margin sensitivity
-    norm: str = "l2"  # norm of the logit-difference gradients: l2 | l1
-    batched: bool = True  # one batched VJP for all K classes (else a loop over the K classes)
 
 
 def logit_input_gradients(logits: torch.Tensor, x: torch.Tensor, batched: bool = True) -> torch.Tensor:
@@ -79,11 +71,18 @@ class Margin:
     unweighted), ``sensitivity_max``, ``clean_loss`` (CE of the logits, for comparison with other defenses),
     ``margin_violation`` (fraction with a positive hinge)."""
 
-    def __init__(self, C: float = 0.1, norm: object = "l2", batched: bool = True):
+    def __init__(self, C: float = 0.1, penalty_norm: Literal["l2", "l1", "linf"] = "l2", batched: bool = True):
+        """Thesis MNIST defaults: ``C = 0.1`` with ``penalty_norm=l2``; use ``C = 0.01`` with ``l1``.
+
+        Args:
+            C: weight of the margin sensitivity (>= 0).
+            penalty_norm: norm of the logit-difference gradients (l1 bounds the l_inf margin, l2 the l2 one).
+            batched: one batched VJP for all K classes (else a loop over the K classes).
+        """
         if C < 0:
             raise ValueError(f"C={C} must be >= 0")
         self.C = float(C)
-        self.norm = canonical_norm(norm, ("l2", "l1", "linf"))
+        self.norm = check_norm(penalty_norm, ("l2", "l1", "linf"), who="margin")
         self.batched = bool(batched)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> DefenseOutput:
@@ -98,4 +97,4 @@ class Margin:
         return DefenseOutput(loss, logits.detach(), to_floats(stats))
 
 
-SCHEMAS = {"margin": MarginConfig}
+SCHEMAS = {"margin": schema_of(Margin, "margin")}

@@ -1,22 +1,13 @@
-"""J0 ``none``: the mean cross-entropy on the clean batch (SPEC.md §1)."""
+"""J0 ``none``: the mean cross-entropy on the clean batch (Finlay, Oberman & Abbasi 2018, §2)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from robust_cli.defenses.base import DefenseOutput
-
-
-@dataclass
-class NoneConfig:
-    """``defense=none``: plain training."""
-
-    _target_: str = "robust_cli.defenses.none.NoDefense"
-    name: str = "none"
+from robust_cli.schema import schema_of
 
 
 class NoDefense:
@@ -27,4 +18,4 @@ class NoDefense:
         return DefenseOutput(F.cross_entropy(logits, y), logits.detach(), {})
 
 
-SCHEMAS = {"none": NoneConfig}
+SCHEMAS = {"none": schema_of(NoDefense, "none")}

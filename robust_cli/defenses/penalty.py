@@ -1,6 +1,7 @@
 """The Lipschitz penalty of Finlay et al. and the "perturb, then penalise" skeleton of the J-defenses.
 
-SPEC.md §1, ``lip``: add ``lam * max_i ||grad_{x_i} L||`` to the loss, where ``L = (1/B) sum_i l_i`` is the
+Finlay, Oberman & Abbasi, "Improved robustness to adversarial examples using Lipschitz regularization of
+the loss", §3 (``lip``): add ``lam * max_i ||grad_{x_i} L||`` to the loss, where ``L = (1/B) sum_i l_i`` is the
 **batch-mean** cross-entropy, so each per-sample gradient carries the factor ``1/B``; not squared, no
 hinge. Two ways to differentiate it with respect to the weights:
 
@@ -19,48 +20,53 @@ inputs ``x'`` (``tulip`` = J2 + lip, "the penalty evaluated at the perturbed inp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from robust_cli.attacks.base import batch_norm
-from robust_cli.defenses.base import (
-    DefenseOutput,
-    canonical_norm,
-    check_choice,
-    dual_direction,
-    error_rate,
-    to_floats,
-)
+from robust_cli.defenses.base import DefenseOutput, check_choice, dual_direction, error_rate, to_floats
+from robust_cli.norms import check_norm
 
 METHODS = ("double_backprop", "finite_difference")
 REDUCTIONS = ("max", "mean")
 
 
-class LipschitzPenalty:
-    """``lam * reduce_i ||grad_{x_i} (1/B) sum_j l_j||_norm`` next to the batch-mean CE, at given inputs.
+@dataclass
+class PenaltyOptions:
+    """The Lipschitz-penalty options of the defenses that carry one, each default written once here.
 
-    Args:
-        lam: weight of the penalty (SPEC.md: 0.1).
-        norm: the norm taken of the input gradient: ``l2`` (default), ``l1`` (guards l_inf perturbations, its
-            dual), ``linf``; ``2``, ``1``, ``inf`` are accepted too.
-        reduction: ``max`` over the batch (the papers') or ``mean``.
-        method: ``double_backprop`` or ``finite_difference``.
-        h: the finite-difference step (input units, [0,1] pixels); ignored by double backprop.
+    ``defense.lam=0.1 defense.penalty_norm=l1`` on any adversarial-training defense; ``lam: 0`` = off.
     """
 
-    def __init__(self, lam: float = 0.1, norm: object = "l2", reduction: str = "max",
-                 method: str = "double_backprop", h: float = 0.01):
-        if lam < 0:
-            raise ValueError(f"lam={lam} must be >= 0")
-        if h <= 0:
-            raise ValueError(f"h={h} must be > 0")
-        self.lam = float(lam)
-        self.norm = canonical_norm(norm)
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
-        self.method = check_choice("method", method, METHODS)
-        self.h = float(h)
+    lam: float = 0.0  # weight of the Lipschitz penalty (at the perturbed inputs); 0 = no penalty
+    penalty_norm: Literal["l2", "l1", "linf"] = "l2"  # norm of the input gradient in the penalty
+    reduction: Literal["max", "mean"] = "max"  # over the batch
+    method: Literal["double_backprop", "finite_difference"] = "double_backprop"
+    h: float = 0.01  # finite-difference step ([0,1] pixel units)
+
+
+class LipschitzPenalty:
+    """``lam * reduce_i ||grad_{x_i} (1/B) sum_j l_j||_q`` next to the batch-mean CE, at given inputs.
+
+    Built from a :class:`PenaltyOptions` (the one home of the penalty's defaults): ``lam`` its weight,
+    ``penalty_norm`` the norm ``q`` taken of the input gradient (``l2``; ``l1`` guards l_inf perturbations,
+    its dual; ``linf``), ``reduction`` ``max`` over the batch (the papers') or ``mean``, ``method``
+    ``double_backprop`` or ``finite_difference`` with step ``h`` (input units, [0,1] pixels).
+    """
+
+    def __init__(self, options: PenaltyOptions):
+        if options.lam < 0:
+            raise ValueError(f"lam={options.lam} must be >= 0")
+        if options.h <= 0:
+            raise ValueError(f"h={options.h} must be > 0")
+        self.lam = float(options.lam)
+        self.norm = check_norm(options.penalty_norm, ("l2", "l1", "linf"), who="penalty_norm")
+        self.reduction = check_choice("reduction", options.reduction, REDUCTIONS)
+        self.method = check_choice("method", options.method, METHODS)
+        self.h = float(options.h)
 
     def _reduce(self, v: torch.Tensor) -> torch.Tensor:
         return v.amax() if self.reduction == "max" else v.mean()
@@ -126,22 +132,6 @@ class LipschitzPenalty:
 
 
 @dataclass
-class PenaltyOptions:
-    """The Lipschitz-penalty options an adversarial-training schema carries (``lam: 0`` = off).
-
-    ``_target_`` and ``name`` come first so that every schema lists them first; subclasses set them.
-    """
-
-    _target_: str = ""
-    name: str = ""
-    lam: float = 0.0  # weight of the Lipschitz penalty at the perturbed inputs; 0 = no penalty
-    lip_norm: str = "l2"  # norm of the input gradient in the penalty: l2 | l1 | linf
-    reduction: str = "max"  # max | mean over the batch
-    method: str = "double_backprop"  # double_backprop | finite_difference
-    h: float = 0.01  # finite-difference step
-
-
-@dataclass
 class Perturbation:
     """What an adversarial step hands to :class:`PerturbedDefense`.
 
@@ -166,9 +156,10 @@ class PerturbedDefense:
     ``adv_loss`` (CE at ``x'``), ``adv_error``, the penalty's stats when ``lam > 0``, and the step's own.
     """
 
-    def __init__(self, lam: float = 0.0, lip_norm: object = "l2", reduction: str = "max",
-                 method: str = "double_backprop", h: float = 0.01):
-        self.penalty = LipschitzPenalty(lam, lip_norm, reduction, method, h)
+    kwargs_schema = PenaltyOptions  # the options of **penalty (robust_cli.schema)
+
+    def __init__(self, **penalty):
+        self.penalty = LipschitzPenalty(PenaltyOptions(**penalty))
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Perturbation:
         raise NotImplementedError

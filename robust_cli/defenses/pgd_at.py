@@ -13,7 +13,6 @@ penalty at the adversarials (:mod:`robust_cli.defenses.penalty`; its norm is ``l
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,8 +20,10 @@ from torch.nn import functional as F
 
 from robust_cli.attacks import base as attacks_base
 from robust_cli.attacks.pgd import ascent_direction, random_start_in_ball
-from robust_cli.defenses.base import attack_mode, canonical_norm
-from robust_cli.defenses.penalty import PenaltyOptions, Perturbation, PerturbedDefense
+from robust_cli.defenses.base import attack_mode
+from robust_cli.norms import check_norm
+from robust_cli.schema import schema_of
+from robust_cli.defenses.penalty import Perturbation, PerturbedDefense
 
 
 def project(x_adv: torch.Tensor, x0: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
@@ -53,19 +54,6 @@ def pgd_ascent(model: nn.Module, x0: torch.Tensor, objective: Callable[[torch.Te
     return x_adv.detach()
 
 
-@dataclass
-class PgdAtConfig(PenaltyOptions):
-    """``defense=pgd_at`` (Madry). Defaults: the CIFAR l_inf recipe (eps 8/255, 7 steps of 2/255)."""
-
-    _target_: str = "robust_cli.defenses.pgd_at.PgdAt"
-    name: str = "pgd_at"
-    norm: str = "linf"  # linf | l2: the threat model of the inner attack
-    eps: float = 0.03137254901960784  # 8/255
-    steps: int = 7
-    step_size: float = 0.00784313725490196  # 2/255
-    random_start: bool = True
-
-
 class PgdAt(PerturbedDefense):
     """Madry's adversarial training; stats ``clean_loss``, ``adv_loss``, ``adv_error``."""
 
@@ -74,7 +62,7 @@ class PgdAt(PerturbedDefense):
         super().__init__(**penalty)
         if eps < 0 or steps < 0 or step_size < 0:
             raise ValueError("eps, steps and step_size must be >= 0")
-        self.norm = canonical_norm(norm, ("linf", "l2"))
+        self.norm = check_norm(norm, ("linf", "l2"), who="norm")
         self.eps, self.steps, self.step_size = float(eps), int(steps), float(step_size)
         self.random_start = bool(random_start)
 
@@ -90,4 +78,4 @@ class PgdAt(PerturbedDefense):
         return Perturbation(x_adv, logits, None, stats)
 
 
-SCHEMAS = {"pgd_at": PgdAtConfig}
+SCHEMAS = {"pgd_at": schema_of(PgdAt, "pgd_at")}

@@ -8,27 +8,15 @@ the batch divided by ``B``), and its clean side is not detached (gradient flows 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robust_cli.defenses.base import DefenseOutput, attack_mode, canonical_norm, error_rate, to_floats
+from robust_cli.norms import check_norm
+from robust_cli.schema import schema_of
+from robust_cli.defenses.base import DefenseOutput, attack_mode, error_rate, to_floats
 from robust_cli.defenses.pgd_at import pgd_ascent, project
-
-
-@dataclass
-class TradesConfig:
-    """``defense=trades``: the authors' CIFAR defaults (eps 0.031, 10 steps of 0.007, beta 6)."""
-
-    _target_: str = "robust_cli.defenses.trades.Trades"
-    name: str = "trades"
-    beta: float = 6.0  # weight of the robust KL term (1/lambda in the paper)
-    norm: str = "linf"  # linf | l2
-    eps: float = 0.031
-    steps: int = 10
-    step_size: float = 0.007
 
 
 class Trades:
@@ -37,7 +25,7 @@ class Trades:
     def __init__(self, beta: float = 6.0, norm: object = "linf", eps: float = 0.031, steps: int = 10,
                  step_size: float = 0.007):
         self.beta = float(beta)
-        self.norm = canonical_norm(norm, ("linf", "l2"))
+        self.norm = check_norm(norm, ("linf", "l2"), who="norm")
         self.eps, self.steps, self.step_size = float(eps), int(steps), float(step_size)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> DefenseOutput:
@@ -60,4 +48,4 @@ class Trades:
         return DefenseOutput(clean_loss + self.beta * kl, logits.detach(), to_floats(stats))
 
 
-SCHEMAS = {"trades": TradesConfig}
+SCHEMAS = {"trades": schema_of(Trades, "trades")}

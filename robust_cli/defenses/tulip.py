@@ -8,32 +8,16 @@ backward pass), both points in one forward. The "& tanh" variant is ``model.tanh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from robust_cli.defenses.at_l2 import AtL2
-
-
-@dataclass
-class TulipConfig:
-    """``defense=tulip`` (J2-Lip)."""
-
-    _target_: str = "robust_cli.defenses.tulip.Tulip"
-    name: str = "tulip"
-    eps: float = 0.01  # l2 norm of the J2 step, [0,1] pixel units
-    clip: bool = False  # clip x' to [0, 1]
-    lam: float = 0.1  # weight of the penalty
-    norm: str = "l2"  # norm of the input gradient in the penalty: l2 | l1 | linf
-    reduction: str = "max"  # max | mean over the batch
-    method: str = "double_backprop"  # double_backprop | finite_difference
-    h: float = 0.01  # finite-difference step
+from robust_cli.schema import schema_of
 
 
 class Tulip(AtL2):
-    """J2 + Lipschitz penalty at the perturbed inputs."""
+    """J2 + Lipschitz penalty at the perturbed inputs: ``at_l2`` whose penalty weight defaults to 0.1
+    (Finlay et al. §4.3); every other option (``eps``, ``clip``, ``penalty_norm``, ...) is ``AtL2``'s."""
 
-    def __init__(self, eps: float = 0.01, clip: bool = False, lam: float = 0.1, norm: object = "l2",
-                 reduction: str = "max", method: str = "double_backprop", h: float = 0.01):
-        super().__init__(eps=eps, clip=clip, lam=lam, lip_norm=norm, reduction=reduction, method=method, h=h)
+    def __init__(self, lam: float = 0.1, **options):
+        super().__init__(lam=lam, **options)
 
 
-SCHEMAS = {"tulip": TulipConfig}
+SCHEMAS = {"tulip": schema_of(Tulip, "tulip")}

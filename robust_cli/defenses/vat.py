@@ -11,26 +11,12 @@ float32 resolution for [0,1] pixels, hence the default 1e-3.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from robust_cli.defenses.base import DefenseOutput, attack_mode, l2_normalize, to_floats
-
-
-@dataclass
-class VatConfig:
-    """``defense=vat``: MNIST-scale defaults (eps 2.0 in l2, one power iteration)."""
-
-    _target_: str = "robust_cli.defenses.vat.Vat"
-    name: str = "vat"
-    alpha: float = 1.0  # weight of the local distributional smoothness term
-    eps: float = 2.0  # l2 norm of the virtual adversarial perturbation, [0,1] pixel units
-    xi: float = 1e-3  # finite-difference radius of the power iteration
-    power_iterations: int = 1
-    clip: bool = False  # clip x + r_adv to [0, 1]
+from robust_cli.schema import schema_of
 
 
 def vat_direction(model: nn.Module, x: torch.Tensor, xi: float, power_iterations: int) -> torch.Tensor:
@@ -53,7 +39,15 @@ def vat_direction(model: nn.Module, x: torch.Tensor, xi: float, power_iterations
 
 
 class Vat:
-    """VAT; stats ``clean_loss``, ``lds`` (the KL term, unweighted)."""
+    """VAT; stats ``clean_loss``, ``lds`` (the KL term, unweighted). MNIST-scale defaults.
+
+    Args:
+        alpha: weight of the local distributional smoothness term.
+        eps: l2 norm of the virtual adversarial perturbation, [0,1] pixel units.
+        xi: finite-difference radius of the power iteration.
+        power_iterations: rounds of the power iteration (>= 1).
+        clip: clip ``x + r_adv`` to [0, 1].
+    """
 
     def __init__(self, alpha: float = 1.0, eps: float = 2.0, xi: float = 1e-3, power_iterations: int = 1,
                  clip: bool = False):
@@ -77,4 +71,4 @@ class Vat:
         return DefenseOutput(clean_loss + self.alpha * lds, logits.detach(), to_floats(stats))
 
 
-SCHEMAS = {"vat": VatConfig}
+SCHEMAS = {"vat": schema_of(Vat, "vat")}

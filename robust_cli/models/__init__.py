@@ -20,11 +20,20 @@ from torch import nn
 from robust_cli.errors import UserError
 from robust_cli.models.layers import Normalize, RobustModel, TanhHead, num_parameters
 
-__all__ = ["Normalize", "RobustModel", "TanhHead", "build_model", "list_models", "model_schemas"]
+__all__ = ["Normalize", "RobustModel", "TanhHead", "build_model", "list_models", "model_schema", "model_schemas"]
 
 log = logging.getLogger(__name__)
 
 _RESERVED = ("_target_", "name", "tanh_head")
+#: options every architecture takes that ``build_model`` handles, not the body class
+BUILDER_OPTIONS = {"tanh_head": (bool, False)}  # Finlay et al.'s logit-normalising head (App. A.1)
+
+
+def model_schema(body: type[nn.Module], name: str) -> type:
+    """The schema of ``model=<name>``: the body's constructor options plus ``BUILDER_OPTIONS``."""
+    from robust_cli.schema import schema_of
+
+    return schema_of(body, name, extra=BUILDER_OPTIONS)
 
 
 def model_schemas() -> dict[str, type]:

@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from robust_cli.models.layers import check_in_shape, conv_block, conv_out_size, valid_or_same_padding
-
-
-@dataclass
-class AllCNNConfig:
-    """``model=allcnn``. Defaults follow Finlay App. A (BatchNorm after every conv, no dropout);
-    Springenberg's original is ``batchnorm=false dropout=0.5 input_dropout=0.2``."""
-
-    _target_: str = "robust_cli.models.allcnn.AllCNN"
-    name: str = "allcnn"
-    tanh_head: bool = False
-    channels: list[int] = field(default_factory=lambda: [96, 192])  # widths of the two stages
-    batchnorm: bool = True
-    dropout: float = 0.0  # after each stride-2 conv
-    input_dropout: float = 0.0
+from robust_cli.models import model_schema
 
 
 class AllCNN(nn.Module):
@@ -35,6 +21,10 @@ class AllCNN(nn.Module):
     With ``batchnorm=false`` the CIFAR-10 model has 1,369,738 parameters (Springenberg Table 2: 1.4M).
 
     Shapes: ``[B, C, H, W]`` -> logits ``[B, num_classes]``.
+
+    Options (``model.<name>=...``; defaults in the signature):
+        channels: widths of the two stages
+        dropout: after each stride-2 conv
     """
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (96, 192),
@@ -80,4 +70,4 @@ class AllCNN(nn.Module):
         return self.net(x)
 
 
-SCHEMAS = {"allcnn": AllCNNConfig}
+SCHEMAS = {"allcnn": model_schema(AllCNN, "allcnn")}

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from robust_cli.models.input_grad_conv import InputGradConv2d
 from robust_cli.models.layers import check_in_shape, conv_out_size, valid_or_same_padding
-
-
-@dataclass
-class LeNet5Config:
-    """``model=lenet5``: conv channels and fully connected widths (defaults: the classic 6-16-120-84)."""
-
-    _target_: str = "robust_cli.models.lenet5.LeNet5"
-    name: str = "lenet5"
-    tanh_head: bool = False
-    channels: list[int] = field(default_factory=lambda: [6, 16])
-    hidden: list[int] = field(default_factory=lambda: [120, 84])
+from robust_cli.models import model_schema
 
 
 class LeNet5(nn.Module):
@@ -65,4 +54,4 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-SCHEMAS = {"lenet5": LeNet5Config}
+SCHEMAS = {"lenet5": model_schema(LeNet5, "lenet5")}

@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from robust_cli.models.layers import check_in_shape
-
-
-@dataclass
-class MLPConfig:
-    """``model=mlp``: hidden layer widths, dropout after each hidden ReLU."""
-
-    _target_: str = "robust_cli.models.mlp.MLP"
-    name: str = "mlp"
-    tanh_head: bool = False
-    widths: list[int] = field(default_factory=lambda: [1000, 1000, 1000])  # thesis Ch.3; Ch.4 used 1200
-    dropout: float = 0.0  # probability; the thesis's "Dropout" baseline row used it, the others did not
+from robust_cli.models import model_schema
 
 
 class MLP(nn.Module):
     """``Flatten -> [Linear -> ReLU -> Dropout] x len(widths) -> Linear``.
 
     Shapes: ``[B, C, H, W]`` (normalised images) -> logits ``[B, num_classes]``.
+
+    Options (``model.<name>=...``; defaults in the signature):
+        widths: thesis Ch.3; Ch.4 used 1200
+        dropout: probability; the thesis's "Dropout" baseline row used it, the others did not
     """
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (1000, 1000, 1000),
@@ -48,4 +41,4 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-SCHEMAS = {"mlp": MLPConfig}
+SCHEMAS = {"mlp": model_schema(MLP, "mlp")}

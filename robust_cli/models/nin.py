@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from robust_cli.models.layers import check_in_shape, conv_block
-
-
-@dataclass
-class NINConfig:
-    """``model=nin``: the CIFAR-10 NIN of Lin et al. (192-160-96 / 192-192-192 / 192-192-K)."""
-
-    _target_: str = "robust_cli.models.nin.NIN"
-    name: str = "nin"
-    tanh_head: bool = False
-    channels: list[int] = field(default_factory=lambda: [192, 160, 96])  # first mlpconv; later ones use [0]
-    batchnorm: bool = False  # the original has none
-    dropout: float = 0.5  # after the first two mlpconv blocks, as in the original
+from robust_cli.models import model_schema
 
 
 class NIN(nn.Module):
@@ -32,6 +20,11 @@ class NIN(nn.Module):
     the logits can be negative). CIFAR-10: 966,986 parameters (Lin et al.: about 0.97M).
 
     Shapes: ``[B, C, H, W]`` -> logits ``[B, num_classes]``.
+
+    Options (``model.<name>=...``; defaults in the signature):
+        channels: first mlpconv; later ones use [0]
+        batchnorm: the original has none
+        dropout: after the first two mlpconv blocks, as in the original
     """
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (192, 160, 96),
@@ -68,4 +61,4 @@ class NIN(nn.Module):
         return self.net(x)
 
 
-SCHEMAS = {"nin": NINConfig}
+SCHEMAS = {"nin": model_schema(NIN, "nin")}

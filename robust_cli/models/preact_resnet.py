@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from robust_cli.models.layers import PreActBlock, check_in_shape
-
-
-@dataclass
-class PreActResNet18Config:
-    """``model=preact_resnet18``: ``width`` is the first stage's channels (64); stages double it."""
-
-    _target_: str = "robust_cli.models.preact_resnet.PreActResNet18"
-    name: str = "preact_resnet18"
-    tanh_head: bool = False
-    width: int = 64
-    blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+from robust_cli.models import model_schema
 
 
 class PreActResNet18(nn.Module):
@@ -53,4 +42,4 @@ class PreActResNet18(nn.Module):
         return self.fc(self.final(self.stages(self.stem(x))))
 
 
-SCHEMAS = {"preact_resnet18": PreActResNet18Config}
+SCHEMAS = {"preact_resnet18": model_schema(PreActResNet18, "preact_resnet18")}

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from robust_cli.models.layers import check_in_shape
-
-
-@dataclass
-class ResNet34Config:
-    """``model=resnet34``: ``width`` is the first stage's channels (64); stages double it."""
-
-    _target_: str = "robust_cli.models.resnet.ResNet34"
-    name: str = "resnet34"
-    tanh_head: bool = False
-    width: int = 64
-    blocks: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
+from robust_cli.models import model_schema
 
 
 class BasicBlock(nn.Module):
@@ -79,4 +68,4 @@ class ResNet34(nn.Module):
         return self.fc(self.pool(self.stages(self.stem(x))))
 
 
-SCHEMAS = {"resnet34": ResNet34Config}
+SCHEMAS = {"resnet34": model_schema(ResNet34, "resnet34")}

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from robust_cli.models.layers import check_in_shape, conv_block
-
-
-@dataclass
-class ResNeXt34Config:
-    """``model=resnext34``: cardinality 2 for CIFAR-10, 4 for CIFAR-100 (``model.cardinality=4``)."""
-
-    _target_: str = "robust_cli.models.resnext.ResNeXt34"
-    name: str = "resnext34"
-    tanh_head: bool = False
-    cardinality: int = 2
-    width: int = 32  # channels of each branch in the first stage; later stages double it
-    blocks: list[int] = field(default_factory=lambda: [5, 5, 5])
+from robust_cli.models import model_schema
 
 
 class BranchBlock(nn.Module):
@@ -61,6 +49,9 @@ class ResNeXt34(nn.Module):
     (the ``tanh_head`` option is the paper's logit normalisation).
 
     Shapes: ``[B, C, H, W]`` -> logits ``[B, num_classes]``.
+
+    Options (``model.<name>=...``; defaults in the signature):
+        width: channels of each branch in the first stage; later stages double it
     """
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, cardinality: int = 2, width: int = 32,
@@ -88,4 +79,4 @@ class ResNeXt34(nn.Module):
         return self.fc(self.pool(self.stages(self.stem(x))))
 
 
-SCHEMAS = {"resnext34": ResNeXt34Config}
+SCHEMAS = {"resnext34": model_schema(ResNeXt34, "resnext34")}

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from robust_cli.models.layers import PreActBlock, check_in_shape
-
-
-@dataclass
-class WideResNetConfig:
-    """``model=wrn``: depth = 6 n + 4 (n blocks per stage), widths 16k, 32k, 64k."""
-
-    _target_: str = "robust_cli.models.wrn.WideResNet"
-    name: str = "wrn"
-    tanh_head: bool = False
-    depth: int = 28
-    widen_factor: int = 10
-    dropout: float = 0.0  # between the two convs of a block; the paper's best CIFAR runs used 0.3
+from robust_cli.models import model_schema
 
 
 class WideResNet(nn.Module):
@@ -28,6 +16,9 @@ class WideResNet(nn.Module):
 
     WRN-28-10 on CIFAR-10: 36,479,194 parameters (Zagoruyko & Komodakis Table: 36.5M).
     Shapes: ``[B, C, H, W]`` -> logits ``[B, num_classes]``.
+
+    Options (``model.<name>=...``; defaults in the signature):
+        dropout: between the two convs of a block; the paper's best CIFAR runs used 0.3
     """
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, depth: int = 28, widen_factor: int = 10,
@@ -58,4 +49,4 @@ class WideResNet(nn.Module):
         return self.fc(self.final(self.stages(self.stem(x))))
 
 
-SCHEMAS = {"wrn": WideResNetConfig}
+SCHEMAS = {"wrn": model_schema(WideResNet, "wrn")}

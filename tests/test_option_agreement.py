@@ -1,0 +1,212 @@
+"""One source of truth per option: YAML = schema = signature, and every option reaches the code.
+
+For every architecture, defense and attack:
+
+1. its Hydra schema is the one ``robust_cli.schema.schema_of`` derives from the code (no hand-written
+   dataclass that could drift), and its fields and defaults are the signature's;
+2. its YAML file names only options of the schema, and only with values that differ from the default
+   (a YAML that restates a default is a second source of truth);
+3. every option reaches the code: changed alone (through Hydra's compose and the production builder), it
+   changes what the object computes. ``CHANGES`` below lists, per option, a changed value and, where an
+   option only matters in some setting, that setting. A new option without an entry fails the test, so it
+   cannot be added untested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from robust_cli.config import discover_schemas
+from robust_cli.schema import defaults_of, options_of
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = {"model": "robust_cli.models", "defense": "robust_cli.defenses", "attack": "robust_cli.attacks"}
+RESERVED = {"_target_", "name"}
+
+
+def _schemas(group: str) -> dict[str, type]:
+    return discover_schemas(GROUPS[group])
+
+
+def _yaml_options(group: str, name: str) -> dict:
+    """The option values a YAML file sets (its defaults list and package header aside)."""
+    data = yaml.safe_load((CONF / group / f"{name}.yaml").read_text()) or {}
+    data.pop("defaults", None)
+    return data
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_every_yaml_has_a_schema_and_every_schema_a_yaml(group):
+    yamls = {p.stem for p in (CONF / group).glob("*.yaml")} - {"all"}
+    assert yamls == set(_schemas(group)), f"{group}: YAML files and registered schemas differ"
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_schema_is_derived_from_the_signature(group):
+    from robust_cli.models import BUILDER_OPTIONS
+
+    for name, schema in _schemas(group).items():
+        obj = getattr(schema, "__robust_target__", None)
+        assert obj is not None, f"{group}/{name}: a hand-written schema; derive it with robust_cli.schema.schema_of"
+        defaults = defaults_of(schema)
+        assert defaults["name"] == name
+        assert defaults["_target_"] == f"{obj.__module__}.{obj.__qualname__}"
+        expected = {k: d for k, (_, d) in options_of(obj).items()}
+        if group == "model":
+            expected.update({k: d for k, (_, d) in BUILDER_OPTIONS.items()})
+        got = {k: v for k, v in defaults.items() if k not in RESERVED}
+        assert set(got) == set(expected), f"{group}/{name}: schema fields {sorted(got)} != {sorted(expected)}"
+        for key, default in expected.items():
+            if default is inspect.Parameter.empty:
+                continue
+            want = list(default) if isinstance(default, tuple) else default
+            assert got[key] == want, f"{group}/{name}.{key}: schema default {got[key]!r} != signature {want!r}"
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_yaml_carries_only_what_differs_from_the_signature(group, hydra_compose):
+    from omegaconf import OmegaConf
+
+    for name, schema in _schemas(group).items():
+        defaults = defaults_of(schema)
+        yaml_values = _yaml_options(group, name)
+        unknown = set(yaml_values) - set(defaults)
+        assert not unknown, f"conf/{group}/{name}.yaml sets unknown options {sorted(unknown)}"
+        for key, value in yaml_values.items():
+            if key in RESERVED:
+                continue
+            assert value != defaults[key], (f"conf/{group}/{name}.yaml restates the default {key}={value!r}: "
+                                            "delete the line (the signature is the one source)")
+        override = f"attack={name}" if group == "attack" else f"{group}={name}"
+        cfg = hydra_compose(config_name="eval" if group == "attack" else "train",
+                            overrides=[override] + (["run=x"] if group == "attack" else []))
+        node = cfg.attack[name] if group == "attack" else cfg[group]
+        composed = OmegaConf.to_container(node, resolve=True)
+        assert composed == {**defaults, **yaml_values}, f"{group}/{name}: composed config != signature + YAML"
+
+
+# ---------------------------------------------------------------- every option reaches the code
+
+# {name: {option: (changed value, {setting in which the option matters})}}
+MODEL_CHANGES = {
+    "mlp": {"widths": ([8, 6], {}), "dropout": (0.5, {"widths": [8, 6]})},
+    "lenet5": {"channels": ([4, 8], {}), "hidden": ([32, 16], {})},
+    "allcnn": {"channels": ([8, 16], {}), "batchnorm": (False, {"channels": [8, 16]}),
+               "dropout": (0.5, {"channels": [8, 16]}), "input_dropout": (0.5, {"channels": [8, 16]})},
+    "resnet34": {"width": (8, {"blocks": [1, 1, 1, 1]}), "blocks": ([1, 1, 1, 2], {"width": 4})},
+    "resnext34": {"cardinality": (3, {"width": 4, "blocks": [1, 1, 1]}),
+                  "width": (6, {"blocks": [1, 1, 1]}), "blocks": ([1, 1, 2], {"width": 4})},
+    "preact_resnet18": {"width": (8, {"blocks": [1, 1, 1, 1]}), "blocks": ([1, 1, 1, 2], {"width": 4})},
+    "wrn": {"depth": (16, {"widen_factor": 1}), "widen_factor": (2, {"depth": 10}),
+            "dropout": (0.5, {"depth": 10, "widen_factor": 1})},
+    "nin": {"channels": ([16, 12, 8], {}), "batchnorm": (True, {"channels": [16, 12, 8]}),
+            "dropout": (0.0, {"channels": [16, 12, 8]})},
+}
+for _options in MODEL_CHANGES.values():
+    _options["tanh_head"] = (True, next(iter(_options.values()))[1] | {})
+
+
+def _override(key: str, value) -> str:
+    text = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else str(value)
+    return f"{key}={text}"
+
+
+def _model_output(hydra_compose, name: str, setting: dict) -> tuple[list, torch.Tensor]:
+    from robust_cli.data import info_of
+    from robust_cli.models import build_model
+
+    overrides = [f"model={name}", "dataset=cifar10"] + [_override(f"model.{k}", v) for k, v in setting.items()]
+    cfg = hydra_compose(config_name="train", overrides=overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, info_of(cfg.dataset)).train()
+    torch.manual_seed(1)
+    x = torch.rand(4, 3, 32, 32)
+    torch.manual_seed(2)
+    return [tuple(p.shape) for p in model.parameters()], model(x).detach()
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_CHANGES))
+def test_every_model_option_changes_the_model(name, hydra_compose):
+    schema_options = set(defaults_of(_schemas("model")[name])) - RESERVED
+    assert set(MODEL_CHANGES[name]) == schema_options, f"list every option of model={name} in MODEL_CHANGES"
+    for option, (value, setting) in MODEL_CHANGES[name].items():
+        shapes0, out0 = _model_output(hydra_compose, name, setting)
+        shapes1, out1 = _model_output(hydra_compose, name, {**setting, option: value})
+        assert shapes0 != shapes1 or not torch.equal(out0, out1), f"model.{option}={value} changed nothing"
+
+
+_PENALTY = {  # the penalty options of every defense that carries one, in a setting where they act
+    "lam": (0.5, {}),
+    "penalty_norm": ("l1", {"lam": 0.5}),
+    "reduction": ("mean", {"lam": 0.5}),
+    "method": ("finite_difference", {"lam": 0.5}),
+    "h": (0.05, {"lam": 0.5, "method": "finite_difference"}),
+}
+DEFENSE_CHANGES = {
+    "none": {},
+    "at_fgsm": {"eps": (0.3, {}), "clip": (True, {"eps": 0.3}), **_PENALTY},
+    "at_l2": {"eps": (0.3, {}), "clip": (True, {"eps": 0.3}), **_PENALTY},
+    "tulip": {"eps": (0.3, {}), "clip": (True, {"eps": 0.3}), **_PENALTY, "lam": (0.5, {})},
+    "lip": {**_PENALTY, "penalty_norm": ("l1", {}), "reduction": ("mean", {}), "method": ("finite_difference", {}),
+            "h": (0.05, {"method": "finite_difference"})},
+    "pgd_at": {"norm": ("l2", {}), "eps": (0.1, {}), "steps": (3, {}), "step_size": (0.5, {}),
+               "random_start": (False, {}), **_PENALTY},
+    "trades": {"beta": (1.0, {}), "norm": ("l2", {}), "eps": (0.1, {}), "steps": (3, {}), "step_size": (0.5, {})},
+    "vat": {"alpha": (2.0, {}), "eps": (0.5, {}), "xi": (0.1, {}), "power_iterations": (3, {}),
+            "clip": (True, {"eps": 3.0})},
+    "margin": {"C": (1.0, {}), "penalty_norm": ("l1", {})},
+}
+#: options that by design change no number, only how it is computed: checked to reach the object instead
+DEFENSE_SAME_RESULT = {("margin", "batched"): lambda d: not d.batched}
+
+
+def _defense_result(hydra_compose, name: str, setting: dict) -> tuple[object, torch.Tensor, dict]:
+    from robust_cli.defenses import build_defense
+    from robust_cli.norms import canonicalize_config
+
+    overrides = [f"defense={name}"] + [_override(f"defense.{k}", v) for k, v in setting.items()]
+    cfg = canonicalize_config(hydra_compose(config_name="train", overrides=overrides))
+    defense = build_defense(cfg.defense)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 4)).double().train()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 1, 4, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (6,), generator=gen)
+    torch.manual_seed(2)  # random starts
+    out = defense(model, x, y)
+    (grad,) = torch.autograd.grad(out.loss, [model[1].weight])
+    return defense, grad, out.stats
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSE_CHANGES))
+def test_every_defense_option_changes_the_training_step(name, hydra_compose):
+    schema_options = set(defaults_of(_schemas("defense")[name])) - RESERVED
+    listed = set(DEFENSE_CHANGES[name]) | {o for (n, o) in DEFENSE_SAME_RESULT if n == name}
+    assert listed == schema_options, f"list every option of defense={name} in DEFENSE_CHANGES"
+    for option, (value, setting) in DEFENSE_CHANGES[name].items():
+        _, g0, s0 = _defense_result(hydra_compose, name, setting)
+        _, g1, s1 = _defense_result(hydra_compose, name, {**setting, option: value})
+        assert not torch.equal(g0, g1) or s0 != s1, f"defense.{option}={value} changed nothing"
+    for (n, option), reached in DEFENSE_SAME_RESULT.items():
+        if n == name:
+            default = defaults_of(_schemas("defense")[name])[option]
+            defense, _, _ = _defense_result(hydra_compose, name, {option: not default})
+            assert reached(defense), f"defense.{option} did not reach the object"
+
+
+def test_schema_of_follows_kwargs_to_the_parent_and_its_dataclass():
+    """A subclass restates only the defaults it changes; ``**penalty`` is PenaltyOptions' fields."""
+    from robust_cli.defenses.penalty import PenaltyOptions
+    from robust_cli.defenses.tulip import Tulip
+
+    options = options_of(Tulip)
+    assert options["lam"][1] == 0.1 and options["eps"][1] == 0.01
+    penalty = {f.name for f in dataclasses.fields(PenaltyOptions)}
+    assert penalty <= set(options)
