@@ -1,4 +1,4 @@
-"""Perturbation sizes and adversarial distances (SPEC.md §2).
+"""Perturbation sizes and adversarial distances (Finlay et al. §4.1; Matyasko thesis Ch.5 §5.4).
 
 The adversarial distance of a test image is the size of the perturbation an attack found, measured on the
 *re-verified* adversarial image: 0 where the clean image is already misclassified, ``inf`` where the attack
@@ -20,7 +20,7 @@ def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> dict[str, torch.
 
     Returns:
         ``{norm: [B] float32}`` for l0, l1, l2 and linf. l0 counts changed *pixels* (any channel), the
-        papers' unit and that of the SPEC.md §2 thresholds (values and pixels coincide on one channel).
+        papers' unit and that of the thesis's Ch.5 l0 thresholds (values and pixels coincide on one channel).
         Computed in float64 and cast back, so that a one-value change of 1/255 is not lost in a float32 sum.
     """
     r = (x_adv.double() - x.double())
@@ -29,7 +29,7 @@ def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> dict[str, torch.
 
 
 def adversarial_distance(size: torch.Tensor, clean_correct: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
-    """The adversarial distance ``[B]`` (SPEC.md §2).
+    """The adversarial distance ``[B]`` (Finlay et al. Def. 4.1).
 
     Args:
         size: ``[B]`` perturbation size in the attack's norm.

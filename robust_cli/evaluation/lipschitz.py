@@ -1,4 +1,4 @@
-"""Lipschitz statistics of a trained model (Finlay et al. §3, Table 1; SPEC.md §2), for ``lipschitz.json``.
+"""Lipschitz statistics of a trained model (Finlay et al. §3.1, §3.5, Table 1), for ``lipschitz.json``.
 
 - ``max_grad_norm``: ``max_i ||grad_x l(x_i)||_2`` over the evaluated images, with ``l`` the per-sample CE:
   the data-based *lower* estimate of the loss's Lipschitz constant (Finlay eq 11).

@@ -35,7 +35,7 @@ class Normalize(nn.Module):
 
 
 class TanhHead(nn.Module):
-    """The logit-normalising head of Finlay et al. (SPEC.md §1, "& tanh"; Finlay App. A.1).
+    """The logit-normalising head of Finlay et al. ("& tanh", Finlay et al. App. A.1).
 
     BatchNorm without learnable affine on the logits ``[B, K]``, then ``t * tanh(z / t)`` with one learnable
     scalar ``t`` (initialised at ``t0``), shared by all classes. Bounded logits (``|out| < |t|``) make the
