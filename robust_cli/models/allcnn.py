@@ -42,20 +42,14 @@ class AllCNN(nn.Module):
         layers: list[nn.Module] = []
         if input_dropout > 0:
             layers.append(nn.Dropout(input_dropout))
-        layers += [
-            conv_block(c, c1, 3, padding=1, batchnorm=bn),
-            conv_block(c1, c1, 3, padding=1, batchnorm=bn),
-            conv_block(c1, c1, 3, stride=2, padding=1, batchnorm=bn),
-        ]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        layers += [
-            conv_block(c1, c2, 3, padding=1, batchnorm=bn),
-            conv_block(c2, c2, 3, padding=1, batchnorm=bn),
-            conv_block(c2, c2, 3, stride=2, padding=1, batchnorm=bn),
-        ]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+        for c_in, c_out in ((c, c1), (c1, c2)):  # two stages: 3x3, 3x3, 3x3 stride 2 (the pooling), dropout
+            layers += [
+                conv_block(c_in, c_out, 3, padding=1, batchnorm=bn),
+                conv_block(c_out, c_out, 3, padding=1, batchnorm=bn),
+                conv_block(c_out, c_out, 3, stride=2, padding=1, batchnorm=bn),
+            ]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
         layers += [
             nn.Sequential(nn.Conv2d(c2, c2, 3, padding=pad, bias=not bn),
                           *([nn.BatchNorm2d(c2)] if bn else []), nn.ReLU()),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -98,6 +98,32 @@ class PreActBlock(nn.Module):
         out = self.conv1(out)
         out = self.conv2(self.drop(F.relu(self.bn2(out))))
         return out + shortcut
+
+
+def widening_stages(width: int, blocks: Sequence[int],
+                    stage: Callable[[int, int, int, int], list[nn.Module]]) -> tuple[nn.Sequential, int]:
+    """The stages of a CIFAR residual net: stage ``i`` has ``width * 2**i`` channels and ``blocks[i]`` blocks.
+
+    ``stage(i, n, in_ch, out_ch)`` returns the layers of stage ``i`` (``n`` blocks from ``in_ch`` channels
+    to ``out_ch``). Returns ``(nn.Sequential of the stages, channels of the last stage)``.
+    """
+    stages: list[nn.Module] = []
+    in_ch = width
+    for i, n in enumerate(blocks):
+        out_ch = width * 2**i
+        stages.append(nn.Sequential(*stage(i, int(n), in_ch, out_ch)))
+        in_ch = out_ch
+    return nn.Sequential(*stages), in_ch
+
+
+def strided_blocks(block: Callable[..., nn.Module]) -> Callable[[int, int, int, int], list[nn.Module]]:
+    """A ``widening_stages`` stage of ``block(in_ch, out_ch, stride)`` units (He et al. 2016): every stage
+    after the first halves the resolution in its first block."""
+
+    def stage(i: int, n: int, in_ch: int, out_ch: int) -> list[nn.Module]:
+        return [block(in_ch if j == 0 else out_ch, out_ch, stride=(1 if i == 0 or j > 0 else 2)) for j in range(n)]
+
+    return stage
 
 
 def conv_block(in_ch: int, out_ch: int, kernel_size: int, *, stride: int = 1, padding: int = 0,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robust_cli.models.layers import check_in_shape
+from robust_cli.models.layers import check_in_shape, strided_blocks, widening_stages
 from robust_cli.models import model_schema
 
 
@@ -52,15 +52,7 @@ class ResNet34(nn.Module):
         c, _, _ = check_in_shape(in_shape)
         self.stem = nn.Sequential(nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU())
-        stages: list[nn.Module] = []
-        in_ch = width
-        for i, n in enumerate(blocks):
-            out_ch = width * 2**i
-            layers = [BasicBlock(in_ch if j == 0 else out_ch, out_ch, stride=(1 if i == 0 or j > 0 else 2))
-                      for j in range(int(n))]
-            stages.append(nn.Sequential(*layers))
-            in_ch = out_ch
-        self.stages = nn.Sequential(*stages)
+        self.stages, in_ch = widening_stages(width, blocks, strided_blocks(BasicBlock))
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(in_ch, num_classes)
 

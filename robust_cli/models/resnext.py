@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robust_cli.models.layers import check_in_shape, conv_block
+from robust_cli.models.layers import check_in_shape, conv_block, widening_stages
 from robust_cli.models import model_schema
 
 
@@ -61,17 +61,12 @@ class ResNeXt34(nn.Module):
         if cardinality < 1:
             raise ValueError(f"resnext34 cardinality must be >= 1, got {cardinality}")
         self.stem = conv_block(c, width, 3, padding=1, batchnorm=True)
-        stages: list[nn.Module] = []
-        in_ch = width
-        for i, n in enumerate(blocks):
-            out_ch = width * 2**i
-            layers: list[nn.Module] = []
-            if i > 0:
-                layers += [conv_block(in_ch, out_ch, 1, batchnorm=True), nn.AvgPool2d(2, ceil_mode=True)]
-            layers += [BranchBlock(out_ch, cardinality) for _ in range(int(n))]
-            stages.append(nn.Sequential(*layers))
-            in_ch = out_ch
-        self.stages = nn.Sequential(*stages)
+        def stage(i: int, n: int, in_ch: int, out_ch: int) -> list[nn.Module]:
+            # a 1x1 conv + 2x2 average pool between stages, then the branch blocks
+            transition = [conv_block(in_ch, out_ch, 1, batchnorm=True), nn.AvgPool2d(2, ceil_mode=True)]
+            return (transition if i > 0 else []) + [BranchBlock(out_ch, cardinality) for _ in range(n)]
+
+        self.stages, in_ch = widening_stages(width, blocks, stage)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(in_ch, num_classes)
 
