@@ -21,11 +21,11 @@ from robust_cli.norms import NORMS
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = OmegaConf.create({"root": "unused", "download": False})
-NAMES = ("cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "npz", "svhn")
+NAMES = ("cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "npz", "svhn")  # the shipped ones
 
 
 def test_registry_lists_every_yaml_and_every_yaml_names_its_own_registered_loader(hydra_compose):
-    assert tuple(list_datasets()) == NAMES
+    assert set(NAMES) <= set(list_datasets())  # a new data set is a module + a YAML: no list here to extend
     named = set()
     for name in list_datasets():
         cfg = hydra_compose("train", overrides=[f"dataset={name}"]).dataset
