@@ -32,9 +32,13 @@ class AugmentConfig:
 
 @dataclass
 class DatasetConfig:
-    """One data set. ``in_shape`` is ``[C, H, W]``; images are always in [0,1]."""
+    """One data set (``conf/dataset/<name>.yaml``, its loader in ``robust_cli/data/sets/<name>.py``).
+    ``in_shape`` is ``[C, H, W]``; images are always in [0,1]."""
 
     name: str = MISSING
+    # dotted name of the data set's loader, a function registered in robust_cli/data/sets/ (no other code is
+    # ever called); null: the loader of the registry entry with this name
+    loader: Optional[str] = None
     in_shape: list[int] = MISSING
     num_classes: int = MISSING
     mean: list[float] = MISSING
@@ -43,6 +47,12 @@ class DatasetConfig:
     eval_size: int = 1000  # the fixed evaluation subset: the first N test images
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     path: Optional[str] = None  # `npz` only: the arrays file
+    # robust-accuracy thresholds per norm, {linf: [...], l2: [...], l1: [...], l0: [...]}: the eps at which
+    # robust eval reports 1 - err(eps) (Matyasko's thesis §5.4: five fixed per data set); a norm that is
+    # null or [] gets no robust-accuracy columns
+    thresholds: dict[str, Optional[list[float]]] = field(
+        default_factory=lambda: dict.fromkeys(("linf", "l2", "l1", "l0"))
+    )
 
 
 @dataclass
@@ -130,7 +140,12 @@ class EvalConfig:
     seed: int = 0
     eps: dict[str, float] = field(
         default_factory=lambda: {"l0": 10.0, "l1": 10.0, "l2": 1.0, "linf": 0.1}
-    )  # the error reported "at eps" per norm (Finlay et al. Table 1 uses l2 0.1, linf 1/16 on CIFAR-10)
+    )  # the error reported "at eps" for each norm (the error curve of Finlay et al. Def. 4.1 read at one eps)
+    # robust-accuracy thresholds per norm, merged over the run's dataset.thresholds: thresholds.l2=[0.5,1.0]
+    # replaces the data set's l2 list, thresholds.l0=[] drops l0's; a norm left null keeps the data set's
+    thresholds: dict[str, Optional[list[float]]] = field(
+        default_factory=lambda: dict.fromkeys(("linf", "l2", "l1", "l0"))
+    )
     eps_search: str = "bisection"  # budget attacks: bisection | grid
     search_steps: int = 10  # bisection steps, or grid points
     lipschitz: bool = True  # write lipschitz.json

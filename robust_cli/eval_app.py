@@ -220,7 +220,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from robust_cli.data import load_split
-    from robust_cli.evaluation.curves import thresholds_for
+    from robust_cli.data.sets import thresholds_of
     from robust_cli.evaluation.lipschitz import lipschitz_statistics, zero_gradient_fraction
     from robust_cli.training.loop import resolve_device
     from robust_cli.reporting.plots import plot_error_curves
@@ -246,7 +246,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     x, y = load_split(train_cfg.dataset, train_cfg.data, "test")
     n = min(int(cfg.n_examples), int(x.shape[0]))
     x, y = x[:n], y[:n]
-    thresholds = thresholds_for(str(train_cfg.dataset.name), list(train_cfg.dataset.in_shape))
+    thresholds = thresholds_of(train_cfg.dataset, cfg.get("thresholds"))
     eval_dir = run_dir / "eval"
 
     x, y = x.to(device), y.to(device)

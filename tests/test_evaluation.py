@@ -24,7 +24,8 @@ from robust_cli.attacks.base import batch_norm, enforce_budget, register_attack
 from robust_cli.config import EvalConfig
 from robust_cli.errors import UserError
 from robust_cli.evaluation import checks as checks_mod
-from robust_cli.evaluation.curves import error_at, error_curve, median_distance, thresholds_for, worst_case
+from robust_cli.data.sets import thresholds_of
+from robust_cli.evaluation.curves import error_at, error_curve, median_distance, worst_case
 from robust_cli.evaluation.data_lipschitz import data_lipschitz, min_cross_label_distance
 from robust_cli.evaluation.distances import adversarial_distance, perturbation_norms
 from robust_cli.evaluation.eps_search import box_radius, search_distance
@@ -137,14 +138,17 @@ def test_median_distance_is_where_error_reaches_half():
 
 
 def test_thresholds_table():
-    assert thresholds_for("mnist", [1, 28, 28])["linf"] == [0.2, 0.25, 0.3, 0.325, 0.35]
-    assert thresholds_for("fashion_mnist", [1, 28, 28])["l1"] == [2.5, 5.0, 7.5, 10.0, 12.5]
-    assert "l0" not in thresholds_for("mnist", [1, 28, 28])  # lost in extraction (SPEC.md §2)
-    c = thresholds_for("svhn", [3, 32, 32])
+    """The thresholds are the data set's config (conf/dataset/<name>.yaml), picked by name, never by shape."""
+    assert thresholds_of({"name": "mnist"})["linf"] == [0.2, 0.25, 0.3, 0.325, 0.35]
+    assert thresholds_of({"name": "mnist"})["l1"] == [2.5, 5.0, 7.5, 10.0, 12.5]
+    assert "l0" not in thresholds_of({"name": "mnist"})  # lost in the thesis's text extraction
+    c = thresholds_of({"name": "cifar10"})
     assert c["linf"] == pytest.approx([k / 255 for k in (2, 4, 6, 8, 10)])
     assert c["l2"] == [0.25, 0.5, 0.75, 1.0, 1.25] and c["l0"] == [1, 3, 5, 8, 12]
-    assert thresholds_for("digits", [1, 8, 8])["l2"][2] == pytest.approx(2 * math.sqrt(64 / 784), abs=1e-4)
-    assert thresholds_for("npz", [2, 5, 5]) == {}
+    assert thresholds_of({"name": "digits"})["l2"][2] == pytest.approx(2 * math.sqrt(64 / 784), abs=1e-4)
+    for name in ("svhn", "cifar100", "fashion_mnist", "npz"):  # no published thresholds: none
+        assert thresholds_of({"name": name, "in_shape": [3, 32, 32]}) == {}
+    assert thresholds_of({"name": "npz", "in_shape": [1, 28, 28], "thresholds": {"l2": [1.0]}}) == {"l2": [1.0]}
 
 
 def test_worst_case_is_per_sample_minimum():
@@ -440,7 +444,7 @@ def test_eval_writes_schemas_merges_and_reuses(fake_run):
         assert s["clean_error"] == pytest.approx(1 / 25) and s["success_rate"] == 1.0
         assert s["median_distance"] == pytest.approx(median_distance(d))
         assert s["checks"]["curve_monotone"] is True and s["checks"]["unbounded_success"] is None
-        assert set(s["robust_accuracy"]) == {f"{t:g}" for t in thresholds_for("mnist", [1, 28, 28])[norm]}
+        assert set(s["robust_accuracy"]) == {f"{t:g}" for t in thresholds_of({"name": "mnist"})[norm]}
     table = pd.read_csv(ev / "summary.csv")
     for col in ("attack", "norm", "clean_error", "median_distance", "mean_distance", "rho_adv", "error_at_eps",
                 "robust_acc@0.2", "robust_acc@1", "success_rate", "seconds", "forward_per_sample",
@@ -497,6 +501,24 @@ def test_eval_recomputes_after_retraining_and_refreshes_error_at_a_new_eps(fake_
         model.fc.weight.mul_(1.5)  # "retrained"
     evaluate(_cfg(run, ["linear_budget"], "l2", eps={"l2": 0.123}))
     assert CALLS["n"] > calls
+
+
+def test_eval_threshold_override_replaces_one_norm(fake_run):
+    """``thresholds.l2=[...]`` replaces the data set's l2 thresholds in summary.json and summary.csv; ``[]``
+    removes a norm's; the others keep the data set's (the fake run's stored config has none: MNIST's)."""
+    from robust_cli.eval_app import evaluate
+
+    run, *_ = fake_run
+    evaluate(_cfg(run, ["linear_budget"], ["l2", "linf"], lipschitz=False,
+                  thresholds={"l2": [0.05, 0.1], "linf": []}))
+    s = json.loads((run / "eval" / "linear_budget-l2" / "summary.json").read_text())
+    assert list(s["robust_accuracy"]) == ["0.05", "0.1"]
+    assert json.loads((run / "eval" / "linear_budget-linf" / "summary.json").read_text())["robust_accuracy"] == {}
+    table = pd.read_csv(run / "eval" / "summary.csv")
+    assert [c for c in table.columns if c.startswith("robust_acc@")] == ["robust_acc@0.05", "robust_acc@0.1"]
+    d = pd.read_csv(run / "eval" / "linear_budget-l2" / "per_sample.csv")["distance"].to_numpy()
+    row = table[table["norm"] == "l2"].iloc[0]
+    assert row["robust_acc@0.1"] == pytest.approx(1 - error_at(d, 0.1))
 
 
 def test_eval_unsupported_norm_singly_is_an_error_in_a_list_skipped(fake_run):

@@ -4,17 +4,22 @@ Every data set here fits in memory (CIFAR's 50,000 training images are 600 MB as
 uint8 they are stored in), so the training loop batches tensors directly instead of going through a
 per-image ``Dataset``: augmentation is applied to whole batches (robust_cli/data/augment.py).
 
+Each data set is a loader module in ``robust_cli/data/sets/`` and a YAML file in ``conf/dataset/`` (the
+registry, with the robust-accuracy thresholds: ``robust_cli.data.sets``).
+
 Public functions:
     info_of(dataset_cfg) -> DatasetInfo
     load_split(dataset_cfg, data_cfg, split) -> (x, y)      split in {"train", "val", "test"}
+    thresholds_of(dataset_cfg, overrides) -> {norm: [float]}   (from robust_cli.data.sets)
 """
 
 from __future__ import annotations
 
 from robust_cli.data.info import DatasetInfo
+from robust_cli.data.sets import thresholds_of
 from robust_cli.data.sources import load_split
 
-__all__ = ["DatasetInfo", "info_of", "load_split"]
+__all__ = ["DatasetInfo", "info_of", "load_split", "thresholds_of"]
 
 
 def info_of(dataset_cfg) -> DatasetInfo:

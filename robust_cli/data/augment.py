@@ -1,4 +1,5 @@
-"""Batched training augmentation (SPEC.md §1): random crop with zero padding, horizontal flip, cutout.
+"""Batched training augmentation (Finlay et al. App. A): random crop with zero padding, horizontal flip, cutout
+(DeVries & Taylor, 2017).
 
 All three act on a whole batch ``[B, C, H, W]`` at once with a caller-supplied ``torch.Generator``, so an
 epoch's augmentation is reproducible from its seed (which makes resumed runs bit-identical).
