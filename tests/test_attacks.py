@@ -15,14 +15,16 @@ import torch
 from linear_reference import make_problem, minimal_distance
 
 from robust_cli.attacks import list_attacks
-from robust_cli.attacks.base import batch_norm, margin, project, search_eps
 from robust_cli.attacks.deepfool import deepfool
 from robust_cli.attacks.fgm import fgm
 from robust_cli.attacks.fgsm import fgsm
+from robust_cli.attacks.geometry import batch_norm, project
 from robust_cli.attacks.ifgsm import bim, ifgsm
+from robust_cli.attacks.losses import margin
 from robust_cli.attacks.noise import noise
 from robust_cli.attacks.pgd import pgd
 from robust_cli.attacks.stability import stability
+from robust_cli.evaluation.eps_search import search_eps
 
 BATCHES = [1, 24]
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import batch_norm, frozen_eval, is_adversarial, register_attack, view_as_images
+from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.geometry import batch_norm, view_as_images
+from robust_cli.attacks.losses import is_adversarial
 
 
 @register_attack(norms=("l2", "linf"), budget=False)

@@ -13,15 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import (
-    as_batch_eps,
-    batch_norm,
-    enforce_budget,
-    frozen_eval,
-    loss_gradient,
-    register_attack,
-    view_as_images,
-)
+from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, view_as_images
+from robust_cli.attacks.losses import loss_gradient
 
 
 @register_attack(norms=("l2",), budget=True)

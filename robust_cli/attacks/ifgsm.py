@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import register_attack
+from robust_cli.attacks.contract import register_attack
 from robust_cli.attacks.pgd import projected_gradient
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import register_attack
+from robust_cli.attacks.contract import register_attack
 from robust_cli.attacks.pdpgd import _attack, _run_options
 
 DEFAULT_STEP_SIZE = 0.1  # from the thesis grid {0.01, 0.05, 0.1, 0.5, 1.0}; see BENCHMARKS.md

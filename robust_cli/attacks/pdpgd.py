@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_cli.attacks import proximal
-from robust_cli.attacks.base import batch_norm, changed_pixels, frozen_eval, margin, register_attack, view_as_images
+from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.geometry import batch_norm, changed_pixels, view_as_images
+from robust_cli.attacks.losses import margin
 
 log = logging.getLogger(__name__)
 

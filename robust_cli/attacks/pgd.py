@@ -39,20 +39,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import (
-    as_batch_eps,
-    batch_norm,
-    enforce_budget,
-    frozen_eval,
-    is_adversarial,
-    loss_gradient,
-    margin,
-    project,
-    register_attack,
-    view_as_images,
-)
+from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.fgm import fgm
 from robust_cli.attacks.fgsm import fgsm
+from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, project, view_as_images
+from robust_cli.attacks.losses import is_adversarial, loss_gradient, margin
 
 
 def ascent_direction(grad: torch.Tensor, x_adv: torch.Tensor, norm: str, l1_top: float = 0.01) -> torch.Tensor:

@@ -19,13 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import (
-    first_crossing,
-    frozen_eval,
-    is_adversarial,
-    register_attack,
-    view_as_images,
-)
+from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.geometry import view_as_images
+from robust_cli.attacks.line_search import first_crossing
+from robust_cli.attacks.losses import is_adversarial
 
 
 def nearest_other_label(

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robust_cli.attacks.base import batch_norm
+from robust_cli.attacks.geometry import batch_norm
 from robust_cli.defenses.base import DefenseOutput, canonical_norm, to_floats
 
 log = logging.getLogger(__name__)

@@ -3,9 +3,9 @@
 Inner maximisation, in eval mode with frozen parameters: from a random start in the eps-ball,
 ``steps`` iterations of ``x <- Proj_{B_eps(x0) ∩ [0,1]^d}(x + step_size * u)`` with ``u = sign(grad)``
 (l_inf) or ``grad / ||grad||_2`` (l2). The projection is the exact Euclidean one onto the intersection
-(:func:`robust_cli.attacks.base.project`): rescaling into the ball and clipping after is feasible but stalls
+(:func:`robust_cli.attacks.geometry.project`): rescaling into the ball and clipping after is feasible but stalls
 the l2 attack short of its budget where many pixels sit on a box face (MNIST). The objective is the
-scale-free CE of :func:`robust_cli.attacks.base.attack_loss`, whose gradient has CE's direction but neither
+scale-free CE of :func:`robust_cli.attacks.losses.attack_loss`, whose gradient has CE's direction but neither
 vanishes nor loses its true-class term on confidently classified samples. ``lam > 0`` adds the Lipschitz
 penalty at the adversarials (:mod:`robust_cli.defenses.penalty`; its norm is ``lip_norm``).
 """
@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robust_cli.attacks import base as attacks_base
+from robust_cli.attacks import geometry
+from robust_cli.attacks.losses import attack_loss
 from robust_cli.attacks.pgd import ascent_direction, random_start_in_ball
 from robust_cli.defenses.base import attack_mode, canonical_norm
 from robust_cli.defenses.penalty import PenaltyOptions, Perturbation, PerturbedDefense
@@ -27,13 +28,13 @@ from robust_cli.defenses.penalty import PenaltyOptions, Perturbation, PerturbedD
 
 def project(x_adv: torch.Tensor, x0: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
     """The Euclidean projection of ``x_adv`` ``[B,C,H,W]`` onto ``B_eps(x0) ∩ [0,1]^d`` (``eps`` float or ``[B]``)."""
-    delta = attacks_base.project(x_adv - x0, x0, attacks_base.as_batch_eps(eps, x0), norm)
+    delta = geometry.project(x_adv - x0, x0, geometry.as_batch_eps(eps, x0), norm)
     return (x0 + delta).clamp(0.0, 1.0)  # the clamp only removes rounding; it moves values towards x0
 
 
 def random_start(x0: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """A random point of the eps-ball around ``x0`` (uniform for l_inf and l2), projected into [0,1]."""
-    return project(x0 + random_start_in_ball(x0, attacks_base.as_batch_eps(eps, x0), norm), x0, eps, norm)
+    return project(x0 + random_start_in_ball(x0, geometry.as_batch_eps(eps, x0), norm), x0, eps, norm)
 
 
 def pgd_ascent(model: nn.Module, x0: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
@@ -43,7 +44,7 @@ def pgd_ascent(model: nn.Module, x0: torch.Tensor, objective: Callable[[torch.Te
     Returns the last iterate ``[B,C,H,W]`` (detached), inside the ball and [0,1]. ``objective`` must be a
     sum over samples, so that each sample's gradient is its own.
     """
-    eps_b = attacks_base.as_batch_eps(eps, x0)
+    eps_b = geometry.as_batch_eps(eps, x0)
     x_adv = x_start.detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
@@ -84,7 +85,7 @@ class PgdAt(PerturbedDefense):
             with torch.no_grad():  # the clean logits for the train error
                 logits = m(x)
             start = random_start(x, self.eps, self.norm) if self.random_start else x
-            x_adv = pgd_ascent(m, x, lambda z: attacks_base.attack_loss(z, y, "ce", scale_free=True).sum(), start,
+            x_adv = pgd_ascent(m, x, lambda z: attack_loss(z, y, "ce", scale_free=True).sum(), start,
                                eps=self.eps, steps=self.steps, step_size=self.step_size, norm=self.norm)
         stats = {"clean_loss": F.cross_entropy(logits, y)}
         return Perturbation(x_adv, logits, None, stats)
