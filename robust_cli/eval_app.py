@@ -30,7 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from robust_cli import io
 from robust_cli.apps import is_multirun, user_errors
-from robust_cli.attacks.base import NORMS
+from robust_cli.norms import NORMS
 from robust_cli.config import register_configs
 from robust_cli.errors import UserError
 

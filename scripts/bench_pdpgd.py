@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--advlib", default=os.environ.get("ADVLIB_PATH"), help="directory holding adv_lib")
     ap.add_argument("--only", default="", help="comma-separated labels, e.g. 'pdpgd l0,pdgd l2'")
-    ap.add_argument("--ours", default="", help="extra options for our attacks, e.g. 'restarts=2,lr_decay=exponential'")
+    ap.add_argument("--ours", default="", help="extra options for our attacks, e.g. 'lr=0.05,restarts=2'")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

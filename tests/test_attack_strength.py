@@ -15,11 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import batch_norm, loss_gradient, search_eps
 from robust_cli.attacks.fgm import fgm
 from robust_cli.attacks.fgsm import fgsm
+from robust_cli.attacks.geometry import batch_norm
 from robust_cli.attacks.ifgsm import bim, ifgsm
+from robust_cli.attacks.losses import loss_gradient
 from robust_cli.attacks.pgd import pgd, random_start_in_ball
+from robust_cli.evaluation.eps_search import search_eps
 
 SEARCH_STEPS = 10
 SINGLE = {"linf": fgsm, "l2": fgm}

@@ -15,14 +15,16 @@ import torch
 from linear_reference import make_problem, minimal_distance
 
 from robust_cli.attacks import list_attacks
-from robust_cli.attacks.base import batch_norm, margin, project, search_eps
 from robust_cli.attacks.deepfool import deepfool
 from robust_cli.attacks.fgm import fgm
 from robust_cli.attacks.fgsm import fgsm
+from robust_cli.attacks.geometry import batch_norm, project
 from robust_cli.attacks.ifgsm import bim, ifgsm
+from robust_cli.attacks.losses import margin
 from robust_cli.attacks.noise import noise
 from robust_cli.attacks.pgd import pgd
 from robust_cli.attacks.stability import stability
+from robust_cli.evaluation.eps_search import search_eps
 
 BATCHES = [1, 24]
 
@@ -98,7 +100,7 @@ def test_noise_stops_at_the_first_crossing_of_its_ray(norm):
     """Unboxed, the noise path is the ray ``x + t u``: the returned ``r`` must sit just past its crossing."""
     model, x, y = problem(24, squeeze=0.2)
     steps = 8
-    x_adv = noise(model, x, y, norm=norm, restarts=2, steps=steps, seed=1)
+    x_adv = noise(model, x, y, norm=norm, restarts=2, search_steps=steps, seed=1)
     # only where the ray stayed inside the box (far out, clipping bends the path; the test is about the search)
     ray = fooled(model, x_adv, y) & ((x_adv > 0) & (x_adv < 1)).flatten(1).all(1)
     assert ray.float().mean() >= 0.5
@@ -119,7 +121,7 @@ def test_stability_first_misclassified_point_towards_nearest_other_label(n, norm
         ref_x, ref_y = x, y
     grid, steps = 8, 6
     x_adv = stability(model, x, y, norm=norm, reference=(ref_x, ref_y) if with_reference else None,
-                      grid=grid, steps=steps)
+                      grid=grid, search_steps=steps)
     # brute-force nearest point of another label
     p = 2 if norm == "l2" else float("inf")
     d = (x.flatten(1)[:, None, :] - ref_x.flatten(1)[None, :, :]).norm(p=p, dim=-1)

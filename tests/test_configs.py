@@ -44,7 +44,7 @@ def test_train_groups_compose_and_instantiate(hydra_compose, group):
 
 
 def test_attack_group_composes_and_resolves(hydra_compose):
-    from robust_cli.attacks.base import NORMS
+    from robust_cli.norms import NORMS
 
     names = [n for n in options("attack") if n != "all"]
     assert names

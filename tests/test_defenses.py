@@ -269,7 +269,7 @@ def test_pgd_examples_stay_in_ball_and_box_and_raise_the_loss(norm):
     model = smooth_mlp(dtype=torch.float32).train()
     x, y = batch(32, dtype=torch.float32)
     eps = 0.1 if norm == "linf" else 0.5
-    defense = PgdAt(norm=norm, eps=eps, steps=10, step_size=eps / 4)
+    defense = PgdAt(norm=norm, eps=eps, steps=10, step_size=0.25)
     x_adv = defense.perturb(model, x, y).x_adv
     r = (x_adv - x).flatten(1)
     size = r.abs().amax(1) if norm == "linf" else r.norm(dim=1)
@@ -292,7 +292,7 @@ def test_l2_pgd_at_uses_its_whole_budget_on_mostly_black_images():
     x[:, :, 6:22, 10:18] = torch.rand(16, 1, 16, 8, generator=g).round()  # a stroke of 0/1 pixels
     y = torch.randint(0, 10, (16,), generator=g)
     eps = 2.0
-    x_adv = PgdAt(norm="l2", eps=eps, steps=10, step_size=eps / 2).perturb(model, x, y).x_adv
+    x_adv = PgdAt(norm="l2", eps=eps, steps=10, step_size=0.5).perturb(model, x, y).x_adv
     size = (x_adv - x).flatten(1).norm(dim=1)
     torch.testing.assert_close(size, torch.full_like(size, eps), rtol=1e-3, atol=0)
     assert (size <= eps * (1 + 1e-5)).all()
@@ -313,7 +313,7 @@ def test_trades_with_zero_radius_is_clean_cross_entropy():
     x, y = batch(6)
     out = Trades(eps=0.0, beta=6.0)(model, x, y)
     assert float(out.loss) == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-12)
-    out = Trades(eps=0.3, beta=6.0, steps=5, step_size=0.1)(model, x, y)
+    out = Trades(eps=0.3, beta=6.0, steps=5, step_size=0.1 / 0.3)(model, x, y)
     assert out.stats["kl"] > 0
 
 

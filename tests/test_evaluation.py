@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from linear_reference import make_problem, minimal_distance
 from omegaconf import OmegaConf
 
-from robust_cli.attacks.base import batch_norm, enforce_budget, register_attack
+from robust_cli.attacks.contract import register_attack
+from robust_cli.attacks.geometry import batch_norm, enforce_budget
 from robust_cli.config import EvalConfig
 from robust_cli.errors import UserError
 from robust_cli.evaluation import checks as checks_mod

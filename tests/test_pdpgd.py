@@ -16,7 +16,8 @@ import torch
 from linear_reference import LinearModel, make_problem, minimal_distance
 
 from robust_cli.attacks.pdgd import pdgd
-from robust_cli.attacks.pdpgd import pdpgd, perturbation_norm
+from robust_cli.attacks.pdpgd import pdpgd
+from robust_cli.attacks.primal_steps import perturbation_norm
 
 # the thesis grid shifted down a decade: these distances are ~10x smaller than on MNIST
 GRID = [0.002, 0.01, 0.05, 0.2]

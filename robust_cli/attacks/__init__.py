@@ -1,4 +1,4 @@
-"""Attacks: one module per attack, each function marked by ``@register_attack`` (see ``base.py``).
+"""Attacks: one module per attack, each function marked by ``@register_attack`` (see ``contract.py``).
 
 ``list_attacks()`` discovers them, so adding an attack means adding a module (and its YAML file), nothing here.
 """

@@ -20,12 +20,13 @@ images are repeated once per candidate class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import batch_norm, frozen_eval, is_adversarial, register_attack, view_as_images
+from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.geometry import batch_norm, view_as_images
+from robust_cli.attacks.losses import is_adversarial
+from robust_cli.schema import schema_of
 
 
 @register_attack(norms=("l2", "linf"), budget=False)
@@ -104,15 +105,4 @@ def deepfool(
     return torch.where(view_as_images(found, x), x_adv, x)
 
 
-@dataclass
-class DeepFoolConfig:
-    """conf/attack/deepfool.yaml: options of ``deepfool`` (the norm comes from the evaluation)."""
-
-    _target_: str = "robust_cli.attacks.deepfool.deepfool"
-    name: str = "deepfool"
-    steps: int = 50
-    overshoot: float = 0.02
-    candidates: int = 9  # other classes linearised per step (top by clean logit)
-
-
-SCHEMAS = {"deepfool": DeepFoolConfig}
+SCHEMAS = {"deepfool": schema_of(deepfool, "deepfool")}

@@ -8,20 +8,15 @@ Clipping to the box only shrinks the step, so ``||x_adv - x||_2 <= eps``. Rows w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import (
-    as_batch_eps,
-    batch_norm,
-    enforce_budget,
-    frozen_eval,
-    loss_gradient,
-    register_attack,
-    view_as_images,
-)
+from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, view_as_images
+from robust_cli.attacks.losses import loss_gradient
+from robust_cli.schema import schema_of
 
 
 @register_attack(norms=("l2",), budget=True)
@@ -33,7 +28,7 @@ def fgm(
     norm: str = "l2",
     eps: float | torch.Tensor,
     targeted: bool = False,
-    loss: str = "ce",
+    loss: Literal["ce", "margin"] = "ce",
 ) -> torch.Tensor:
     """Single normalised-gradient step on ``x`` ``[B,C,H,W]`` in [0,1]; ``eps`` float or ``[B]``.
 
@@ -49,14 +44,4 @@ def fgm(
     return enforce_budget(x_adv, x.detach(), eps_t, norm)
 
 
-@dataclass
-class FGMConfig:
-    """conf/attack/fgm.yaml: options of ``fgm`` (norm and eps come from the evaluation)."""
-
-    _target_: str = "robust_cli.attacks.fgm.fgm"
-    name: str = "fgm"
-    targeted: bool = False
-    loss: str = "ce"  # ce | margin
-
-
-SCHEMAS = {"fgm": FGMConfig}
+SCHEMAS = {"fgm": schema_of(fgm, "fgm")}

@@ -7,19 +7,15 @@ one linf step of length eps (the maximiser of the linearised loss over the linf 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import (
-    as_batch_eps,
-    enforce_budget,
-    frozen_eval,
-    loss_gradient,
-    register_attack,
-    view_as_images,
-)
+from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.geometry import as_batch_eps, enforce_budget, view_as_images
+from robust_cli.attacks.losses import loss_gradient
+from robust_cli.schema import schema_of
 
 
 @register_attack(norms=("linf",), budget=True)
@@ -31,7 +27,7 @@ def fgsm(
     norm: str = "linf",
     eps: float | torch.Tensor,
     targeted: bool = False,
-    loss: str = "ce",
+    loss: Literal["ce", "margin"] = "ce",
 ) -> torch.Tensor:
     """FGSM on ``x`` ``[B,C,H,W]`` in [0,1], ``eps`` float or ``[B]``; returns ``[B,C,H,W]`` in [0,1].
 
@@ -46,14 +42,4 @@ def fgsm(
     return enforce_budget(x_adv, x.detach(), eps_t, norm)
 
 
-@dataclass
-class FGSMConfig:
-    """conf/attack/fgsm.yaml: options of ``fgsm`` (norm and eps come from the evaluation)."""
-
-    _target_: str = "robust_cli.attacks.fgsm.fgsm"
-    name: str = "fgsm"
-    targeted: bool = False
-    loss: str = "ce"  # ce | margin
-
-
-SCHEMAS = {"fgsm": FGSMConfig}
+SCHEMAS = {"fgsm": schema_of(fgsm, "fgsm")}

@@ -15,13 +15,14 @@ point (``fgsm`` / ``fgm``, one extra gradient) is a candidate: I-FGSM never does
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import register_attack
+from robust_cli.attacks.contract import register_attack
 from robust_cli.attacks.pgd import projected_gradient
+from robust_cli.schema import schema_of
 
 
 @register_attack(norms=("linf", "l2"), budget=True)
@@ -35,13 +36,18 @@ def ifgsm(
     steps: int = 10,
     step_size: float = 0.25,
     targeted: bool = False,
-    loss: str = "ce",
+    loss: Literal["ce", "margin"] = "ce",
     single_step: bool = True,
 ) -> torch.Tensor:
     """I-FGSM on ``x`` ``[B,C,H,W]`` in [0,1] with budget ``eps`` (float or ``[B]``); returns ``[B,C,H,W]``.
 
     Returns per sample the deepest misclassified candidate (the iterates and, with ``single_step``, the
     ``fgsm``/``fgm`` point), else the one with the smallest margin; always within eps and in [0,1].
+
+    Args:
+        steps: iterations. step_size: each step as a fraction of eps.
+        targeted: ``y`` holds target labels. loss: ``ce`` or ``margin`` (see ``attack_loss``).
+        single_step: the ``fgsm``/``fgm`` point is a candidate (never weaker than the single step).
     """
     return projected_gradient(model, x, y, norm=norm, eps=eps, steps=steps, step_size=step_size,
                               random_start=False, restarts=1, targeted=targeted, loss=loss,
@@ -59,7 +65,7 @@ def bim(
     steps: int = 10,
     step_size: float = 0.25,
     targeted: bool = False,
-    loss: str = "ce",
+    loss: Literal["ce", "margin"] = "ce",
     single_step: bool = True,
 ) -> torch.Tensor:
     """BIM (Kurakin et al. 2016): ``ifgsm`` under its other name; same arguments, same result."""
@@ -67,25 +73,4 @@ def bim(
                  single_step=single_step)
 
 
-@dataclass
-class IFGSMConfig:
-    """conf/attack/ifgsm.yaml: options of ``ifgsm`` (norm and eps come from the evaluation)."""
-
-    _target_: str = "robust_cli.attacks.ifgsm.ifgsm"
-    name: str = "ifgsm"
-    steps: int = 10
-    step_size: float = 0.25  # fraction of eps per step
-    targeted: bool = False
-    loss: str = "ce"  # ce | margin
-    single_step: bool = True  # the fgsm/fgm point is a candidate (never weaker than the single step)
-
-
-@dataclass
-class BIMConfig(IFGSMConfig):
-    """conf/attack/bim.yaml: ``ifgsm`` under the name BIM."""
-
-    _target_: str = "robust_cli.attacks.ifgsm.bim"
-    name: str = "bim"
-
-
-SCHEMAS = {"ifgsm": IFGSMConfig, "bim": BIMConfig}
+SCHEMAS = {"ifgsm": schema_of(ifgsm, "ifgsm"), "bim": schema_of(bim, "bim")}

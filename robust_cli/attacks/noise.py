@@ -17,19 +17,15 @@ a noise curve close to the attack curves, hints at gradient masking.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import (
-    batch_norm,
-    first_crossing,
-    frozen_eval,
-    is_adversarial,
-    register_attack,
-    view_as_images,
-)
+from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.geometry import batch_norm, view_as_images
+from robust_cli.attacks.line_search import first_crossing
+from robust_cli.attacks.losses import is_adversarial
+from robust_cli.schema import schema_of
 
 _GRID = 17  # scales t_max * 2^-16 .. t_max
 
@@ -69,14 +65,14 @@ def noise(
     *,
     norm: str,
     restarts: int = 10,
-    steps: int = 10,
+    search_steps: int = 10,
     seed: int | None = None,
 ) -> torch.Tensor:
     """Smallest misclassified random perturbation of ``x`` ``[B,C,H,W]`` in [0,1] found over ``restarts``.
 
     Args:
         norm: l0 (number of changed values), l1, l2 or linf; picks the noise (module docstring).
-        restarts: random directions per sample. steps: bisection rounds per direction.
+        restarts: random directions per sample (runs in all). search_steps: bisection rounds per direction.
         seed: seeds a private generator (the global RNG is untouched); None uses the global RNG.
 
     Returns:
@@ -94,7 +90,7 @@ def noise(
         for _ in range(max(1, restarts)):
             path, t_max = _random_path(x, norm, generator)
             grid = t_max * 2.0 ** torch.arange(-(_GRID - 1), 1, dtype=x.dtype, device=x.device)
-            t, found = first_crossing(model, y, path, grid, steps)
+            t, found = first_crossing(model, y, path, grid, search_steps)
             cand = path(t)
             n = batch_norm(cand - x, norm)
             better = found & (n < best_norm)
@@ -103,15 +99,4 @@ def noise(
     return torch.where(view_as_images(clean_bad, x), x, best)
 
 
-@dataclass
-class NoiseConfig:
-    """conf/attack/noise.yaml: options of ``noise`` (the norm comes from the evaluation)."""
-
-    _target_: str = "robust_cli.attacks.noise.noise"
-    name: str = "noise"
-    restarts: int = 10  # random directions per sample
-    steps: int = 10  # bisection rounds along each direction
-    seed: int | None = None
-
-
-SCHEMAS = {"noise": NoiseConfig}
+SCHEMAS = {"noise": schema_of(noise, "noise")}

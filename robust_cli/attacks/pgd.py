@@ -34,25 +34,21 @@ margin.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import (
-    as_batch_eps,
-    batch_norm,
-    enforce_budget,
-    frozen_eval,
-    is_adversarial,
-    loss_gradient,
-    margin,
-    project,
-    register_attack,
-    view_as_images,
-)
+from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.fgm import fgm
 from robust_cli.attacks.fgsm import fgsm
+from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, project, view_as_images
+from robust_cli.attacks.losses import attack_loss, is_adversarial, margin, objective_gradient
+from robust_cli.schema import schema_of
+
+#: ``on_iterate(t, x_adv, logits, direction)``: what :func:`pgd_iterations` reports before each step
+OnIterate = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 def ascent_direction(grad: torch.Tensor, x_adv: torch.Tensor, norm: str, l1_top: float = 0.01) -> torch.Tensor:
@@ -114,6 +110,57 @@ def step_schedule(step_size: float, steps: int, schedule: str) -> list[float]:
     raise ValueError(f"unknown step schedule {schedule!r}; expected 'constant' or 'cosine'")
 
 
+def pgd_iterations(
+    model: nn.Module,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    eps: float | torch.Tensor,
+    norm: str,
+    step_sizes: Sequence[float],
+    l1_top: float = 0.01,
+    on_iterate: OnIterate | None = None,
+) -> torch.Tensor:
+    """Projected gradient ascent of a per-sample objective from ``x + delta``; returns the last ``delta``.
+
+    One iteration per entry of ``step_sizes`` (Madry et al. 2017; the projected gradient method of Finlay et
+    al., "Improved robustness to adversarial examples using Lipschitz regularization of the loss", §4.2)::
+
+        delta <- Proj_{||r|| <= eps, x + r in [0,1]} (delta + a_t * eps * s(grad_x objective(model(x + delta))))
+
+    with ``s`` the unit steepest-ascent direction of the norm (:func:`ascent_direction`) and ``Proj`` the
+    exact projection onto ball ∩ box (:func:`robust_cli.attacks.geometry.project`). The engine of ``pgd``,
+    ``ifgsm`` and ``bim`` (:func:`projected_gradient`) and of the inner maximisation of the ``pgd_at`` and
+    ``trades`` defenses. Call inside ``frozen_eval`` (or a defense's ``attack_mode``).
+
+    Args:
+        model: ``[B,C,H,W]`` in [0,1] -> logits ``[B,K]``.
+        x: ``[B,C,H,W]`` the clean images in [0,1]; delta: ``[B,C,H,W]`` the start, inside ball ∩ box.
+        objective: logits ``[B,K]`` -> ``[B]`` per-sample value to ascend (summed for the gradient, so each
+            sample's gradient is its own).
+        eps: float or ``[B]`` budget in ``norm`` (linf, l2 or l1).
+        step_sizes: ``a_t``, each step's length as a fraction of eps (see :func:`step_schedule`).
+        l1_top: l1 only, the fraction of values moved per step (SLIDE sparsity).
+        on_iterate: called as ``on_iterate(t, x + delta, logits, direction)`` before step ``t`` (the logits
+            ``[B,K]`` at ``x + delta``, detached; the unit direction the step takes).
+
+    Returns:
+        ``delta`` ``[B,C,H,W]`` after the last step (detached), inside ball ∩ box up to rounding.
+    """
+    eps_t = as_batch_eps(eps, x)
+    e = view_as_images(eps_t, x)
+    x = x.detach()
+    delta = delta.detach()
+    for t, size in enumerate(step_sizes):
+        grad, logits = objective_gradient(model, x + delta, objective)
+        direction = ascent_direction(grad, x + delta, norm, l1_top)
+        if on_iterate is not None:
+            on_iterate(t, x + delta, logits, direction)
+        delta = project(delta + size * e * direction, x, eps_t, norm)
+    return delta.detach()
+
+
 def projected_gradient(
     model: nn.Module,
     x: torch.Tensor,
@@ -126,10 +173,10 @@ def projected_gradient(
     random_start: bool,
     restarts: int = 1,
     targeted: bool = False,
-    loss: str = "ce",
+    loss: Literal["ce", "margin"] = "ce",
     l1_top: float = 0.01,
     seed: int | None = 0,
-    schedule: str = "constant",
+    schedule: Literal["constant", "cosine"] = "constant",
     single_step: bool = True,
 ) -> torch.Tensor:
     """The iterative engine behind ``pgd``, ``ifgsm`` and ``bim`` (see the module docstring).
@@ -177,6 +224,20 @@ def projected_gradient(
 
     runs = max(1, restarts) if random_start else 1  # without random starts every run would be the same
     single = {"linf": fgsm, "l2": fgm}.get(norm) if single_step else None
+    l1_candidate = single_step and single is None  # l1: one full step along the first direction
+
+    def on_iterate(t: int, point: torch.Tensor, logits: torch.Tensor, direction: torch.Tensor) -> None:
+        nonlocal l1_candidate
+        keep(point, logits)
+        if l1_candidate:  # the very first iterate of the first run
+            l1_candidate = False
+            one = enforce_budget(x + e * direction, x, eps_t, norm)
+            with torch.no_grad():
+                keep(one, model(one))
+
+    def objective(logits: torch.Tensor) -> torch.Tensor:
+        return attack_loss(logits, y, loss, targeted, scale_free=True)  # direction only
+
     with frozen_eval(model):
         if single is not None:
             # the single-step attack itself, not a re-implementation: its point is a candidate bit for bit
@@ -187,15 +248,8 @@ def projected_gradient(
             delta = torch.zeros_like(x)
             if run > 0:
                 delta = project(random_start_in_ball(x, eps_t, norm, generator), x, eps_t, norm)
-            for t, size in enumerate(sizes):
-                grad, logits = loss_gradient(model, x + delta, y, loss, targeted, scale_free=True)
-                keep(x + delta, logits)
-                direction = ascent_direction(grad, x + delta, norm, l1_top)
-                if run == 0 and t == 0 and single_step and single is None:
-                    one = enforce_budget(x + e * direction, x, eps_t, norm)  # l1: one full step
-                    with torch.no_grad():
-                        keep(one, model(one))
-                delta = project(delta + size * e * direction, x, eps_t, norm)
+            delta = pgd_iterations(model, x, delta, objective, eps=eps_t, norm=norm, step_sizes=sizes,
+                                   l1_top=l1_top, on_iterate=on_iterate)
             with torch.no_grad():
                 keep(x + delta, model(x + delta))
     return enforce_budget(best, x, eps_t, norm)
@@ -214,10 +268,10 @@ def pgd(
     random_start: bool = True,
     restarts: int = 1,
     targeted: bool = False,
-    loss: str = "ce",
+    loss: Literal["ce", "margin"] = "ce",
     l1_top: float = 0.01,
     seed: int | None = 0,
-    schedule: str = "cosine",
+    schedule: Literal["constant", "cosine"] = "cosine",
     single_step: bool = True,
 ) -> torch.Tensor:
     """PGD from ``x``, then ``restarts - 1`` random starts; l1 by sparse l1 descent (thesis §5.4: 1% sparsity).
@@ -227,28 +281,22 @@ def pgd(
     ``steps * step_size / 2 = 6.25 eps``, above Madry's 2.5 eps, so the far corner of the ball is reachable)
     and the ``fgsm``/``fgm`` point as a candidate. ``schedule="constant", step_size=2.5/steps,
     single_step=False, restarts=1`` is Madry et al.'s PGD from the clean point. See ``projected_gradient``.
+
+    Args:
+        steps: iterations per run.
+        step_size: the first step as a fraction of eps (the schedule shrinks the later ones).
+        random_start: the runs after the first (which starts at ``x``) start at a random point of the ball.
+        restarts: runs in all.
+        targeted: ``y`` holds target labels.
+        loss: ``ce`` (cross-entropy) or ``margin`` (Carlini-Wagner), see ``attack_loss``.
+        l1_top: l1 only: the fraction of values moved per step (SLIDE sparsity).
+        seed: seeds the random starts, the same draws at every eps (``None``: the global RNG).
+        schedule: ``cosine`` or ``constant`` step lengths.
+        single_step: the ``fgsm``/``fgm`` point is a candidate (never weaker than the single step).
     """
     return projected_gradient(model, x, y, norm=norm, eps=eps, steps=steps, step_size=step_size,
                               random_start=random_start, restarts=restarts, targeted=targeted, loss=loss,
                               l1_top=l1_top, seed=seed, schedule=schedule, single_step=single_step)
 
 
-@dataclass
-class PGDConfig:
-    """conf/attack/pgd.yaml: options of ``pgd`` (norm and eps come from the evaluation)."""
-
-    _target_: str = "robust_cli.attacks.pgd.pgd"
-    name: str = "pgd"
-    steps: int = 50
-    step_size: float = 0.25  # fraction of eps of the first step (the schedule shrinks it)
-    random_start: bool = True  # restarts after the first (which starts at x) start at random
-    restarts: int = 1
-    targeted: bool = False
-    loss: str = "ce"  # ce | margin
-    l1_top: float = 0.01  # l1 only: fraction of values moved per step (SLIDE sparsity)
-    seed: int | None = 0  # random starts: the same draws at every eps (null: the global RNG)
-    schedule: str = "cosine"  # cosine | constant
-    single_step: bool = True  # the fgsm/fgm point is a candidate (never weaker than the single step)
-
-
-SCHEMAS = {"pgd": PGDConfig}
+SCHEMAS = {"pgd": schema_of(pgd, "pgd")}

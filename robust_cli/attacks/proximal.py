@@ -1,4 +1,4 @@
-"""Proximal operators of the norms minimised by PDPGD (thesis Ch.5 §5.3, eqs 5.4-5.16; SPEC.md §3).
+"""Proximal operators of the norms minimised by PDPGD (Matyasko thesis Ch.5 §5.3, eqs 5.4-5.16).
 
 ``prox_{lam f}(u) = argmin_z  lam * f(z) + 0.5 * ||z - u||_2^2``  (eq 5.4).
 
@@ -20,7 +20,7 @@ def _per_sample(lam: torch.Tensor | float, u: torch.Tensor) -> torch.Tensor:
     """``lam`` as a tensor ``[B, 1, ..., 1]`` broadcastable against ``u`` ``[B, ...]``.
 
     A ``lam`` with as many dimensions as ``u`` is returned as it is: elementwise operators then apply a
-    separate weight to every value (the exact prox in a diagonal metric, see ``pdpgd._proximal_step``).
+    separate weight to every value (the exact prox in a diagonal metric, see ``primal_steps.proximal_step``).
     """
     lam = torch.as_tensor(lam, dtype=u.dtype, device=u.device)
     if lam.dim() == u.dim() and u.dim() > 1:
@@ -117,7 +117,7 @@ def _scalar_prox_l23(a: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 
 
 def prox_l23(u: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
-    """Elementwise prox of ``lam * sum_i |u_i|^(2/3)`` (the operator the authors used for l0; SPEC.md §3).
+    """Elementwise prox of ``lam * sum_i |u_i|^(2/3)``: a relaxation of l0 (thesis §5.3.5, other operators).
 
     A continuous relaxation of the hard threshold: values below ``~1.4756 lam^(3/4)`` go to zero, the rest
     shrink by less and less as they grow.

@@ -1,4 +1,5 @@
-"""The data stability "attack" of Finlay et al. (Fig. 1, the black curve; SPEC.md §2), minimal-norm.
+"""The data stability "attack" of Finlay et al., "Improved robustness to adversarial examples using Lipschitz
+regularization of the loss" (§4.1 and Figure 1, the black curve), minimal-norm.
 
 Each test point ``x`` (label ``y``) moves straight towards ``z``, its nearest reference point of another
 label (nearest in the attack's norm, l2 or linf), and stops at the first point of the segment the model
@@ -14,18 +15,14 @@ above it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import (
-    first_crossing,
-    frozen_eval,
-    is_adversarial,
-    register_attack,
-    view_as_images,
-)
+from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.geometry import view_as_images
+from robust_cli.attacks.line_search import first_crossing
+from robust_cli.attacks.losses import is_adversarial
+from robust_cli.schema import schema_of
 
 
 def nearest_other_label(
@@ -61,7 +58,7 @@ def stability(
     norm: str,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
     grid: int = 20,
-    steps: int = 10,
+    search_steps: int = 10,
     chunk_size: int = 4096,
 ) -> torch.Tensor:
     """First misclassified point on the segment from ``x`` to its nearest other-label data point.
@@ -72,8 +69,8 @@ def stability(
         reference: ``(images [N,C,H,W] in [0,1], labels [N])`` to draw the targets from. The evaluation
             passes the training set (Finlay et al. measure the distance to the training data); None uses
             the batch ``(x, y)`` itself.
-        grid: uniform scan points ``s = 1/grid, ..., 1`` along the segment; steps: bisection rounds after it
-            (resolution ``1 / (grid 2^steps)`` of the segment length).
+        grid: uniform scan points ``s = 1/grid, ..., 1`` along the segment; search_steps: bisection rounds
+            after it (resolution ``1 / (grid 2^search_steps)`` of the segment length).
         chunk_size: reference rows compared per ``cdist`` call.
 
     Returns:
@@ -95,20 +92,9 @@ def stability(
     with frozen_eval(model), torch.no_grad():
         clean_bad = is_adversarial(model(x), y)
         s_grid = torch.arange(1, grid + 1, dtype=x.dtype, device=x.device) / grid
-        s, found = first_crossing(model, y, path, s_grid, steps)
+        s, found = first_crossing(model, y, path, s_grid, search_steps)
     ok = found & has_target & ~clean_bad
     return torch.where(view_as_images(ok, x), path(s), x)
 
 
-@dataclass
-class StabilityConfig:
-    """conf/attack/stability.yaml: options of ``stability`` (norm and reference come from the evaluation)."""
-
-    _target_: str = "robust_cli.attacks.stability.stability"
-    name: str = "stability"
-    grid: int = 20  # uniform scan points along each segment
-    steps: int = 10  # bisection rounds after the scan
-    chunk_size: int = 4096  # reference rows per distance computation
-
-
-SCHEMAS = {"stability": StabilityConfig}
+SCHEMAS = {"stability": schema_of(stability, "stability")}

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import frozen_eval, view_as_images
+from robust_cli.attacks.contract import frozen_eval
+from robust_cli.attacks.geometry import view_as_images
 from robust_cli.training.distributed import unwrap  # the bare model under DDP: inner attacks call it
 
 

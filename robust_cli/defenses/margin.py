@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robust_cli.attacks.base import batch_norm
+from robust_cli.attacks.geometry import batch_norm
 from robust_cli.defenses.base import DefenseOutput, to_floats
 from robust_cli.norms import check_norm
 from robust_cli.schema import schema_of

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robust_cli.attacks.base import batch_norm
+from robust_cli.attacks.geometry import batch_norm
 from robust_cli.defenses.base import DefenseOutput, check_choice, dual_direction, error_rate, to_floats
 from robust_cli.norms import check_norm
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robust_cli.attacks.base import batch_norm
+from robust_cli.attacks.geometry import batch_norm
 from robust_cli.defenses.base import attack_mode
 from robust_cli.defenses.penalty import Perturbation, PerturbedDefense
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from robust_cli.attacks.base import NORMS, batch_norm, changed_pixels
+from robust_cli.attacks.geometry import batch_norm, changed_pixels
+from robust_cli.norms import NORMS
 
 
 def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,20 +1,22 @@
 """Per-sample adversarial distance of a budget (eps-bounded) attack: a batched search over eps.
 
 A budget attack answers "is there an adversarial within eps?"; its distance for an image is the smallest eps
-at which it succeeds. Every sample of a batch carries its own eps (a ``[B]`` tensor) and the whole batch is
-attacked at once at each search step, so there is no per-sample Python loop. The search runs over
-``[0, hi]`` with ``hi`` the largest perturbation the box ``[0,1]`` allows, so a sample the attack cannot
-break at ``hi`` is a failure:
+at which it succeeds (the adversarial distance whose error curve Finlay et al., "Improved robustness to
+adversarial examples using Lipschitz regularization of the loss", §4, Definition 4.1, plot). Every sample of
+a batch carries its own eps (a ``[B]`` tensor) and the whole batch is attacked at once at each search step,
+so there is no per-sample Python loop. The search runs over ``[0, hi]`` with ``hi`` the largest
+perturbation the box ``[0,1]`` allows, so a sample the attack cannot break at ``hi`` is a failure:
 
-- ``bisection``: ``robust_cli.attacks.base.search_eps`` (the attacks' own, reused): ``hi`` first, then
-  ``steps`` halvings; resolution ``hi / 2**steps``. Assumes success is monotone in eps (true for exact
-  attacks on linear models; a random start breaks it a little).
+- ``bisection`` (:func:`search_eps`): ``hi`` first, then ``steps`` halvings; resolution ``hi / 2**steps``.
+  Assumes success is monotone in eps (true for exact attacks on linear models; a random start breaks it a
+  little).
 - ``grid``: ``steps`` equally spaced eps in ``(0, hi]``; resolution ``hi / steps``. Needs no monotonicity
   and observes it: a sample that succeeds at some eps and fails at a larger one is reported.
 
 The attack runs on the counting model (its cost), the search's own success tests on the bare model (not its
-cost). The caller re-verifies what comes back (clipped, fp32); the distance it reports is the size of that
-image, which is at most the eps it was found at.
+cost). Every success is re-verified (misclassified by the bare model, within the eps it was asked for); the
+caller re-verifies what comes back once more (clipped, fp32), and the distance it reports is the size of
+that image, which is at most the eps it was found at.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import batch_norm, search_eps, view_as_images
+from robust_cli.attacks.contract import frozen_eval
+from robust_cli.attacks.geometry import as_batch_eps, batch_norm, view_as_images
+from robust_cli.attacks.losses import is_adversarial
 
 
 @dataclass
@@ -54,6 +58,83 @@ def box_radius(x: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "l0":
         return torch.full((x.shape[0],), float(x[0].numel()), dtype=x.dtype, device=x.device)
     return batch_norm(torch.maximum(x, 1 - x), norm)
+
+
+def attack_at(
+    attack: Callable[..., torch.Tensor],
+    attack_model: nn.Module,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    norm: str,
+    eps: torch.Tensor,
+    params: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One search step: ``(success [B] bool, x_adv [B,C,H,W] in [0,1])`` of the attack at eps ``[B]``.
+
+    The attack runs on ``attack_model``; a success counts only where the bare ``model`` misclassifies the
+    (clipped) output and the output is within its eps (re-verified, never trusted). ``params["targeted"]``:
+    success is the prediction of the target ``y``.
+    """
+    x_adv = attack(attack_model, x, y, norm=norm, eps=eps, **params).detach().clamp(0, 1)
+    with torch.no_grad(), frozen_eval(model):
+        ok = is_adversarial(model(x_adv), y, bool(params.get("targeted", False)))
+    return ok & (batch_norm(x_adv - x, norm) <= eps * (1 + 1e-6)), x_adv
+
+
+def search_eps(
+    attack: Callable[..., torch.Tensor],
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    norm: str,
+    lo: float | torch.Tensor,
+    hi: float | torch.Tensor,
+    steps: int,
+    params: dict[str, Any] | None = None,
+    *,
+    attack_model: nn.Module | None = None,
+    return_adv: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample adversarial distance of a budget attack by batched bisection over ``eps``.
+
+    Every round calls ``attack(attack_model, x, y, norm=norm, eps=mid, **params)`` once on the whole batch
+    with a per-sample ``mid`` ``[B]`` and tests the result on ``model`` (:func:`attack_at`). The bracket
+    ``[lo, hi]`` shrinks to the succeeding half per sample, so after ``steps`` rounds
+    ``hi - lo = (hi0 - lo0) / 2^steps``.
+
+    Args:
+        attack: a function registered with ``budget=True``.
+        model: the bare model, for the success tests (``[B,C,H,W]`` in [0,1] -> logits ``[B,K]``).
+        x: ``[B,C,H,W]`` in [0,1]; y: ``[B]`` labels (targets when ``params["targeted"]``).
+        norm: the attack's norm.
+        lo, hi: float or ``[B]`` starting bracket; ``hi`` is tried first and samples where it fails get inf.
+        steps: bisection rounds after that first try (``steps + 1`` attack calls in all).
+        params: the attack's own options (a dict, so its ``steps`` cannot clash with this one).
+        attack_model: the model handed to the attack (a counting wrapper of ``model``); default ``model``.
+        return_adv: also return the adversarial images ``[B,C,H,W]`` found at the returned eps (``x`` where
+            none; the distance to report is then ``batch_norm(x_adv - x)``, which is at most ``dist``).
+
+    Returns:
+        ``[B]`` distances: 0 where ``x`` is already misclassified, the smallest eps at which the attack
+        succeeded otherwise, ``inf`` where it failed even at ``hi``.
+    """
+    params = dict(params or {})
+    attack_model = model if attack_model is None else attack_model
+    lo_t, hi_t = as_batch_eps(lo, x).clone(), as_batch_eps(hi, x).clone()
+    with torch.no_grad(), frozen_eval(model):
+        clean = is_adversarial(model(x), y, bool(params.get("targeted", False)))
+    found, best = attack_at(attack, attack_model, model, x, y, norm, hi_t, params)
+    for _ in range(steps):
+        mid = (lo_t + hi_t) / 2
+        ok, x_adv = attack_at(attack, attack_model, model, x, y, norm, mid, params)
+        hi_t = torch.where(ok, mid, hi_t)
+        lo_t = torch.where(ok, lo_t, mid)
+        best = torch.where(view_as_images(ok, x), x_adv, best)
+    dist = torch.where(found, hi_t, torch.full_like(hi_t, float("inf")))
+    dist = torch.where(clean, torch.zeros_like(dist), dist)
+    best = torch.where(view_as_images(found & ~clean, x), best, x)
+    return (dist, best) if return_adv else dist
 
 
 def search_distance(
@@ -90,12 +171,9 @@ def search_distance(
     params = dict(params or {})
     attack_model = model if attack_model is None else attack_model
     hi = box_radius(x, norm)
-
-    def run(_model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, **kwargs) -> torch.Tensor:
-        return attack(attack_model, xs, ys, **kwargs).detach().clamp(0, 1)
-
     if method == "bisection":
-        eps, x_adv = search_eps(run, model, x, y, norm, 0.0, hi, steps, params, return_adv=True)
+        eps, x_adv = search_eps(attack, model, x, y, norm, 0.0, hi, steps, params, attack_model=attack_model,
+                                return_adv=True)
         return SearchResult(x_adv, eps, torch.zeros_like(eps, dtype=torch.bool), hi / 2**steps)
 
     best = x.clone()
@@ -103,10 +181,7 @@ def search_distance(
     max_fail = torch.full_like(hi, -1.0)  # the largest eps with an observed failure
     for k in range(1, steps + 1):
         eps = hi * (k / steps)
-        adv = run(model, x, y, norm=norm, eps=eps, **params)
-        with torch.no_grad():
-            ok = model(adv).argmax(1) != y
-        ok = ok & (batch_norm(adv - x, norm) <= eps * (1 + 1e-6))  # within its budget, as bisection demands
+        ok, adv = attack_at(attack, attack_model, model, x, y, norm, eps, params)
         first = ok & torch.isinf(found)
         best = torch.where(view_as_images(first, adv), adv, best)
         found = torch.where(first, eps, found)

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_cli.attacks.base import frozen_eval, loss_gradient
-from robust_cli.attacks.base import margin as logit_margin
+from robust_cli.attacks.contract import frozen_eval
+from robust_cli.attacks.losses import loss_gradient
+from robust_cli.attacks.losses import margin as logit_margin
 from robust_cli.models.layers import Normalize
 
 
@@ -34,7 +35,7 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     """Yield ``grad_x l(x_i)`` ``[b,C,H,W]`` batch by batch, ``l`` the per-sample CE of the true label.
 
     ``x`` ``[N,C,H,W]`` in [0,1], ``y`` ``[N]``; the model runs in eval mode with frozen parameters (restored
-    afterwards), so no parameter gradient is left behind. By ``attacks.base.loss_gradient`` (no float32
+    afterwards), so no parameter gradient is left behind. By ``attacks.losses.loss_gradient`` (no float32
     cancellation on confident images); ``scale_free``: the
     direction the gradient attacks follow, zero only where the model itself is flat.
     """

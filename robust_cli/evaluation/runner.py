@@ -1,9 +1,10 @@
 """Runs one attack in one norm over the evaluation subset: batching, re-verification, pass counting.
 
-The attack proposes, the evaluation decides (SPEC.md §2): every returned image is clipped to [0,1] and
-classified again by the model in fp32; only a misclassification the model confirms is a success, and the
-distance is recomputed from that image. Budget attacks get their per-sample distance from the batched eps
-search of ``eps_search.py``.
+The attack proposes, the evaluation decides (each attack reports an adversarial distance: Finlay et al.,
+"Improved robustness to adversarial examples using Lipschitz regularization of the loss", §4.2): every
+returned image is clipped to [0,1] and classified again by the model in fp32; only a misclassification the
+model confirms is a success, and the distance is recomputed from that image. Budget attacks get their
+per-sample distance from the batched eps search of ``eps_search.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robust_cli.attacks.base import NORMS
+from robust_cli.norms import NORMS
 from robust_cli.evaluation.distances import adversarial_distance, perturbation_norms
 from robust_cli.errors import UserError
 from robust_cli.evaluation.eps_search import search_distance

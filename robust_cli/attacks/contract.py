@@ -1,0 +1,55 @@
+"""The attack contract: how an attack is registered and how it runs the model without side effects.
+
+An attack is a function ``attack(model, x, y, *, norm, **params) -> x_adv`` on images ``[B,C,H,W]`` in
+[0,1] (CONTRIBUTING.md). It must leave ``model.training`` as it found it and leave no gradient on the
+parameters (``frozen_eval``); the evaluation, not the attack, decides success and distance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from torch import nn
+
+from robust_cli.norms import NORMS
+
+
+def register_attack(*, norms: tuple[str, ...], budget: bool) -> Callable[[Callable], Callable]:
+    """Mark a function as an attack.
+
+    Args:
+        norms: the norms the attack supports, a subset of ``NORMS``.
+        budget: True for eps-bounded attacks (the evaluation searches eps per sample to get a distance);
+            False for minimal-norm attacks (they return their best adversarial; the distance is its norm).
+    """
+    bad = set(norms) - set(NORMS)
+    if bad:
+        raise ValueError(f"unknown norms {sorted(bad)}; expected a subset of {NORMS}")
+
+    def mark(fn: Callable) -> Callable:
+        fn.norms = tuple(norms)
+        fn.budget = budget
+        return fn
+
+    return mark
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode with its parameters' ``requires_grad`` off; restore both on exit.
+
+    Attacks only need gradients with respect to the input; switching the parameters off saves the
+    weight-gradient work and guarantees that nothing leaks into ``param.grad``.
+    """
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)

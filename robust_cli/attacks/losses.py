@@ -1,0 +1,91 @@
+"""What the attacks optimise and test: the logit margin, the success test and the attack losses.
+
+``margin`` is the ``m_y(x) = f(x)_y - max_{i != y} f(x)_i`` of Matyasko thesis Ch.5 §5.2, eq 5.2 (the point is
+misclassified iff it is negative); ``attack_loss`` is the objective the gradient attacks ascend
+(cross-entropy, as in Finlay et al., "Improved robustness to adversarial examples using Lipschitz
+regularization of the loss", §2.3, or the Carlini-Wagner margin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``f_y - max_{j != y} f_j`` per sample ``[B]``: positive iff the prediction is ``y`` (ties aside)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    return true - other.amax(dim=1)
+
+
+def is_adversarial(logits: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
+    """``[B]`` bool: the prediction differs from ``y`` (untargeted) or equals the target ``y`` (targeted)."""
+    pred = logits.argmax(dim=1)
+    return pred == y if targeted else pred != y
+
+
+def _others_logsumexp(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``logsumexp_{j != y} f_j`` per sample ``[B]`` (``-inf`` for a single class)."""
+    return logits.scatter(1, y[:, None], float("-inf")).logsumexp(dim=1)
+
+
+def attack_loss(
+    logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", targeted: bool = False, *, scale_free: bool = False
+) -> torch.Tensor:
+    """Per-sample objective ``[B]`` the gradient attacks *ascend*; ``logits`` ``[B,K]``, ``y`` ``[B]``.
+
+    ``ce``: cross-entropy of the true label (untargeted) or minus that of the target (targeted), evaluated
+    as ``CE = softplus(s)`` with ``s = logsumexp_{j!=y} f_j - f_y`` (the same value as ``-log softmax_y``).
+    Why this form: the textbook backward ``softmax - onehot`` forms ``p_y - 1`` by cancellation, which in
+    float32 is exactly 0 once ``1 - p_y`` is below about 3e-8 (margin above ~17): the true-class term drops
+    out of the input gradient and FGSM/PGD step along a wrong direction. Here ``dCE/df`` is
+    ``sigmoid(s) * (softmax_{j!=y}(f), -1)`` (y-th entry -1): no cancellation.
+    ``margin``: ``max_{j!=y} f_j - f_y`` (untargeted, the Carlini-Wagner margin) or ``f_t - max_{j!=t} f_j``
+    (targeted); unlike CE its gradient does not vanish on confidently classified points.
+
+    ``scale_free`` (``ce`` only): return ``s`` itself, whose gradient is ``grad CE / sigmoid(s)``: per sample
+    the same direction as CE's, but the factor ``sigmoid(s) ~ exp(s)``, which underflows to 0 in float32
+    once the margin exceeds ~100 (a blind, all-zero gradient), is gone. For attacks that only use the
+    direction (sign, l2-normalised or top-k steps); the value is not the cross-entropy.
+    """
+    if loss == "ce":
+        s = _others_logsumexp(logits, y) - logits.gather(1, y[:, None]).squeeze(1)
+        ce = s if scale_free else torch.nn.functional.softplus(s)
+        return -ce if targeted else ce
+    if loss == "margin":
+        m = margin(logits, y)
+        return m if targeted else -m
+    raise ValueError(f"unknown loss {loss!r}; expected 'ce' or 'margin'")
+
+
+def objective_gradient(
+    model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_x sum_b objective(model(x))_b, logits)``: the input gradient ``[B,C,H,W]`` and logits ``[B,K]``.
+
+    ``objective`` maps logits ``[B,K]`` to a per-sample value ``[B]``; it is summed (not averaged) so each
+    sample's gradient is its own, with no ``1/B`` factor. Runs with grad enabled even when called under
+    ``torch.no_grad()``; only ``x`` requires grad, so nothing reaches the parameters (call inside
+    ``frozen_eval``).
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        (grad,) = torch.autograd.grad(objective(logits).sum(), x)
+    return grad, logits.detach()
+
+
+def loss_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce", targeted: bool = False,
+    *, scale_free: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_x sum_b loss_b, logits)``: the per-sample input gradient ``[B,C,H,W]`` and the logits ``[B,K]``.
+
+    :func:`objective_gradient` of :func:`attack_loss`. ``scale_free``: see ``attack_loss`` (direction-only
+    users).
+    """
+    return objective_gradient(model, x, lambda logits: attack_loss(logits, y, loss, targeted, scale_free=scale_free))
