@@ -210,3 +210,118 @@ def test_schema_of_follows_kwargs_to_the_parent_and_its_dataclass():
     assert options["lam"][1] == 0.1 and options["eps"][1] == 0.01
     penalty = {f.name for f in dataclasses.fields(PenaltyOptions)}
     assert penalty <= set(options)
+
+
+# {attack: (norm, base setting, {option: (changed value, extra setting)})}
+_PD = {  # the primal-dual options shared by pdgd and pdpgd
+    "steps": (400, {}), "lr": (0.5, {}), "lr_grid": ([0.05, 0.5], {}), "lr_final": (0.5, {}),
+    "lr_decay": ("exponential", {}), "dual_ratio_init": (0.5, {}), "dual_lr": (0.5, {}),
+    "dual_lr_final": (0.5, {}), "dual_ema": (0.5, {}), "dual_ratio_min": (0.1, {}), "loss": ("hinge", {}),
+    "loss_margin": (1.0, {}), "restarts": (3, {}), "init_range": (0.1, {"restarts": 3}),
+    "finetune_steps": (300, {}), "finetune_lr_factor": (0.5, {"finetune_steps": 300}), "targeted": (True, {}),
+    "seed": (1, {"restarts": 3}),
+}
+_ITERATIVE = {"steps": (3, {}), "step_size": (0.5, {}), "targeted": (True, {}), "loss": ("margin", {}),
+              "single_step": (False, {})}
+ATTACK_CHANGES = {
+    "fgsm": ("linf", {}, {"targeted": (True, {}), "loss": ("margin", {})}),
+    "fgm": ("l2", {}, {"targeted": (True, {}), "loss": ("margin", {})}),
+    "ifgsm": ("linf", {}, _ITERATIVE),
+    "bim": ("l2", {}, _ITERATIVE),
+    "pgd": ("l2", {"steps": 5, "single_step": False}, {
+        **_ITERATIVE, "single_step": (True, {}), "random_start": (False, {"restarts": 3}), "restarts": (3, {}),
+                                 "l1_top": (0.3, {"norm": "l1"}), "seed": (1, {"restarts": 3}),
+                                 "schedule": ("constant", {})}),
+    "deepfool": ("l2", {}, {"steps": (1, {}), "overshoot": (0.5, {}), "candidates": (1, {})}),
+    "noise": ("l2", {}, {"restarts": (3, {}), "search_steps": (2, {}), "seed": (1, {})}),
+    "stability": ("l2", {}, {"grid": (3, {}), "search_steps": (1, {})}),
+    "pdgd": ("l2", {"steps": 150}, _PD),  # fewer steps stay at the first Adam step's overshoot here
+    "pdpgd": ("l2", {"steps": 150}, {
+        **_PD, "optimizer": ("sgd", {}), "proximal_steps": (1, {}), "proximal_tol": (0.9, {}),
+        "proximal_exact": (False, {"norm": "l1"}), "l0_mode": ("element", {"norm": "l0"}),
+        "l0_prox": ("l23", {"norm": "l0"})}),
+}
+#: options that by design change no number (how the work is split), checked to reach the call instead
+ATTACK_SAME_RESULT = {("stability", "chunk_size"): 2}
+
+
+def _attack_output(name: str, norm: str, options: dict) -> torch.Tensor:
+    from linear_reference import make_problem, minimal_distance
+
+    from robust_cli.attacks import list_attacks
+
+    fn = list_attacks()[name]
+    model, x, y = make_problem(n=6, in_shape=(3, 4, 4), num_classes=5, seed=3)
+    extra = {}
+    if fn.budget:  # below the optimum: the attack cannot succeed, so its nearest miss shows every option
+        extra["eps"] = (minimal_distance(model, x, y, norm) * 0.8).float()
+    if name == "stability":
+        ref_model, ref_x, _ = make_problem(n=20, in_shape=(3, 4, 4), num_classes=5, seed=4)
+        with torch.no_grad():
+            extra["reference"] = (ref_x, model(ref_x).argmax(1))
+    torch.manual_seed(0)  # attacks that draw from the global RNG (noise with seed=None)
+    return fn(model, x, y, norm=norm, **extra, **options)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACK_CHANGES))
+def test_every_attack_option_changes_the_attack(name, hydra_compose):
+    from omegaconf import OmegaConf
+
+    schema_options = set(defaults_of(_schemas("attack")[name])) - RESERVED
+    norm, base, changes = ATTACK_CHANGES[name]
+    listed = set(changes) | {o for (n, o) in ATTACK_SAME_RESULT if n == name}
+    assert listed == schema_options, f"list every option of attack={name} in ATTACK_CHANGES"
+
+    def options(setting: dict) -> tuple[str, dict]:
+        setting = dict(setting)
+        run_norm = setting.pop("norm", norm)
+        overrides = [f"attack={name}", "run=x"] + [_override(f"attack.{name}.{k}", v) for k, v in setting.items()]
+        node = OmegaConf.to_container(hydra_compose(config_name="eval", overrides=overrides).attack[name])
+        return run_norm, {k: v for k, v in node.items() if k not in RESERVED}  # what eval passes (selected_attacks)
+
+    for option, (value, setting) in changes.items():
+        run_norm, before = options({**base, **setting})
+        _, after = options({**base, **setting, option: value})
+        assert after[option] == value, f"attack.{name}.{option} did not reach the options"
+        out0 = _attack_output(name, run_norm, before)
+        out1 = _attack_output(name, run_norm, after)
+        assert not torch.equal(out0, out1), f"attack.{name}.{option}={value} changed nothing"
+
+
+def test_options_that_change_no_number_reach_the_call(monkeypatch):
+    """``stability.chunk_size`` splits the nearest-neighbour scan: same result, and the scan gets it."""
+    from robust_cli.attacks import stability as stability_module
+
+    real = stability_module.nearest_other_label
+    for (name, option), value in ATTACK_SAME_RESULT.items():
+        calls: list = []
+
+        def spy(*args, calls=calls):
+            calls.append(args)
+            return real(*args)
+
+        monkeypatch.setattr(stability_module, "nearest_other_label", spy)
+        out0 = _attack_output(name, "l2", {})
+        out1 = _attack_output(name, "l2", {option: value})
+        assert torch.equal(out0, out1), f"{name}.{option} is documented as result-neutral"
+        assert calls[-1][-1] == value and calls[0][-1] != value, f"{name}.{option} did not reach the scan"
+
+
+def test_primal_dual_wrappers_pass_every_option_to_the_engine_by_name(monkeypatch):
+    """pdgd/pdpgd hand the engine one options dataclass: each option lands in the field of its own name."""
+    from robust_cli.attacks import pdgd as pdgd_module
+    from robust_cli.attacks import pdpgd as pdpgd_module
+
+    for module, fn in ((pdgd_module, pdgd_module.pdgd), (pdpgd_module, pdpgd_module.pdpgd)):
+        got: dict = {}
+
+        def engine(model, x, y, *, norm, options, primal, got=got):
+            got.update(options=options, primal=primal)
+            return x
+
+        monkeypatch.setattr(module, "primal_dual", engine)
+        _, changes = ATTACK_CHANGES[fn.__name__][1], ATTACK_CHANGES[fn.__name__][2]
+        values = {k: v for k, (v, _) in changes.items()}
+        fn(nn.Identity(), torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), norm="l2", **values)
+        for key, value in values.items():
+            assert getattr(got["options"], key) == value, f"{fn.__name__}: {key} did not reach the engine"
