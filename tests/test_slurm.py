@@ -101,12 +101,12 @@ def _release_requeued(env: dict, stop: threading.Event) -> None:
         stop.wait(1.0)
 
 
-def test_requeue_after_time_limit_resumes_with_continuous_history(slurm, tmp_path):
+def test_requeue_after_time_limit_resumes_with_continuous_history(slurm, tmp_path, epoch_hooks):
     # Training far longer than one attempt (1-minute limit, SIGUSR2 50 s before it: each attempt gets
     # 10-40 s, depending on when slurmctld checks its time limits); every epoch is padded to 3 s by the
     # loop's test hook (however fast the machine), so 20 epochs need at least 2 attempts.
     epochs = int(os.environ.get("ROBUST_REQUEUE_TEST_EPOCHS", "20"))
-    env = {**slurm, "ROBUST_MIN_EPOCH_SECONDS": "3"}
+    env = epoch_hooks(min_epoch_seconds=3, base=slurm)
     sweep = tmp_path / "sweep"
     stop = threading.Event()
     releaser = threading.Thread(target=_release_requeued, args=(slurm, stop), daemon=True)

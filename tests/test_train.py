@@ -60,11 +60,11 @@ def test_two_epochs_lower_the_loss_and_write_every_file(tmp_path):
     assert only_run_dir(tmp_path) == run
 
 
-def test_resume_after_crash_gives_the_uninterrupted_weights(tmp_path):
+def test_resume_after_crash_gives_the_uninterrupted_weights(tmp_path, epoch_hooks):
     args = [*QUICK, "epochs=3", "deterministic=true", "model.dropout=0.2"]
     straight = robust("train", *args, f"out_dir={tmp_path / 'a'}")
     assert straight.returncode == 0, straight.stderr
-    crashed = robust("train", *args, f"out_dir={tmp_path / 'b'}", env={"ROBUST_CRASH_AFTER_EPOCH": "1"})
+    crashed = robust("train", *args, f"out_dir={tmp_path / 'b'}", env=epoch_hooks(crash_after=1))
     assert crashed.returncode != 0
     run_b = only_run_dir(tmp_path / "b")
     assert not (run_b / "model.pt").exists()
@@ -130,7 +130,7 @@ def test_force_retrains(tmp_path):
     assert json.loads((run / "run.json").read_text())["starts"] == first + 1
 
 
-def test_requeued_force_run_resumes_instead_of_restarting(tmp_path):
+def test_requeued_force_run_resumes_instead_of_restarting(tmp_path, epoch_hooks):
     """``force`` is not in the run name: a force=true retrain killed after epoch 1 and started again with the
     same command (a SLURM requeue) continues from its checkpoint and ends with the uninterrupted weights."""
     args = [*QUICK, "epochs=3", "deterministic=true", "model.dropout=0.2", f"out_dir={tmp_path}"]
@@ -139,7 +139,7 @@ def test_requeued_force_run_resumes_instead_of_restarting(tmp_path):
     reference = torch.load(run / "model.pt", weights_only=True)["state_dict"]
     history = pd.read_csv(run / "history.csv").drop(columns="seconds")
 
-    crashed = robust("train", *args, "force=true", env={"ROBUST_CRASH_AFTER_EPOCH": "1"})
+    crashed = robust("train", *args, "force=true", env=epoch_hooks(crash_after=1))
     assert crashed.returncode != 0
     assert "resuming" not in crashed.stderr  # a finished run is retrained from scratch
     assert list(pd.read_csv(run / "history.csv").epoch) == [1]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from robust_cli.attacks.base import frozen_eval, view_as_images
-from robust_cli.training.distributed import unwrap  # the bare model under DDP: inner attacks call it
+from robust_cli.models.wrappers import unwrap  # the bare model under DDP: inner attacks call it
 
 #: canonical penalty / attack norm names, and the spellings accepted for them in configs
 _NORM_ALIASES = {"l2": "l2", "2": "l2", "2.0": "l2", "l1": "l1", "1": "l1", "1.0": "l1",
