@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from robust_cli.apps import task_overrides, user_errors
+from robust_cli.apps import refuse_overrides, task_overrides, user_errors
 from robust_cli.config import register_configs
 from robust_cli.device import resolve_device
 from robust_cli.rundir import RunDir
@@ -58,7 +59,18 @@ def _fit_in_dir(cfg: DictConfig, run_dir: RunDir, overrides, fresh: bool = False
 
 @hydra.main(config_path="pkg://robust_cli.conf", config_name="train", version_base=None)
 @user_errors
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     final = train(cfg)
     # the returned value is what sweepers (e.g. Optuna) optimise
     return final.get("test_error")
+
+
+# the run directory is derived from the overrides (robust_cli.rundir.names); Hydra's own would be ignored
+_REFUSED = {"hydra.run.dir": "the run directory is derived from the overrides; give run_dir=<dir> to choose it"}
+
+
+def main() -> float | None:
+    """``robust train`` (``sys.argv`` holds the overrides): ``hydra.run.dir=`` is refused before Hydra
+    creates it."""
+    refuse_overrides(sys.argv[1:], _REFUSED)
+    return _hydra_main()

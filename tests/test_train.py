@@ -120,6 +120,19 @@ def test_bad_input_is_one_line_and_touches_no_run(finished_run, tmp_path, bad, e
     assert snapshot(tmp_path) == before
 
 
+def test_hydra_run_dir_is_refused_naming_run_dir(tmp_path):
+    """``hydra.run.dir`` would be ignored (the run directory is derived from the overrides): refused in one
+    line that names ``run_dir=``, before Hydra creates the directory or anything is written."""
+    target = tmp_path / "wanted"
+    for args in ([f"hydra.run.dir={target}"], ["-m", f"hydra.run.dir={target}"]):
+        proc = robust("train", *QUICK, "epochs=1", f"out_dir={tmp_path / 'out'}", *args)
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("robust: error: hydra.run.dir"), proc.stderr
+        assert "run_dir=" in lines[0] and "Traceback" not in proc.stderr
+    assert not target.exists() and not (tmp_path / "out").exists()
+
+
 def test_force_retrains(tmp_path):
     assert robust("train", *QUICK, "epochs=1", f"out_dir={tmp_path}").returncode == 0
     run = only_run_dir(tmp_path)
