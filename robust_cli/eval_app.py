@@ -201,5 +201,14 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
 
 @hydra.main(config_path="pkg://robust_cli.conf", config_name="eval", version_base=None)
 @user_errors
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     evaluate(cfg)
+
+
+def main() -> None:
+    """``robust eval`` (``sys.argv`` holds the overrides); a SLURM submission that sbatch refuses is one
+    line (robust_cli.slurm)."""
+    from robust_cli.slurm import report_sbatch_refusals
+
+    report_sbatch_refusals()
+    _hydra_main()

@@ -71,6 +71,9 @@ _REFUSED = {"hydra.run.dir": "the run directory is derived from the overrides; g
 
 def main() -> float | None:
     """``robust train`` (``sys.argv`` holds the overrides): ``hydra.run.dir=`` is refused before Hydra
-    creates it."""
+    creates it; a SLURM submission that sbatch refuses is one line (robust_cli.slurm)."""
+    from robust_cli.slurm import report_sbatch_refusals
+
     refuse_overrides(sys.argv[1:], _REFUSED)
+    report_sbatch_refusals()
     return _hydra_main()
