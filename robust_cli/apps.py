@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NoReturn
 
 from robust_cli.errors import JobFailed, UserError
 
@@ -52,6 +53,21 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def exit_user_error(message: str) -> NoReturn:
+    """``robust: error: <message>`` on stderr and exit status 2: how every bad input ends."""
+    sys.stderr.write(f"robust: error: {message}\n")
+    sys.exit(2)
+
+
+def refuse_overrides(args: Iterable[str], refused: dict[str, str]) -> None:
+    """Exit with ``exit_user_error`` when a command-line override sets a key of ``refused``
+    (``{key: what to give instead}``), before Hydra creates or writes anything."""
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if "=" in arg and key in refused:
+            exit_user_error(f"{key} is not used by this command; {refused[key]}")
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn a ``UserError`` into ``robust: error: <one line>`` and exit status 2 (single runs).
 
@@ -76,8 +92,7 @@ def user_errors(fn: Callable) -> Callable:
         except UserError as err:
             if is_multirun():
                 raise JobFailed(f"robust: error: {err}") from None
-            sys.stderr.write(f"robust: error: {err}\n")
-            sys.exit(2)
+            exit_user_error(str(err))
         except KeyboardInterrupt:
             if is_multirun():
                 raise

@@ -27,7 +27,7 @@ def compute(cfg: DictConfig) -> dict:
     from rich.progress import Progress
 
     from robust_cli.data import load_split
-    from robust_cli.training.loop import resolve_device
+    from robust_cli.device import resolve_device
     from robust_cli.evaluation.data_lipschitz import data_lipschitz
 
     if cfg.split not in ("train", "val", "test"):

@@ -14,49 +14,25 @@ lock after writing its own directory, so the merged files end up holding every j
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from robust_cli import io
 from robust_cli.apps import is_multirun, user_errors
 from robust_cli.norms import NORMS
 from robust_cli.config import register_configs
 from robust_cli.errors import UserError
+from robust_cli.evaluation.cache import cached_summary, lipschitz_stale, model_identity, result_config
+from robust_cli.rundir import RunDir
 
 register_configs()
 log = logging.getLogger("robust_cli.eval")
-
-# what must match for a stored result to be reused ("model": model.pt retrained with force=true)
-_CACHE_KEYS = ("model", "n", "params", "eps_search", "search_steps", "seed")
-
-
-def model_identity(model: torch.nn.Module) -> str:
-    """A SHA-256 of the model's weights and buffers (16 hex digits): changes whenever ``robust train
-    force=true`` retrains the run, so results of the old model are not reused."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def result_config(fn: Any, params: dict, n: int, cfg: DictConfig, model_id: str) -> dict[str, Any]:
-    """What produced a result (stored as ``summary.json["config"]``, compared on ``_CACHE_KEYS``)."""
-    return {"model": model_id, "n": int(n), "params": params,
-            "eps_search": cfg.eps_search if fn.budget else None,
-            "search_steps": int(cfg.search_steps) if fn.budget else None, "seed": int(cfg.seed)}
-
 
 def selected_norms(norm: Any) -> list[str]:
     norms = list(norm) if isinstance(norm, (list, tuple, ListConfig)) else [norm]
@@ -106,30 +82,6 @@ def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -
     return pairs  # a -m job whose one combination is unsupported has nothing to do: not a failed job
 
 
-def _cached(out: Path, expected: dict[str, Any], eps: float) -> dict[str, Any] | None:
-    """The stored summary of ``out`` if it was computed with ``expected``, else None. A changed ``eps.<norm>``
-    only moves ``error_at_eps``: that one number is recomputed from ``per_sample.csv``, not the attack."""
-    path = out / "summary.json"
-    if not (path.is_file() and (out / "per_sample.csv").is_file() and (out / "curve.csv").is_file()):
-        return None
-    try:
-        summary = io.read_json(path)
-    except (OSError, ValueError):  # an unreadable old file is recomputed
-        return None
-    stored = summary.get("config", {})
-    changed = [k for k in _CACHE_KEYS if stored.get(k) != expected.get(k)]
-    if changed:
-        log.info("%s: %s changed since it was evaluated; recomputing", out.name, ", ".join(changed))
-        return None
-    if not math.isclose(float(summary.get("eps", math.nan)), eps) and not (math.isnan(eps)):
-        from robust_cli.evaluation.curves import error_at
-
-        distances = pd.read_csv(out / "per_sample.csv")["distance"].to_numpy()
-        summary["eps"], summary["error_at_eps"] = eps, float(error_at(distances, eps))
-        io.write_json(out / "summary.json", summary)
-    return summary
-
-
 def wants_reference(fn: Any) -> bool:
     """The attack takes ``reference=(images, labels)`` (the data stability attack): it gets the training set."""
     try:
@@ -171,48 +123,8 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
         "zero_grad_fraction": zero_grad,
     }
     summary["config"] = config
-    out = Path(cfg.run) / "eval" / f"{name}-{norm}"
-    io.write_csv(out / "per_sample.csv", result.frame)
-    io.write_csv(out / "curve.csv", pd.DataFrame({"eps": eps, "error": err}))
-    io.write_json(out / "summary.json", summary)
+    RunDir(cfg.run).eval.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
     return summary
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def print_summary(summary: pd.DataFrame, checks: dict[str, dict[str, Any]], console=None) -> None:
-    """A compact rich table of the merged summary (every column is in ``summary.csv``), then the checks."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from robust_cli.evaluation.checks import failed_checks
-
-    # a pipe or a log file gets 80 columns from rich: too narrow for the table, so give it room
-    console = console or Console(width=None if sys.stdout.isatty() else 120)
-    table = Table(title="robust eval (robust accuracy at the thresholds: eval/summary.csv)", title_justify="left")
-    for head in ("attack", "norm", "clean err", "median d", "mean d", "rho_adv", "err@eps", "success", "s",
-                 "fwd/bwd"):
-        table.add_column(head, justify="left" if head in ("attack", "norm") else "right", no_wrap=True)
-    for _, row in summary.iterrows():
-        table.add_row(
-            str(row["attack"]), str(row["norm"]), _fmt(row["clean_error"]), _fmt(row["median_distance"]),
-            _fmt(row["mean_distance"]), _fmt(row["rho_adv"]), f"{_fmt(row['error_at_eps'])}@{_fmt(row['eps'])}",
-            _fmt(row["success_rate"]), _fmt(row["seconds"], 2),
-            f"{_fmt(row['forward_per_sample'])}/{_fmt(row['backward_per_sample'])}",
-        )
-    console.print(table)
-    for key, flags in checks.items():
-        failed = failed_checks(flags)
-        style = "red" if failed else "green"
-        text = ("failed: " + ", ".join(failed)) if failed else "passed"
-        console.print(f"checks {key}: [{style}]{text}[/{style}] (zero-grad fraction "
-                      f"{_fmt(flags.get('zero_grad_fraction'))})")
 
 
 def evaluate(cfg: DictConfig) -> pd.DataFrame:
@@ -222,12 +134,13 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     from robust_cli.data import load_split
     from robust_cli.data.sets import thresholds_of
     from robust_cli.evaluation.lipschitz import lipschitz_statistics, zero_gradient_fraction
-    from robust_cli.training.loop import resolve_device
+    from robust_cli.device import resolve_device
+    from robust_cli.reporting.console import print_summary
     from robust_cli.reporting.plots import plot_error_curves
     from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
     from robust_cli.training.checkpoint import load_trained_model
 
-    run_dir = Path(cfg.run)
+    run_dir = RunDir(cfg.run)
     if not run_dir.is_dir():
         raise UserError(f"run={cfg.run} is not a directory; give run=<a finished train run directory>")
     if cfg.n_examples < 1 or cfg.batch_size < 1:
@@ -247,7 +160,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     n = min(int(cfg.n_examples), int(x.shape[0]))
     x, y = x[:n], y[:n]
     thresholds = thresholds_of(train_cfg.dataset, cfg.get("thresholds"))
-    eval_dir = run_dir / "eval"
+    eval_dir = run_dir.eval
 
     x, y = x.to(device), y.to(device)
     model_id = model_identity(model)
@@ -262,7 +175,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
             fn, params = attacks[name]
             config = result_config(fn, params, n, cfg, model_id)
             eps = float(cfg.eps.get(norm, math.nan))
-            if not cfg.force and _cached(eval_dir / f"{name}-{norm}", config, eps) is not None:
+            if not cfg.force and cached_summary(eval_dir.result(name, norm), config, eps) is not None:
                 log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
                 continue
             if zero_grad is None:
@@ -270,18 +183,16 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
             evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
                          zero_grad=zero_grad, progress=progress, config=config, reference=reference)
 
-    with io.file_lock(eval_dir / ".lock"):  # concurrent -m jobs merge one after another
-        lip_path = eval_dir / "lipschitz.json"
-        stored = io.read_json(lip_path) if lip_path.is_file() else {}
-        stale = (stored.get("n"), stored.get("model")) != (n, model_id)  # n_examples changed, or retrained
+    with eval_dir.lock():  # concurrent -m jobs merge one after another
+        stale = lipschitz_stale(eval_dir.read_lipschitz(), n, model_id)  # n_examples changed, or retrained
         if cfg.lipschitz and (cfg.force or stale):
             stats = {**lipschitz_statistics(model, x, y, cfg.batch_size), "model": model_id}
-            io.write_json(lip_path, stats)
+            eval_dir.write_lipschitz(stats)
             log.info("lipschitz: max |grad loss| %.4g, max |J| %.4g, prod |W| %.4g",
                      stats["max_grad_norm"], stats["max_jacobian_norm"], stats["weight_norm_product"])
         update_cross_checks(eval_dir)
         summary, curves = merge(eval_dir)
-        plot_error_curves(curves, eval_dir / "error_curves.png", title=str(run_dir))
+        plot_error_curves(curves, eval_dir.plot_path, title=str(run_dir))
         checks = {f"{s['attack']}-{s['norm']}": s.get("checks", {}) for _, s in evaluated(eval_dir)}
     print_summary(summary, checks)
     log.info("wrote %s", eval_dir)
@@ -290,5 +201,14 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
 
 @hydra.main(config_path="pkg://robust_cli.conf", config_name="eval", version_base=None)
 @user_errors
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     evaluate(cfg)
+
+
+def main() -> None:
+    """``robust eval`` (``sys.argv`` holds the overrides); a SLURM submission that sbatch refuses is one
+    line (robust_cli.slurm)."""
+    from robust_cli.slurm import report_sbatch_refusals
+
+    report_sbatch_refusals()
+    _hydra_main()

@@ -21,8 +21,6 @@ started_at, finished_at.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -34,16 +32,13 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from robust_cli import io
 from robust_cli.errors import JobFailed
+from robust_cli.rundir import RunDir, SweepDir
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["job", "overrides", "status", "test_error", "epochs", "run_dir", "error", "slurm_job_id",
            "attempts", "started_at", "finished_at"]
-RECORD = "job.json"
-EXPECTED = "sweep.json"
-SUMMARY = "jobs.csv"
 _BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
@@ -69,9 +64,7 @@ def run_dir_of(config: DictConfig) -> str | None:
         if "run" in cfg and cfg.get("run"):
             return str(cfg.run)
         if "out_dir" in cfg and "dataset" in cfg:
-            from robust_cli.rundir import train_run_dir
-
-            return str(train_run_dir(cfg, list(config.hydra.overrides.task)))
+            return str(RunDir.of_train(cfg, list(config.hydra.overrides.task)))
     except Exception as err:  # a summary must never make a job fail
         log.debug("run directory of the job not found: %s", err)
     return None
@@ -79,16 +72,8 @@ def run_dir_of(config: DictConfig) -> str | None:
 
 def final_metrics(run_dir: str | None) -> dict[str, Any]:
     """``{"test_error", "epochs"}`` from the last row of ``<run_dir>/history.csv`` (empty when absent)."""
-    if not run_dir:
-        return {}
-    path = Path(run_dir) / "history.csv"
-    if not path.exists():
-        return {}
-    try:
-        hist = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, OSError):
-        return {}
-    if hist.empty:
+    hist = RunDir(run_dir).read_history() if run_dir else None
+    if hist is None:
         return {}
     out: dict[str, Any] = {"epochs": int(hist["epoch"].iloc[-1]) if "epoch" in hist else len(hist)}
     if "test_error" in hist:
@@ -103,15 +88,8 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:500]
 
 
-def _records(sweep_dir: Path) -> dict[int, dict[str, Any]]:
-    found = {}
-    for path in sweep_dir.glob(f"*/{RECORD}"):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        found[int(rec["job"])] = rec
-    return found
+def _records(sweep_dir: SweepDir) -> dict[int, dict[str, Any]]:
+    return {int(rec["job"]): rec for _, rec in sweep_dir.records()}
 
 
 def write_summary(sweep_dir: str | Path) -> pd.DataFrame:
@@ -120,12 +98,10 @@ def write_summary(sweep_dir: str | Path) -> pd.DataFrame:
     With ``sweep.json`` (basic sweeper) the rows are exactly the expected jobs, in order; a record from an
     earlier sweep with other overrides in the same directory is ignored. Without it, one row per record.
     """
-    sweep_dir = Path(sweep_dir)
-    with io.file_lock(sweep_dir / ".jobs.lock"):  # concurrent jobs regenerate jobs.csv one at a time
+    sweep_dir = SweepDir(sweep_dir)
+    with sweep_dir.lock():  # concurrent jobs regenerate jobs.csv one at a time
         records = _records(sweep_dir)
-        expected = None
-        if (sweep_dir / EXPECTED).exists():
-            expected = json.loads((sweep_dir / EXPECTED).read_text()).get("jobs")
+        expected = (sweep_dir.read_expected() or {}).get("jobs")
         rows = []
         if expected is not None:
             for num, overrides in enumerate(expected):
@@ -144,7 +120,7 @@ def write_summary(sweep_dir: str | Path) -> pd.DataFrame:
         frame = pd.DataFrame(table, columns=COLUMNS)
         for col in ("job", "epochs", "attempts"):  # integers with gaps (pending jobs have none)
             frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
-        io.write_csv(sweep_dir / SUMMARY, frame)
+        sweep_dir.write_summary(frame)
     return frame
 
 
@@ -152,18 +128,18 @@ class SweepSummary(Callback):
     """Hydra callback keeping ``<hydra.sweep.dir>/jobs.csv`` up to date (see the module docstring)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir = SweepDir(str(config.hydra.sweep.dir))
         jobs = None
         if OmegaConf.select(config, "hydra.sweeper._target_") == _BASIC_SWEEPER:
             try:
                 jobs = expand_sweep(list(config.hydra.overrides.task))
             except Exception as err:
                 log.warning("sweep summary: could not expand the sweep overrides: %s", err)
-        io.write_json(sweep_dir / EXPECTED, {
+        sweep_dir.write_expected({
             "overrides": list(config.hydra.overrides.task), "jobs": jobs, "started_at": _now(),
             "launcher": OmegaConf.select(config, "hydra.launcher._target_"),
         })
-        self._safe_summary(sweep_dir)
+        self._safe_summary(sweep_dir.path)
 
     @staticmethod
     def _in_sweep(config: DictConfig) -> bool:
@@ -173,13 +149,10 @@ class SweepSummary(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not self._in_sweep(config):
             return
-        path = self._record_path(config)
-        old = {}
-        if path.exists():
-            with contextlib.suppress(OSError, json.JSONDecodeError):
-                old = json.loads(path.read_text())
+        job_dir = self._job_dir(config)
+        old = SweepDir.read_record(job_dir)
         same = old.get("overrides") == list(config.hydra.overrides.task)
-        io.write_json(path, {
+        SweepDir.write_record(job_dir, {
             "job": int(config.hydra.job.num),
             "overrides": list(config.hydra.overrides.task),
             "status": "running",
@@ -196,11 +169,8 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not self._in_sweep(config):
             return
-        path = self._record_path(config)
-        rec = {}
-        if path.exists():
-            with contextlib.suppress(OSError, json.JSONDecodeError):
-                rec = json.loads(path.read_text())
+        job_dir = self._job_dir(config)
+        rec = SweepDir.read_record(job_dir)
         failed = job_return.status == JobStatus.FAILED
         rec.update(
             job=int(config.hydra.job.num),
@@ -211,22 +181,22 @@ class SweepSummary(Callback):
             finished_at=_now(),
         )
         rec.setdefault("attempts", 1)
-        io.write_json(path, rec)
+        SweepDir.write_record(job_dir, rec)
         self._safe_summary(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         frame = self._safe_summary(Path(str(config.hydra.sweep.dir)))
         if frame is not None:
             counts = frame["status"].value_counts().to_dict()
-            log.info("sweep summary %s: %s", Path(str(config.hydra.sweep.dir)) / SUMMARY, counts)
+            log.info("sweep summary %s: %s", SweepDir(str(config.hydra.sweep.dir)).summary_path, counts)
 
     @staticmethod
-    def _record_path(config: DictConfig) -> Path:
+    def _job_dir(config: DictConfig) -> Path:
         # hydra.runtime.output_dir = <sweep dir>/<sweep subdir>, set by Hydra before on_job_start
         out = OmegaConf.select(config, "hydra.runtime.output_dir")
         if not out:
-            out = str(Path(str(config.hydra.sweep.dir)) / str(config.hydra.job.num))
-        return Path(str(out)) / RECORD
+            out = SweepDir(str(config.hydra.sweep.dir)).job_dir(int(config.hydra.job.num))
+        return Path(str(out))
 
     @staticmethod
     def _safe_summary(sweep_dir: Path) -> pd.DataFrame | None:
@@ -244,3 +214,4 @@ def _slurm_job_id(config: DictConfig) -> str | None:
     if jid is not None and "SLURM_ARRAY_TASK_ID" in os.environ:
         return f"{jid}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     return os.environ.get("SLURM_JOB_ID")
+

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from robust_cli.apps import task_overrides, user_errors
+from robust_cli.apps import refuse_overrides, task_overrides, user_errors
 from robust_cli.config import register_configs
-from robust_cli.rundir import RunRecord, train_run_dir
+from robust_cli.device import resolve_device
+from robust_cli.rundir import RunDir
 
 register_configs()
 log = logging.getLogger("robust_cli.train")
@@ -23,14 +25,12 @@ def train(cfg: DictConfig) -> dict:
 
     Returns the final metrics (the last history row), also stored in ``run.json``.
     """
-    from robust_cli.training.loop import resolve_device
-
     resolve_device(cfg.device)  # a bad device is an error even where the run is already done
     overrides = task_overrides()
-    run_dir = train_run_dir(cfg, overrides)
-    record = RunRecord(run_dir) if (run_dir / "run.json").exists() else None
+    run_dir = RunDir.of_train(cfg, overrides)
+    record = run_dir.record() if run_dir.has_record() else None
     done = record is not None and record.status == "done"
-    if done and (run_dir / "model.pt").exists() and not cfg.force:
+    if done and run_dir.model_path.exists() and not cfg.force:
         log.info("already trained: %s (force=true retrains)", run_dir)
         return dict(record.data.get("final", {}))
     fresh = done and bool(cfg.force)  # retrain a finished run; running/interrupted/failed ones resume
@@ -42,10 +42,10 @@ def train(cfg: DictConfig) -> dict:
     return _fit_in_dir(cfg, run_dir, overrides, fresh)
 
 
-def _fit_in_dir(cfg: DictConfig, run_dir, overrides, fresh: bool = False) -> dict:
+def _fit_in_dir(cfg: DictConfig, run_dir: RunDir, overrides, fresh: bool = False) -> dict:
     """Train in this process: the whole run, or one rank of a DistributedDataParallel group."""
     from robust_cli.training import distributed
-    from robust_cli.training.loop import fit, resolve_device
+    from robust_cli.training.loop import fit
 
     ctx = distributed.init(cfg.trainer, resolve_device(cfg.device))
     try:
@@ -59,7 +59,21 @@ def _fit_in_dir(cfg: DictConfig, run_dir, overrides, fresh: bool = False) -> dic
 
 @hydra.main(config_path="pkg://robust_cli.conf", config_name="train", version_base=None)
 @user_errors
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     final = train(cfg)
     # the returned value is what sweepers (e.g. Optuna) optimise
     return final.get("test_error")
+
+
+# the run directory is derived from the overrides (robust_cli.rundir.names); Hydra's own would be ignored
+_REFUSED = {"hydra.run.dir": "the run directory is derived from the overrides; give run_dir=<dir> to choose it"}
+
+
+def main() -> float | None:
+    """``robust train`` (``sys.argv`` holds the overrides): ``hydra.run.dir=`` is refused before Hydra
+    creates it; a SLURM submission that sbatch refuses is one line (robust_cli.slurm)."""
+    from robust_cli.slurm import report_sbatch_refusals
+
+    refuse_overrides(sys.argv[1:], _REFUSED)
+    report_sbatch_refusals()
+    return _hydra_main()

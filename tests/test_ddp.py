@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from robust_cli.models.wrappers import unwrap
 from robust_cli.training import distributed as D
 
 N, DIM, K, BATCH, EPOCHS, EPS = 64, 12, 3, 16, 2, 0.05
@@ -66,7 +67,7 @@ def _train(cfg) -> dict:
                 wrong += torch.tensor([(logits.argmax(1) != y).sum().item(), len(y)], dtype=torch.float64)
         D.all_reduce_sum(wrong, ctx)
         D.barrier(ctx)
-        params = {k: v.detach().clone() for k, v in D.unwrap(model).state_dict().items()}
+        params = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
         return {"params": params, "wrong": wrong.tolist(), "world_size": ctx.world_size}
     finally:
         D.cleanup(ctx)
@@ -91,7 +92,7 @@ def test_single_process_context_is_identity(monkeypatch):
     ctx = D.init(_cfg(1).trainer, "cpu")
     assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.distributed) == (0, 1, True, False)
     m = _model()
-    assert D.wrap(m, ctx) is m and D.unwrap(m) is m
+    assert D.wrap(m, ctx) is m and unwrap(m) is m
     t = torch.tensor([1.0, 2.0])
     assert D.all_reduce_sum(t, ctx).tolist() == [1.0, 2.0]
     assert D.per_rank_batch_size(16, ctx) == 16

@@ -10,7 +10,11 @@ The cluster is started by scripts/slurm_local.sh (Debian's slurm-wlm + munge, in
   history.csv holds epochs 1..E exactly once each, and the job was started more than once.
   SLURM gives a requeued job a begin time ~2 minutes in the future; the test releases it at once
   (`scontrol update StartTime=now`) so the test is fast: only the scheduler's wait is skipped, the
-  signal, checkpoint, requeue and resume are SLURM's and submitit's own.
+  signal, checkpoint, requeue and resume are SLURM's and submitit's own;
+- the README's example runs as written (the launcher's defaults ask for no GPU), and a request sbatch
+  refuses (a GPU on this CPU-only cluster) ends in one line naming hydra.launcher.gpus_per_node, exit 2.
+
+The mapping of sbatch's messages to that line is also tested without a cluster.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # a real cluster: minutes, so in `make test-slow`
+cluster = [pytest.mark.slurm, pytest.mark.slow]  # a real cluster: minutes, so in `make test-slow`
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
@@ -34,6 +38,63 @@ SLURM_ARGS = [
     "hydra.launcher.mem_gb=null", "hydra.launcher.partition=debug",
     "hydra.sweep.subdir=${hydra.job.num}",  # conf/train.yaml installs the SweepSummary callback
 ]
+
+
+def _marked(test):
+    for mark in cluster:
+        test = mark(test)
+    return test
+
+
+@pytest.mark.parametrize("stderr, option", [
+    ("sbatch: error: Batch job submission failed: Invalid generic resource (gres) specification",
+     "hydra.launcher.gpus_per_node=null"),
+    ("sbatch: error: invalid partition specified: gpu\nsbatch: error: Batch job submission failed: "
+     "Invalid partition name specified", "hydra.launcher.partition="),
+    ("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified",
+     "hydra.launcher.account="),
+    ("sbatch: error: Memory specification can not be satisfied\nsbatch: error: Batch job submission failed: "
+     "Requested node configuration is not available", "hydra.launcher.cpus_per_task"),
+    ("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, "
+     "user's size and/or time limits)", "hydra.launcher.qos="),
+    ("sbatch: error: something new", "conf/hydra/launcher/slurm.yaml"),
+])
+def test_sbatch_refusals_become_one_line_naming_the_option(stderr, option):
+    from robust_cli.slurm import sbatch_message
+
+    line = sbatch_message(stderr)
+    assert "\n" not in line and line.startswith("sbatch refused the jobs: ")
+    assert option in line
+    assert "Batch job submission failed" not in line
+
+
+def test_launcher_config_asks_for_no_gpu_by_default(hydra_compose):
+    cfg = hydra_compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher.gpus_per_node is None and launcher.cpus_per_task is None and launcher.mem_gb is None
+
+
+def test_a_refused_submission_exits_2_with_one_line(capsys):
+    from submitit.core.utils import FailedJobError
+
+    from robust_cli.slurm import launch_reporting_refusals
+
+    said = "sbatch: error: Batch job submission failed: Invalid generic resource (gres) specification"
+
+    def refused_launch():
+        sys.stderr.write(said)  # submitit echoes sbatch's stderr before raising
+        sys.stderr.write("\n")
+        try:
+            raise subprocess.CalledProcessError(1, ["sbatch", "job.sh"], stderr=said)
+        except subprocess.CalledProcessError as err:
+            raise FailedJobError(said) from err
+
+    with pytest.raises(SystemExit) as code:
+        launch_reporting_refusals(refused_launch)
+    assert code.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "hydra.launcher.gpus_per_node=null" in lines[0], lines
+    assert launch_reporting_refusals(lambda x: x + 1, 1) == 2  # a submission that goes through is untouched
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +128,7 @@ def robust_bin() -> str:
     return exe
 
 
+@_marked
 def test_slurm_sweep_lands_in_deterministic_run_dirs(slurm, tmp_path):
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
@@ -101,12 +163,35 @@ def _release_requeued(env: dict, stop: threading.Event) -> None:
         stop.wait(1.0)
 
 
-def test_requeue_after_time_limit_resumes_with_continuous_history(slurm, tmp_path):
+@_marked
+def test_readme_example_runs_as_written_and_a_refusal_is_one_line(slurm, tmp_path):
+    # the README's `robust train -m defense=none,at_l2,tulip hydra/launcher=slurm`, only made small and
+    # put in tmp_path: the launcher's defaults (no GPU, the partition's CPUs and memory) fit any cluster
+    sweep = tmp_path / "sweep"
+    tiny = ["epochs=1", "model.widths=[8]", f"out_dir={tmp_path}", "device=cpu", f"hydra.sweep.dir={sweep}",
+            "hydra.sweep.subdir=${hydra.job.num}"]
+    proc = subprocess.run([robust_bin(), "train", "-m", "defense=none,at_l2,tulip", "hydra/launcher=slurm", *tiny],
+                          env=slurm, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = pd.read_csv(sweep / "jobs.csv")
+    assert list(jobs["status"]) == ["completed"] * 3
+    # a GPU on this CPU-only cluster: sbatch refuses; one line naming the option, exit 2, nothing submitted
+    refused = subprocess.run([robust_bin(), "train", "-m", "defense=none", "hydra/launcher=slurm",
+                              "hydra.launcher.gpus_per_node=1", *tiny[:-2], f"hydra.sweep.dir={tmp_path / 'gpu'}"],
+                             env=slurm, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("robust: error: sbatch refused the jobs"), refused.stderr
+    assert "hydra.launcher.gpus_per_node" in lines[0] and "Traceback" not in refused.stderr
+
+
+@_marked
+def test_requeue_after_time_limit_resumes_with_continuous_history(slurm, tmp_path, epoch_hooks):
     # Training far longer than one attempt (1-minute limit, SIGUSR2 50 s before it: each attempt gets
     # 10-40 s, depending on when slurmctld checks its time limits); every epoch is padded to 3 s by the
     # loop's test hook (however fast the machine), so 20 epochs need at least 2 attempts.
     epochs = int(os.environ.get("ROBUST_REQUEUE_TEST_EPOCHS", "20"))
-    env = {**slurm, "ROBUST_MIN_EPOCH_SECONDS": "3"}
+    env = epoch_hooks(min_epoch_seconds=3, base=slurm)
     sweep = tmp_path / "sweep"
     stop = threading.Event()
     releaser = threading.Thread(target=_release_requeued, args=(slurm, stop), daemon=True)

@@ -60,11 +60,11 @@ def test_two_epochs_lower_the_loss_and_write_every_file(tmp_path):
     assert only_run_dir(tmp_path) == run
 
 
-def test_resume_after_crash_gives_the_uninterrupted_weights(tmp_path):
+def test_resume_after_crash_gives_the_uninterrupted_weights(tmp_path, epoch_hooks):
     args = [*QUICK, "epochs=3", "deterministic=true", "model.dropout=0.2"]
     straight = robust("train", *args, f"out_dir={tmp_path / 'a'}")
     assert straight.returncode == 0, straight.stderr
-    crashed = robust("train", *args, f"out_dir={tmp_path / 'b'}", env={"ROBUST_CRASH_AFTER_EPOCH": "1"})
+    crashed = robust("train", *args, f"out_dir={tmp_path / 'b'}", env=epoch_hooks(crash_after=1))
     assert crashed.returncode != 0
     run_b = only_run_dir(tmp_path / "b")
     assert not (run_b / "model.pt").exists()
@@ -120,6 +120,19 @@ def test_bad_input_is_one_line_and_touches_no_run(finished_run, tmp_path, bad, e
     assert snapshot(tmp_path) == before
 
 
+def test_hydra_run_dir_is_refused_naming_run_dir(tmp_path):
+    """``hydra.run.dir`` would be ignored (the run directory is derived from the overrides): refused in one
+    line that names ``run_dir=``, before Hydra creates the directory or anything is written."""
+    target = tmp_path / "wanted"
+    for args in ([f"hydra.run.dir={target}"], ["-m", f"hydra.run.dir={target}"]):
+        proc = robust("train", *QUICK, "epochs=1", f"out_dir={tmp_path / 'out'}", *args)
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("robust: error: hydra.run.dir"), proc.stderr
+        assert "run_dir=" in lines[0] and "Traceback" not in proc.stderr
+    assert not target.exists() and not (tmp_path / "out").exists()
+
+
 def test_force_retrains(tmp_path):
     assert robust("train", *QUICK, "epochs=1", f"out_dir={tmp_path}").returncode == 0
     run = only_run_dir(tmp_path)
@@ -130,7 +143,7 @@ def test_force_retrains(tmp_path):
     assert json.loads((run / "run.json").read_text())["starts"] == first + 1
 
 
-def test_requeued_force_run_resumes_instead_of_restarting(tmp_path):
+def test_requeued_force_run_resumes_instead_of_restarting(tmp_path, epoch_hooks):
     """``force`` is not in the run name: a force=true retrain killed after epoch 1 and started again with the
     same command (a SLURM requeue) continues from its checkpoint and ends with the uninterrupted weights."""
     args = [*QUICK, "epochs=3", "deterministic=true", "model.dropout=0.2", f"out_dir={tmp_path}"]
@@ -139,7 +152,7 @@ def test_requeued_force_run_resumes_instead_of_restarting(tmp_path):
     reference = torch.load(run / "model.pt", weights_only=True)["state_dict"]
     history = pd.read_csv(run / "history.csv").drop(columns="seconds")
 
-    crashed = robust("train", *args, "force=true", env={"ROBUST_CRASH_AFTER_EPOCH": "1"})
+    crashed = robust("train", *args, "force=true", env=epoch_hooks(crash_after=1))
     assert crashed.returncode != 0
     assert "resuming" not in crashed.stderr  # a finished run is retrained from scratch
     assert list(pd.read_csv(run / "history.csv").epoch) == [1]

@@ -103,19 +103,20 @@ def test_checkpoints_refuse_pickles_that_run_code(tmp_path, monkeypatch):
 
 def test_unwrap_strips_ddp_dataparallel_and_compile_wrappers():
     from robust_cli.defenses import base
-    from robust_cli.training import checkpoint, distributed
+    from robust_cli.models import wrappers
+    from robust_cli.training import checkpoint
 
-    assert base.unwrap is distributed.unwrap is checkpoint.unwrap
+    assert base.unwrap is wrappers.unwrap is checkpoint.unwrap
     bare = nn.Linear(2, 2)
-    assert distributed.unwrap(bare) is bare
-    assert distributed.unwrap(nn.DataParallel(bare)) is bare
+    assert wrappers.unwrap(bare) is bare
+    assert wrappers.unwrap(nn.DataParallel(bare)) is bare
 
     class Compiled(nn.Module):  # the shape of torch.compile's OptimizedModule
         def __init__(self, inner):
             super().__init__()
             self._orig_mod = inner
 
-    assert distributed.unwrap(Compiled(nn.DataParallel(bare))) is bare
+    assert wrappers.unwrap(Compiled(nn.DataParallel(bare))) is bare
     holder = nn.Sequential()
     holder.add_module("module", bare)  # a plain model with a child named "module" is not a wrapper
-    assert distributed.unwrap(holder) is holder
+    assert wrappers.unwrap(holder) is holder

@@ -18,7 +18,7 @@ from torch import nn
 
 from robust_cli.attacks.contract import frozen_eval
 from robust_cli.attacks.geometry import view_as_images
-from robust_cli.training.distributed import unwrap  # the bare model under DDP: inner attacks call it
+from robust_cli.models.wrappers import unwrap  # the bare model under DDP: inner attacks call it
 
 
 @dataclass

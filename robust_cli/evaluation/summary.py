@@ -1,4 +1,9 @@
-"""``summary.json`` of one attack in one norm: the numbers read off its distances (SPEC.md §2)."""
+"""``summary.json`` of one attack in one norm: the numbers read off its distances.
+
+The error curve ``err(eps) = P[distance <= eps]`` is Def. 4.1 of Finlay, Oberman & Abbasi, "Improved
+robustness to adversarial examples using Lipschitz regularization of the loss"; ``rho_adv`` is eq 3.20 of
+Matyasko's thesis.
+"""
 
 from __future__ import annotations
 

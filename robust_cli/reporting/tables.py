@@ -3,22 +3,22 @@
 Each ``eval/<attack>-<norm>/`` directory holds ``per_sample.csv``, ``curve.csv`` and ``summary.json``; the
 merge reads them all, so separate ``robust eval`` calls (or ``-m`` jobs) accumulate into the same tables.
 Per norm with two attacks or more, a ``worst_case`` row is added: per image the minimum distance over the
-attacks (SPEC.md §2), with its own curve.
+attacks, with its own error curve (Def. 4.1 of Finlay, Oberman & Abbasi, "Improved robustness to
+adversarial examples using Lipschitz regularization of the loss", applied to the per-image worst case).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
+import os
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from robust_cli import io
 from robust_cli.evaluation.checks import cross_checks, failed_checks
 from robust_cli.evaluation.curves import error_at, error_curve, median_distance, worst_case
+from robust_cli.rundir import EvalDir, ResultDir
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +30,9 @@ COST_COLUMNS = ["success_rate", "seconds", "forward_per_sample", "backward_per_s
 CURVE_COLUMNS = ["attack", "norm", "eps", "error"]
 
 
-def evaluated(eval_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """``[(attack-norm directory, summary)]`` of every finished evaluation under ``eval_dir``, sorted."""
-    out = []
-    for path in sorted(Path(eval_dir).glob("*/summary.json")):
-        try:
-            out.append((path.parent, io.read_json(path)))
-        except (OSError, json.JSONDecodeError) as err:  # a torn file cannot happen (atomic), a foreign one can
-            log.warning("skipping unreadable %s: %s", path, err)
-    return out
+def evaluated(eval_dir: EvalDir | str | os.PathLike) -> list[tuple[ResultDir, dict[str, Any]]]:
+    """``[(attack-norm result directory, summary)]`` of every finished evaluation under ``eval_dir``, sorted."""
+    return EvalDir(eval_dir).results()
 
 
 def _row(summary: dict[str, Any]) -> dict[str, Any]:
@@ -50,15 +44,15 @@ def _row(summary: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _distances_by_norm(entries: list[tuple[Path, dict[str, Any]]]) -> dict[str, dict[str, pd.DataFrame]]:
+def _distances_by_norm(entries: list[tuple[ResultDir, dict[str, Any]]]) -> dict[str, dict[str, pd.DataFrame]]:
     by_norm: dict[str, dict[str, pd.DataFrame]] = {}
-    for directory, summary in entries:
-        frame = pd.read_csv(directory / "per_sample.csv")
+    for result, summary in entries:
+        frame = result.read_per_sample()
         by_norm.setdefault(summary["norm"], {})[summary["attack"]] = frame
     return by_norm
 
 
-def update_cross_checks(eval_dir: Path) -> None:
+def update_cross_checks(eval_dir: EvalDir | str | os.PathLike) -> None:
     """Recompute the checks between attacks of one norm and store them in the concerned ``summary.json``."""
     entries = evaluated(eval_dir)
     dirs = {(s["attack"], s["norm"]): (d, s) for d, s in entries}
@@ -68,11 +62,11 @@ def update_cross_checks(eval_dir: Path) -> None:
             continue
         resolution = {a: float(dirs[(a, norm)][1].get("search_resolution") or 0.0) for a in aligned}
         for attack, checks in cross_checks(aligned, norm, resolution=resolution).items():
-            directory, summary = dirs[(attack, norm)]
+            result, summary = dirs[(attack, norm)]
             if all(summary.get("checks", {}).get(k) == v for k, v in checks.items()):
                 continue
             summary.setdefault("checks", {}).update(checks)
-            io.write_json(directory / "summary.json", summary)
+            result.write_summary(summary)
 
 
 def _align(frames: dict[str, pd.DataFrame]) -> dict[str, np.ndarray] | None:
@@ -87,18 +81,18 @@ def _align(frames: dict[str, pd.DataFrame]) -> dict[str, np.ndarray] | None:
     return {a: f.set_index("index").loc[keep, "distance"].to_numpy(np.float64) for a, f in frames.items()}
 
 
-def merge(eval_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def merge(eval_dir: EvalDir | str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``summary.csv`` and ``error_curves.csv`` from every ``<attack>-<norm>`` under ``eval_dir``.
 
     Returns:
         ``(summary, curves)``: the two tables written (also with the ``worst_case`` rows).
     """
-    eval_dir = Path(eval_dir)
+    eval_dir = EvalDir(eval_dir)
     entries = evaluated(eval_dir)
     rows, curves = [], []
-    for directory, summary in entries:
+    for result, summary in entries:
         rows.append(_row(summary))
-        curve = pd.read_csv(directory / "curve.csv")
+        curve = result.read_curve()
         curves.append(curve.assign(attack=summary["attack"], norm=summary["norm"])[CURVE_COLUMNS])
     by_summary = {(s["attack"], s["norm"]): s for _, s in entries}
     for norm, frames in _distances_by_norm(entries).items():
@@ -135,6 +129,5 @@ def merge(eval_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     else:
         summary = pd.DataFrame(columns=SUMMARY_COLUMNS + COST_COLUMNS)
     curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
-    io.write_csv(eval_dir / "summary.csv", summary)
-    io.write_csv(eval_dir / "error_curves.csv", curves_df)
+    eval_dir.write_merged(summary, curves_df)
     return summary, curves_df

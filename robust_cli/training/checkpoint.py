@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from robust_cli import io
 from robust_cli.errors import UserError
-from robust_cli.rundir import RunRecord
-from robust_cli.training.distributed import unwrap
+from robust_cli.models.wrappers import unwrap
+from robust_cli.rundir import RunDir
 
 FORMAT = 1
 
@@ -45,7 +45,7 @@ def save_model(path: Path, model, cfg: DictConfig) -> None:
     })
 
 
-def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
+def load_trained_model(run_dir: str | Path | RunDir, device: str | torch.device = "cpu"):
     """Rebuild a trained model from ``<run_dir>/model.pt``; refused unless ``run.json`` (when present) says done.
 
     Returns:
@@ -55,21 +55,20 @@ def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
     from robust_cli.data import info_of
     from robust_cli.models import build_model
 
-    run_dir = Path(run_dir)
-    status = RunRecord(run_dir).status if (run_dir / "run.json").is_file() else "done"  # no run.json: foreign
+    run = RunDir(run_dir)
+    status = run.status() if run.has_record() else "done"  # no run.json: a foreign run directory
     if status != "done":
-        raise UserError(f"{run_dir} is not a finished run (run.json status: {status}); finish it with its "
-                        "`robust train` command, or give run=<a finished train run directory>")
-    path = run_dir / "model.pt"
+        raise UserError(f"{run} is not a finished run ({run.record_path.name} status: {status}); finish it with "
+                        "its `robust train` command, or give run=<a finished train run directory>")
+    path = run.model_path
     if not path.is_file():
-        hint = " (training not finished?)" if (run_dir / "checkpoints" / "last.pt").exists() else ""
-        raise UserError(f"{run_dir} holds no model.pt{hint}; give run=<a finished train run directory>")
+        hint = " (training not finished?)" if run.checkpoint_path.exists() else ""
+        raise UserError(f"{run} holds no {path.name}{hint}; give run=<a finished train run directory>")
     try:
         blob = io.torch_load(path, map_location="cpu")
     except Exception as err:
         raise UserError(f"cannot read {path}: {err}") from None
-    cfg_path = run_dir / "config.yaml"
-    cfg = OmegaConf.load(cfg_path) if cfg_path.is_file() else OmegaConf.create({})
+    cfg = run.read_config()
     cfg.model = blob["model_cfg"]
     cfg.dataset = blob["dataset_cfg"]
     cfg.data = blob.get("data_cfg", cfg.get("data", {"root": "data", "download": True, "num_workers": 0}))

@@ -6,7 +6,7 @@ processes:
     launch(train_fn, cfg, ...)           # spawns cfg.trainer.devices processes (or just calls train_fn)
       ctx = init(cfg.trainer, device)    # inside train_fn: DistContext(rank, world_size, ...)
       per_rank_batch_size(cfg.batch_size, ctx)   # the global batch split over the ranks (must divide)
-      model = wrap(model, ctx)           # DDP when world_size > 1; save unwrap(model)
+      model = wrap(model, ctx)           # DDP when world_size > 1; save models.wrappers.unwrap(model)
       the loop draws one (seed, epoch) permutation on every rank and takes positions rank, rank+W, ...
       of it, as DistributedSampler does (``sampler`` gives the same split for a Dataset/DataLoader)
       all_reduce_sum(sums, ctx)          # global sums of per-rank statistics
@@ -188,8 +188,8 @@ def wrap(model: nn.Module, ctx: DistContext, *, sync_batchnorm: bool = False) ->
 
     DDP copies rank 0's parameters and buffers to every rank at construction, so all ranks start equal.
     ``sync_batchnorm`` converts BatchNorm layers to SyncBatchNorm (CUDA only) so that batch statistics
-    are taken over the global batch. Save and evaluate ``unwrap(model)``: the DDP wrapper prefixes the
-    state-dict keys with ``module.``.
+    are taken over the global batch. Save and evaluate ``robust_cli.models.wrappers.unwrap(model)``: the
+    DDP wrapper prefixes the state-dict keys with ``module.``.
     """
     if not ctx.distributed:
         return model
@@ -197,22 +197,6 @@ def wrap(model: nn.Module, ctx: DistContext, *, sync_batchnorm: bool = False) ->
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare module under DistributedDataParallel / DataParallel / torch.compile wrappers (else ``model``).
-
-    Save and evaluate this one (wrappers prefix state-dict keys with ``module.`` / ``_orig_mod.``); inner
-    attacks call it too: a DDP forward with gradients enabled arms the gradient reducer, which an input-only
-    backward would never fire.
-    """
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
 
 
 def sampler(

@@ -13,22 +13,22 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from robust_cli import io
 from robust_cli.apps import add_file_log
 from robust_cli.data import info_of, load_split
 from robust_cli.data.augment import augment
 from robust_cli.defenses import build_defense
+from robust_cli.device import resolve_device
 from robust_cli.errors import UserError
 from robust_cli.models import build_model
-from robust_cli.rundir import RunRecord
+from robust_cli.rundir import RunDir
 from robust_cli.training import distributed
 from robust_cli.training.checkpoint import load_checkpoint, save_checkpoint, save_model
 from robust_cli.training.distributed import DistContext
@@ -37,24 +37,12 @@ from robust_cli.training.schedules import lr_at
 
 log = logging.getLogger(__name__)
 
-# Test hook: end the process abruptly (as a kill would) right after this epoch's checkpoint is written.
-CRASH_AFTER_EPOCH_ENV = "ROBUST_CRASH_AFTER_EPOCH"
-# Test hook: pad every epoch to at least this many seconds (after its checkpoint), so that a requeue test
-# needs several attempts however fast the machine is.
-MIN_EPOCH_SECONDS_ENV = "ROBUST_MIN_EPOCH_SECONDS"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else must be a valid, available device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device={name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name} asked for but CUDA is not available here; use device=cpu or auto")
-    return device
+#: Called as ``hook(epoch, row, run)`` on the main rank after every completed epoch, once its checkpoint,
+#: ``history.csv`` row and ``run.json`` are written: ``epoch`` is the number of completed epochs (1-based),
+#: ``row`` the epoch's history row (a dict; do not change it), ``run`` the ``RunDir``. Empty in normal use;
+#: the test suite fills it (tests/hooks/sitecustomize.py: kill a run after epoch N, pad epochs) and a
+#: caller may use it for monitoring. A hook must not change the training state (model, optimizer, seeds).
+EPOCH_END_HOOKS: list[Callable[[int, dict[str, Any], RunDir], None]] = []
 
 
 def set_determinism(enabled: bool) -> None:
@@ -100,13 +88,14 @@ def _batches(n: int, per_rank: int, generator: torch.Generator, ctx: DistContext
     return [perm[i:i + per_rank] for i in range(0, len(perm), per_rank)]
 
 
-def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: DistContext | None = None,
+def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: DistContext | None = None,
         fresh: bool = False) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` and return the final metrics.
 
     Resumes from ``checkpoints/last.pt`` when it exists, unless ``fresh`` (retrain a finished run: the
     caller decides, see ``train_app.train``), which deletes that checkpoint before the run is marked running.
     """
+    run = RunDir(run_dir)
     ctx = ctx or DistContext(device=resolve_device(cfg.device))
     device = ctx.device
     set_determinism(bool(cfg.deterministic))
@@ -128,7 +117,7 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: DistContext |
     except ValueError as err:
         raise UserError(str(err)) from None
 
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    ckpt_path = run.checkpoint_path
     start_epoch, history = 0, []
     if ckpt_path.exists() and not fresh:
         ckpt = load_checkpoint(ckpt_path)
@@ -136,28 +125,26 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: DistContext |
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
         if ctx.is_main:
-            log.info("resuming %s from epoch %d", run_dir, start_epoch)
+            log.info("resuming %s from epoch %d", run, start_epoch)
 
     train_model = distributed.wrap(model, ctx)  # the model itself in a single process
 
     record, file_log = None, None
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        file_log = add_file_log(run_dir / "train.log")
+        run.path.mkdir(parents=True, exist_ok=True)
+        file_log = add_file_log(run.log_path)
         if fresh:  # a requeue after a crash in the first epoch must not resume the old run's checkpoint
             ckpt_path.unlink(missing_ok=True)
-        io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        record = RunRecord(run_dir)
+        run.write_config(cfg)
+        record = run.record()
         record.start(device=str(device), overrides=overrides)
         if history:  # a crash between checkpoint and CSV cannot leave them out of step
-            io.write_csv(run_dir / "history.csv", pd.DataFrame(history))
+            run.write_history(history)
 
     use_amp = bool(cfg.amp) and device.type == "cuda"
     if cfg.amp and not use_amp and ctx.is_main:
         log.warning("amp=true needs CUDA; training in fp32 on %s", device)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
-    crash_after = os.environ.get(CRASH_AFTER_EPOCH_ENV)
-    min_epoch_s = float(os.environ.get(MIN_EPOCH_SECONDS_ENV, "0"))
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -225,14 +212,12 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: DistContext |
                 history.append(row)
                 if ctx.is_main:
                     save_checkpoint(ckpt_path, model, optimizer, epoch + 1, history)
-                    io.write_csv(run_dir / "history.csv", pd.DataFrame(history))
+                    run.write_history(history)
                     record.update(epochs_done=epoch + 1)
                     log.info("epoch %d/%d  lr %.3g  loss %.4f  train err %.4f  test err %.4f  (%.1fs)", epoch + 1,
                              cfg.epochs, lr, row["train_loss"], row["train_error"], row["test_error"], row["seconds"])
-                    if crash_after is not None and int(crash_after) == epoch + 1:
-                        os._exit(137)
-                    if min_epoch_s > row["seconds"]:
-                        time.sleep(min_epoch_s - row["seconds"])
+                    for hook in EPOCH_END_HOOKS:
+                        hook(epoch + 1, row, run)
                 if ctx.world_size > 1:
                     distributed.barrier(ctx)
     except BaseException as err:
@@ -252,6 +237,6 @@ def fit(cfg: DictConfig, run_dir: Path, overrides: list[str], ctx: DistContext |
 
     final = {k: v for k, v in history[-1].items() if isinstance(v, (int, float)) and math.isfinite(v)}
     if ctx.is_main:
-        save_model(run_dir / "model.pt", model, cfg)
+        save_model(run.model_path, model, cfg)
         record.finish("done", final=final)
     return final

@@ -21,7 +21,9 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
 
 
 def tikhonov_penalty(model: nn.Module) -> torch.Tensor:
-    """``sum of squared non-bias weights`` (Finlay et al.'s "Tikhonov regularization", SPEC.md §1).
+    """``sum of squared non-bias weights`` (the "Tikhonov regularization" of the training recipe in
+    Finlay, Oberman & Abbasi, "Improved robustness to adversarial examples using Lipschitz regularization
+    of the loss", App. A).
 
     Biases, BatchNorm parameters and the tanh head's scalar are 1-dimensional and left out.
     """

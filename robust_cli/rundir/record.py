@@ -1,15 +1,7 @@
-"""Deterministic run directories and ``run.json``.
-
-A run directory is named from the command's overrides, never from the clock, so the same command (or a
-SLURM job requeued with the same overrides) finds the same directory and resumes there:
-
-    <out_dir>/train/<dataset>/<model>/<defense>/<sorted other overrides, or "default">
-"""
+"""``run.json``: the state of a training run (status, reason, git state, versions, device, wall time)."""
 
 from __future__ import annotations
 
-import hashlib
-import re
 import platform
 import subprocess
 import time
@@ -17,47 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from robust_cli import io
-
-# overrides that change where or how fast a run happens, not what it computes: left out of the name
-RUNTIME_KEYS = {
-    "force", "device", "data.root", "data.download", "data.num_workers", "out_dir", "run_dir",
-    "eval_batch_size", "trainer.devices", "trainer.backend",
-}
-GROUP_KEYS = {"dataset", "model", "defense"}  # already directory levels
-MAX_NAME = 180
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _item(override: str) -> str:
-    """``key=value`` -> ``key-value`` with the value reduced to ``[A-Za-z0-9._-]`` (lists: ``32_16``)."""
-    key, _, value = override.partition("=")
-    value = re.sub(r"[^A-Za-z0-9._-]+", "_", value.strip("[]()'\" ")).strip("_")
-    return f"{key.lstrip('+~')}-{value}"
-
-
-def run_name(overrides: list[str]) -> str:
-    """The last path component for a run: its result-changing overrides, sorted, ``+``-joined.
-
-    ``["defense=tulip", "epochs=5", "device=cpu", "optimizer.lr=0.1"]`` -> ``"epochs-5+optimizer.lr-0.1"``.
-    The name holds no ``=``, ``,`` or brackets, so ``robust eval run=<dir>`` takes it unquoted. Names longer
-    than 180 characters keep a prefix and gain a hash of the whole.
-    """
-    kept = sorted(o for o in overrides if _key(o) not in RUNTIME_KEYS | GROUP_KEYS and not _key(o).startswith("hydra"))
-    name = "+".join(_item(o) for o in kept) or "default"
-    if len(name) > MAX_NAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
-        name = f"{name[:MAX_NAME - 11]}-{digest}"
-    return name
-
-
-def train_run_dir(cfg, overrides: list[str]) -> Path:
-    """``<out_dir>/train/<dataset>/<model>/<defense>/<run_name>``, or ``cfg.run_dir`` when given."""
-    if cfg.get("run_dir"):
-        return Path(cfg.run_dir)
-    return Path(cfg.out_dir) / "train" / cfg.dataset.name / cfg.model.name / cfg.defense.name / run_name(overrides)
 
 
 def git_state() -> dict[str, Any]:
@@ -90,11 +41,12 @@ def versions() -> dict[str, str]:
 class RunRecord:
     """``run.json``: status (running / done / failed), reason, git state, versions, device, wall time.
 
-    Wall time accumulates over every start of the run (a resumed run adds to it).
+    Wall time accumulates over every start of the run (a resumed run adds to it). ``path`` is the
+    ``run.json`` file itself; ``RunDir.record()`` opens the one of a run directory.
     """
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "run.json"
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
         self.data: dict[str, Any] = io.read_json(self.path) if self.path.exists() else {}
         self._t0 = time.time()
         self._base_seconds = float(self.data.get("wall_seconds", 0.0))

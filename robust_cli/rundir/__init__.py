@@ -1,0 +1,13 @@
+"""Run directories: their deterministic names (``names``), ``run.json`` (``record``) and the files they hold
+(``layout``: ``RunDir``, ``EvalDir``, ``ResultDir``, ``SweepDir``).
+
+Every module that reads or writes a file of a run or sweep directory goes through these types; the file
+names appear nowhere else in the package.
+"""
+
+from robust_cli.rundir.layout import EvalDir, ResultDir, RunDir, SweepDir
+from robust_cli.rundir.names import GROUP_KEYS, MAX_NAME, RUNTIME_KEYS, run_name, train_run_dir
+from robust_cli.rundir.record import RunRecord, git_state, versions
+
+__all__ = ["GROUP_KEYS", "MAX_NAME", "RUNTIME_KEYS", "EvalDir", "ResultDir", "RunDir", "RunRecord", "SweepDir",
+           "git_state", "run_name", "train_run_dir", "versions"]
