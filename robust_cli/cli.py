@@ -8,6 +8,7 @@ report, and before any run directory is touched.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from importlib import resources
 
@@ -24,14 +25,38 @@ _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "
 
 
 def config_groups() -> dict[str, list[str]]:
-    """``{group: [options]}`` from the shipped ``conf/`` folders (schemas and ``all`` aside)."""
+    """``{group: [options]}`` from the shipped ``conf/`` folders (``attack`` also offers ``all``)."""
     root = resources.files("robust_cli.conf")
     groups = {}
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if entry.is_dir() and not entry.name.startswith(("_", ".")) and entry.name != "hydra":
             options = sorted(p.name[:-5] for p in entry.iterdir() if p.name.endswith(".yaml"))
-            groups[entry.name] = options
+            groups[entry.name] = options + (["all"] if entry.name == "attack" else [])
     return groups
+
+
+def expand_attack_all(args: list[str]) -> list[str]:
+    """``attack=all`` (alone, in a list or as one sweep value) -> every file of ``conf/attack``.
+
+    ``all`` is an alias expanded here, at the command line, rather than a YAML file listing the attacks:
+    so adding an attack is one module and one YAML, and ``attack=all`` includes it without a third edit.
+    ``attack=all`` -> ``attack=[a,b,...]``; ``attack=[fgsm,all]`` -> ``attack=[fgsm,a,b,...]``;
+    ``-m attack=fgsm,all`` -> ``attack=fgsm,[a,b,...]`` (one job with all of them).
+    """
+    names = [n for n in config_groups()["attack"] if n != "all"]
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key == "attack":
+            def in_list(m: re.Match) -> str:
+                items = [item.strip() for item in m.group(1).split(",")]
+                return "[" + ",".join(n for item in items for n in (names if item == "all" else [item])) + "]"
+
+            value = re.sub(r"\[([^\[\]]*)\]", in_list, value)
+            values = re.split(r",(?![^\[]*\])", value)  # the sweep's values: commas outside brackets
+            arg = key + "=" + ",".join("[" + ",".join(names) + "]" if v.strip() == "all" else v for v in values)
+        out.append(arg)
+    return out
 
 
 def usage() -> str:
@@ -124,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"robust: error: unknown command {command!r}; expected one of {', '.join(APPS)}\n")
         return 2
     module_name, config_name, _ = APPS[command]
+    rest = expand_attack_all(rest) if command == "eval" else rest
     if not _INFO_FLAGS.intersection(rest):
         problem = validate(config_name, rest)
         if problem:

@@ -175,7 +175,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
             fn, params = attacks[name]
             config = result_config(fn, params, n, cfg, model_id)
             eps = float(cfg.eps.get(norm, math.nan))
-            if not cfg.force and cached_summary(eval_dir.result(name, norm), config, eps) is not None:
+            reused = cached_summary(eval_dir.result(name, norm), config, eps, thresholds.get(norm, []))
+            if not cfg.force and reused is not None:
                 log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
                 continue
             if zero_grad is None:

@@ -380,16 +380,21 @@ def test_cross_checks_flag_weaker_iterative_and_noise():
 
 
 def test_attack_all_names_every_attack_file():
-    listed = OmegaConf.load(CONF / "attack" / "all.yaml")["defaults"]
-    files = sorted(p.stem for p in (CONF / "attack").glob("*.yaml") if p.stem != "all")
-    assert sorted(listed) == files
     from hydra import compose, initialize_config_module
 
+    from robust_cli.cli import expand_attack_all
     from robust_cli.config import register_configs
 
+    files = sorted(p.stem for p in (CONF / "attack").glob("*.yaml"))
+    everything = "[" + ",".join(files) + "]"
+    assert expand_attack_all(["attack=all", "run=x"]) == [f"attack={everything}", "run=x"]
+    assert expand_attack_all(["attack=[fgsm, all]"]) == ["attack=[fgsm," + everything[1:]]
+    assert expand_attack_all(["attack=fgsm,all", "norm=all"]) == [f"attack=fgsm,{everything}", "norm=all"]
+    assert expand_attack_all(["attack=[fgsm,pgd]"]) == ["attack=[fgsm,pgd]"]
+    assert expand_attack_all(["attack=fgsm,all,[pgd,fgm]"]) == [f"attack=fgsm,{everything},[pgd,fgm]"]
     register_configs()
     with initialize_config_module("robust_cli.conf", version_base=None):
-        cfg = compose("eval", overrides=["attack=all", "run=x"])
+        cfg = compose("eval", overrides=expand_attack_all(["attack=all", "run=x"]))
         assert sorted(cfg.attack) == files  # every attack lands side by side at attack.<name>
         assert sorted(compose("eval", overrides=["attack=[fgsm,pgd]", "run=x"]).attack) == ["fgsm", "pgd"]
 
@@ -520,6 +525,23 @@ def test_eval_threshold_override_replaces_one_norm(fake_run):
     d = pd.read_csv(run / "eval" / "linear_budget-l2" / "per_sample.csv")["distance"].to_numpy()
     row = table[table["norm"] == "l2"].iloc[0]
     assert row["robust_acc@0.1"] == pytest.approx(1 - error_at(d, 0.1))
+
+
+def test_a_reused_result_gets_the_new_thresholds_without_attacking_again(fake_run):
+    """A second eval with only ``thresholds.l2=[...]`` changed reuses the attack's distances and rewrites its
+    robust accuracies from them (no stale columns in summary.csv, no new attack calls)."""
+    from robust_cli.eval_app import evaluate
+
+    run, *_ = fake_run
+    evaluate(_cfg(run, ["linear_budget"], "l2", lipschitz=False))
+    calls = CALLS["n"]
+    evaluate(_cfg(run, ["linear_budget"], "l2", lipschitz=False, thresholds={"l2": [0.07]}))
+    assert CALLS["n"] == calls  # reused
+    s = json.loads((run / "eval" / "linear_budget-l2" / "summary.json").read_text())
+    d = pd.read_csv(run / "eval" / "linear_budget-l2" / "per_sample.csv")["distance"].to_numpy()
+    assert s["robust_accuracy"] == {"0.07": pytest.approx(1 - error_at(d, 0.07))}
+    table = pd.read_csv(run / "eval" / "summary.csv")
+    assert [c for c in table.columns if c.startswith("robust_acc@")] == ["robust_acc@0.07"]
 
 
 def test_eval_unsupported_norm_singly_is_an_error_in_a_list_skipped(fake_run):

@@ -37,10 +37,14 @@ def result_config(fn: Any, params: dict, n: int, cfg: DictConfig, model_id: str)
             "search_steps": int(cfg.search_steps) if fn.budget else None, "seed": int(cfg.seed)}
 
 
-def cached_summary(result: ResultDir, expected: dict[str, Any], eps: float) -> dict[str, Any] | None:
-    """The stored summary of ``result`` if it was computed with ``expected``, else None. A changed
-    ``eps.<norm>`` only moves ``error_at_eps``: that one number is recomputed from ``per_sample.csv``, not
-    the attack."""
+def cached_summary(result: ResultDir, expected: dict[str, Any], eps: float,
+                   thresholds: list[float] | None = None) -> dict[str, Any] | None:
+    """The stored summary of ``result`` if it was computed with ``expected``, else None.
+
+    What is read off the distances without attacking again is refreshed from ``per_sample.csv``: a changed
+    ``eps.<norm>`` moves ``error_at_eps``, changed ``thresholds`` (the data set's or ``thresholds.<norm>=``)
+    the ``robust_accuracy`` columns.
+    """
     if not result.complete():
         return None
     try:
@@ -52,11 +56,15 @@ def cached_summary(result: ResultDir, expected: dict[str, Any], eps: float) -> d
     if changed:
         log.info("%s: %s changed since it was evaluated; recomputing", result.name, ", ".join(changed))
         return None
-    if not math.isclose(float(summary.get("eps", math.nan)), eps) and not (math.isnan(eps)):
-        from robust_cli.evaluation.curves import error_at
+    new_eps = not math.isclose(float(summary.get("eps", math.nan)), eps) and not math.isnan(eps)
+    new_thresholds = thresholds is not None and set(summary.get("robust_accuracy", {})) != {
+        f"{t:g}" for t in thresholds}
+    if new_eps or new_thresholds:
+        from robust_cli.evaluation.summary import read_off
 
         distances = result.read_per_sample()["distance"].to_numpy()
-        summary["eps"], summary["error_at_eps"] = eps, float(error_at(distances, eps))
+        summary.update(read_off(distances, eps if new_eps else float(summary["eps"]),
+                                thresholds if new_thresholds else None))
         result.write_summary(summary)
     return summary
 

@@ -21,6 +21,15 @@ def _num(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
+def read_off(distances: np.ndarray, eps: float, thresholds: list[float] | None) -> dict[str, Any]:
+    """``eps``, ``error_at_eps`` and (unless ``thresholds`` is None) ``robust_accuracy`` ``{f"{t:g}": 1 -
+    err(t)}`` of the distances ``[N]``: the summary entries that depend on settings, not on the attack."""
+    out: dict[str, Any] = {"eps": float(eps), "error_at_eps": _num(error_at(distances, eps))}
+    if thresholds is not None:
+        out["robust_accuracy"] = {f"{t:g}": _num(1 - error_at(distances, t)) for t in thresholds}
+    return out
+
+
 def summarize(
     frame,
     *,
@@ -61,9 +70,7 @@ def summarize(
         "median_distance": _num(median_distance(d)),
         "mean_distance": _num(d[ok].mean()) if ok.any() else None,
         "rho_adv": _num(rho.mean()) if ok.any() else None,
-        "eps": float(eps),
-        "error_at_eps": _num(error_at(d, eps)),
-        "robust_accuracy": {f"{t:g}": _num(1 - error_at(d, t)) for t in thresholds},
+        **read_off(d, eps, thresholds),
         "success_rate": _num(ok.sum() / n_correct) if n_correct else None,
         "seconds": float(seconds),
         "forward_per_sample": float(forward_per_sample),
