@@ -105,7 +105,7 @@ def test_perturbation_norms_and_distance_rules():
     assert s["l1"][0].item() == pytest.approx(0.7)
     assert s["l2"][0].item() == pytest.approx(0.5)
     assert s["linf"][0].item() == pytest.approx(0.4)
-    # three channels: l0 counts pixels (SPEC.md §2), a pixel changed in two channels counts once
+    # three channels: l0 counts pixels (the thesis's unit, Ch.5 §5.3), a pixel changed in two channels counts once
     rgb = torch.full((1, 3, 2, 2), 0.5)
     rgb_adv = rgb.clone()
     rgb_adv[0, :2, 0, 0] += 0.1
