@@ -85,9 +85,11 @@ def user_errors(fn: Callable) -> Callable:
 
             from robust_cli.norms import canonicalize_config
 
+            from robust_cli.config import check_config
+
             for arg in args:
                 if isinstance(arg, DictConfig):
-                    canonicalize_config(arg)
+                    check_config(canonicalize_config(arg))
             return fn(*args, **kwargs)
         except UserError as err:
             if is_multirun():

@@ -117,7 +117,7 @@ def validate(config_name: str, args: list[str]) -> str | None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from robust_cli.config import register_configs
+    from robust_cli.config import check_config, register_configs
     from robust_cli.norms import canonicalize_config
 
     register_configs()
@@ -131,7 +131,7 @@ def validate(config_name: str, args: list[str]) -> str | None:
         GlobalHydra.instance().clear()
         with initialize_config_module("robust_cli.conf", version_base=None):
             for combo in combos[:64]:  # enough to catch a typo; a huge grid is not composed twice
-                canonicalize_config(compose(config_name, overrides=list(combo)))  # unknown norms fail here
+                check_config(canonicalize_config(compose(config_name, overrides=list(combo))))  # values too
     except Exception as err:  # every composition error is the user's input
         return _one_line(err)
     finally:

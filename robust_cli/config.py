@@ -180,6 +180,41 @@ def discover_schemas(package: str) -> dict[str, type]:
     return found
 
 
+def _registered_objects() -> dict[str, Any]:
+    """``{_target_: object}`` of every schema of the model, defense and attack groups."""
+    found = {}
+    for package in _GROUP_PACKAGES.values():
+        for schema in discover_schemas(package).values():
+            obj = getattr(schema, "__robust_target__", None)
+            if obj is not None:
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return found
+
+
+def check_config(cfg: Any) -> None:
+    """Check every model, defense and attack node of a composed config against what its code's signature
+    states beyond types (``Literal`` choices, ``Range`` bounds; ``robust_cli.schema.check_options``).
+
+    Raises ``UserError`` naming the key, e.g. ``attack.pgd.steps=-1: must be >= 1``.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    from robust_cli.schema import check_options
+
+    nodes = [(key, cfg.get(key)) for key in ("model", "defense")]
+    attacks = cfg.get("attack")
+    if isinstance(attacks, DictConfig):
+        nodes += [(f"attack.{name}", node) for name, node in attacks.items()]
+    objects = None
+    for where, node in nodes:
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        objects = objects or _registered_objects()
+        obj = objects.get(str(node._target_))
+        if obj is not None:
+            check_options(obj, OmegaConf.to_container(node, resolve=True), where)
+
+
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
     global _registered

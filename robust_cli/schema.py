@@ -14,7 +14,12 @@ Type mapping (the types OmegaConf can check at compose time):
 - ``int``, ``float``, ``bool``, ``str`` and ``Optional`` of them: as written;
 - ``Literal["a", "b"]``: ``str`` (the code checks the choice);
 - ``Sequence[T]``, ``tuple[T, ...]``, ``list[T]``: ``list[T]``, the default copied into a factory;
-- anything else (``object``, unions with tensors): ``Any``.
+- anything else (``object``, unions with tensors): ``Any``;
+- ``Annotated[T, Range(...)]``: ``T``, and the value must lie in the range.
+
+What OmegaConf cannot check (a choice of a ``Literal``, a ``Range``) :func:`check_options` does, when
+``robust`` validates the command line and when an app starts (``robust_cli.config.check_config``), so a bad
+value fails in one line before anything runs, for single runs and every job of a multirun alike.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from robust_cli.errors import UserError
+
 #: arguments an attack's caller supplies, never config options (the model and batch, the evaluation's norm
 #: and eps, the training set of the data stability attack)
 ATTACK_ARGUMENTS = frozenset({"model", "x", "y", "norm", "eps", "reference"})
@@ -37,8 +44,32 @@ CLASS_ARGUMENTS = frozenset({"self", "in_shape", "num_classes"})
 _SCALARS = (int, float, bool, str)
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The accepted interval of a numeric option, written in its signature: ``Annotated[int, Range(ge=1)]``.
+
+    ``ge``/``gt``: lower bound (inclusive/exclusive), ``le``/``lt``: upper bound; ``None`` = unbounded.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def admits(self, value: float) -> bool:
+        return not ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+                    or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt))
+
+    def __str__(self) -> str:
+        parts = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le),
+                                                       ("<", self.lt)) if bound is not None]
+        return " and ".join(parts)
+
+
 def _schema_type(annotation: Any) -> Any:
     """The OmegaConf-checkable type for a signature annotation (see the module docstring)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _schema_type(typing.get_args(annotation)[0])
     if annotation in _SCALARS:
         return annotation
     origin = typing.get_origin(annotation)
@@ -70,7 +101,7 @@ def _field(annotation: Any, default: Any) -> tuple[Any, Any]:
 
 
 def _dataclass_options(spec: type) -> dict[str, tuple[Any, Any]]:
-    hints = typing.get_type_hints(spec)
+    hints = typing.get_type_hints(spec, include_extras=True)
     out = {}
     for f in dataclasses.fields(spec):
         if f.default is not dataclasses.MISSING:
@@ -85,7 +116,7 @@ def _dataclass_options(spec: type) -> dict[str, tuple[Any, Any]]:
 
 def _signature_options(fn: Any, skip: frozenset[str], out: dict[str, tuple[Any, Any]]) -> bool:
     """Add ``fn``'s keyword parameters not yet in ``out``; True when ``fn`` forwards ``**kwargs``."""
-    hints = typing.get_type_hints(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
     forwards = False
     for name, param in inspect.signature(fn).parameters.items():
         if param.kind is param.VAR_KEYWORD:
@@ -160,3 +191,54 @@ def defaults_of(schema: type) -> dict[str, Any]:
     for f in dataclasses.fields(schema):
         out[f.name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     return out
+
+
+def _rules(annotation: Any) -> tuple[list[Range], tuple | None, Any]:
+    """``(ranges, choices, item annotation of a list)`` an annotation states (``Optional`` looked through)."""
+    ranges: list[Range] = []
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation, *extras = typing.get_args(annotation)
+            ranges += [e for e in extras if isinstance(e, Range)]
+        elif origin in (typing.Union, types.UnionType):
+            rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(rest) != 1:
+                return ranges, None, None
+            annotation = rest[0]
+        else:
+            break
+    if origin is typing.Literal:
+        return ranges, typing.get_args(annotation), None
+    if origin in (list, tuple, collections.abc.Sequence) and typing.get_args(annotation):
+        return ranges, None, typing.get_args(annotation)[0]
+    return ranges, None, None
+
+
+def _problem(annotation: Any, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``annotation`` (None: nothing)."""
+    if value is None:
+        return None
+    ranges, choices, item = _rules(annotation)
+    if choices is not None and value not in choices:
+        return "expected one of " + ", ".join(str(c) for c in choices)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        bad = [r for r in ranges if not r.admits(value)]
+        if bad:
+            return "must be " + " and ".join(str(r) for r in bad)
+    if item is not None and isinstance(value, (list, tuple)):
+        for v in value:
+            problem = _problem(item, v)
+            if problem:
+                return f"each entry: {problem}"
+    return None
+
+
+def check_options(obj: Any, values: collections.abc.Mapping, where: str) -> None:
+    """Raise ``UserError`` (one line: ``<where>.<option>=<value>: <what is accepted>``) for the first option in
+    ``values`` outside what ``obj``'s signature states (a ``Literal`` choice, a ``Range``)."""
+    for key, (annotation, _) in options_of(obj).items():
+        if key in values:
+            problem = _problem(annotation, values[key])
+            if problem:
+                raise UserError(f"{where}.{key}={values[key]!r}: {problem}")

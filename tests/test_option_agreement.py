@@ -15,6 +15,7 @@ For every architecture, defense and attack:
 from __future__ import annotations
 
 import dataclasses
+import re
 import inspect
 from pathlib import Path
 
@@ -325,3 +326,28 @@ def test_primal_dual_wrappers_pass_every_option_to_the_engine_by_name(monkeypatc
         fn(nn.Identity(), torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), norm="l2", **values)
         for key, value in values.items():
             assert getattr(got["options"], key) == value, f"{fn.__name__}: {key} did not reach the engine"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["attack=pgd", "attack.pgd.steps=-1"], "attack.pgd.steps=-1: must be >= 1"),
+    (["attack=pgd", "attack.pgd.step_size=0"], "attack.pgd.step_size=0.0: must be > 0"),
+    (["attack=fgsm", "attack.fgsm.loss=foo"], "attack.fgsm.loss='foo': expected one of ce, margin"),
+    (["attack=pdpgd", "attack.pdpgd.l0_mode=pixels"], "attack.pdpgd.l0_mode='pixels': expected one of pixel"),
+    (["attack=[fgsm,noise]", "attack.noise.restarts=0"], "attack.noise.restarts=0: must be >= 1"),
+])
+def test_values_outside_the_signature_fail_at_compose_time(overrides, message, hydra_compose):
+    from robust_cli.config import check_config
+    from robust_cli.errors import UserError
+
+    cfg = hydra_compose(config_name="eval", overrides=["run=x", *overrides])
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_config(cfg)
+
+
+def test_a_bad_value_is_one_line_from_the_command_line(tmp_path):
+    from cli_helpers import robust
+
+    res = robust("eval", f"run={tmp_path}", "attack=pgd", "attack.pgd.steps=-1", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == ["robust: error: attack.pgd.steps=-1: must be >= 1"]
+    assert list(tmp_path.iterdir()) == []  # nothing written

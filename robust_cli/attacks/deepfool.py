@@ -20,13 +20,15 @@ images are repeated once per candidate class.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import batch_norm, view_as_images
 from robust_cli.attacks.losses import is_adversarial
-from robust_cli.schema import schema_of
+from robust_cli.schema import Range, schema_of
 
 
 @register_attack(norms=("l2", "linf"), budget=False)
@@ -36,9 +38,9 @@ def deepfool(
     y: torch.Tensor,
     *,
     norm: str,
-    steps: int = 50,
-    overshoot: float = 0.02,
-    candidates: int = 9,
+    steps: Annotated[int, Range(ge=1)] = 50,
+    overshoot: Annotated[float, Range(ge=0)] = 0.02,
+    candidates: Annotated[int, Range(ge=1)] = 9,
 ) -> torch.Tensor:
     """Minimal-norm DeepFool on ``x`` ``[B,C,H,W]`` in [0,1] with true labels ``y`` ``[B]``.
 

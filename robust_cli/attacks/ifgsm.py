@@ -15,14 +15,14 @@ point (``fgsm`` / ``fgm``, one extra gradient) is a candidate: I-FGSM never does
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
 from robust_cli.attacks.contract import register_attack
 from robust_cli.attacks.pgd import projected_gradient
-from robust_cli.schema import schema_of
+from robust_cli.schema import Range, schema_of
 
 
 @register_attack(norms=("linf", "l2"), budget=True)
@@ -33,8 +33,8 @@ def ifgsm(
     *,
     norm: str,
     eps: float | torch.Tensor,
-    steps: int = 10,
-    step_size: float = 0.25,
+    steps: Annotated[int, Range(ge=1)] = 10,
+    step_size: Annotated[float, Range(gt=0)] = 0.25,
     targeted: bool = False,
     loss: Literal["ce", "margin"] = "ce",
     single_step: bool = True,
@@ -62,8 +62,8 @@ def bim(
     *,
     norm: str,
     eps: float | torch.Tensor,
-    steps: int = 10,
-    step_size: float = 0.25,
+    steps: Annotated[int, Range(ge=1)] = 10,
+    step_size: Annotated[float, Range(gt=0)] = 0.25,
     targeted: bool = False,
     loss: Literal["ce", "margin"] = "ce",
     single_step: bool = True,

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
@@ -25,7 +27,7 @@ from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import batch_norm, view_as_images
 from robust_cli.attacks.line_search import first_crossing
 from robust_cli.attacks.losses import is_adversarial
-from robust_cli.schema import schema_of
+from robust_cli.schema import Range, schema_of
 
 _GRID = 17  # scales t_max * 2^-16 .. t_max
 
@@ -64,8 +66,8 @@ def noise(
     y: torch.Tensor,
     *,
     norm: str,
-    restarts: int = 10,
-    search_steps: int = 10,
+    restarts: Annotated[int, Range(ge=1)] = 10,
+    search_steps: Annotated[int, Range(ge=1)] = 10,
     seed: int | None = None,
 ) -> torch.Tensor:
     """Smallest misclassified random perturbation of ``x`` ``[B,C,H,W]`` in [0,1] found over ``restarts``.

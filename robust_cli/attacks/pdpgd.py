@@ -10,7 +10,7 @@ grid and fine-tuning are the engine's (:mod:`robust_cli.attacks.primal_dual`), s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 from robust_cli.attacks.contract import register_attack
 from robust_cli.attacks.primal_dual import PrimalDualOptions, primal_dual
 from robust_cli.attacks.primal_steps import ProximalStep
-from robust_cli.schema import schema_of
+from robust_cli.schema import Range, schema_of
 
 
 @dataclass
@@ -36,7 +36,7 @@ class PDPGDOptions(PrimalDualOptions):
     """
 
     optimizer: Literal["adam", "sgd"] = "adam"
-    proximal_steps: int = 5
+    proximal_steps: Annotated[int, Range(ge=1)] = 5
     proximal_tol: float = 0.01
     proximal_exact: bool = True
     l0_mode: Literal["pixel", "element"] = "pixel"

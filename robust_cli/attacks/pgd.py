@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ from robust_cli.attacks.fgm import fgm
 from robust_cli.attacks.fgsm import fgsm
 from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, project, view_as_images
 from robust_cli.attacks.losses import attack_loss, is_adversarial, margin, objective_gradient
-from robust_cli.schema import schema_of
+from robust_cli.schema import Range, schema_of
 
 #: ``on_iterate(t, x_adv, logits, direction)``: what :func:`pgd_iterations` reports before each step
 OnIterate = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -263,13 +263,13 @@ def pgd(
     *,
     norm: str,
     eps: float | torch.Tensor,
-    steps: int = 50,
-    step_size: float = 0.25,
+    steps: Annotated[int, Range(ge=1)] = 50,
+    step_size: Annotated[float, Range(gt=0)] = 0.25,
     random_start: bool = True,
-    restarts: int = 1,
+    restarts: Annotated[int, Range(ge=1)] = 1,
     targeted: bool = False,
     loss: Literal["ce", "margin"] = "ce",
-    l1_top: float = 0.01,
+    l1_top: Annotated[float, Range(gt=0, le=1)] = 0.01,
     seed: int | None = 0,
     schedule: Literal["constant", "cosine"] = "cosine",
     single_step: bool = True,

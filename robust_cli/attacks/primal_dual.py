@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional, Protocol
+from typing import Annotated, Literal, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ from torch import nn
 from robust_cli.attacks.contract import frozen_eval
 from robust_cli.attacks.geometry import view_as_images
 from robust_cli.attacks.losses import margin
+from robust_cli.schema import Range
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class PrimalDualOptions:
         seed: the random restarts draw from a generator seeded here.
     """
 
-    steps: int = 500
+    steps: Annotated[int, Range(ge=1)] = 500
     lr: Optional[float] = None
     lr_grid: Sequence[float] = ()
     lr_final: float = 0.01
@@ -84,9 +85,9 @@ class PrimalDualOptions:
     dual_ratio_min: float = 1e-6
     loss: Literal["softplus", "hinge", "squared_hinge", "linear", "exp"] = "softplus"
     loss_margin: float = 0.0
-    restarts: int = 1
+    restarts: Annotated[int, Range(ge=1)] = 1
     init_range: float = 0.5
-    finetune_steps: int = 0
+    finetune_steps: Annotated[int, Range(ge=0)] = 0
     finetune_lr_factor: float = 0.1
     targeted: bool = False
     seed: int = 0

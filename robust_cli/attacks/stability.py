@@ -15,6 +15,8 @@ above it.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
@@ -22,7 +24,7 @@ from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import view_as_images
 from robust_cli.attacks.line_search import first_crossing
 from robust_cli.attacks.losses import is_adversarial
-from robust_cli.schema import schema_of
+from robust_cli.schema import Range, schema_of
 
 
 def nearest_other_label(
@@ -57,9 +59,9 @@ def stability(
     *,
     norm: str,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
-    grid: int = 20,
-    search_steps: int = 10,
-    chunk_size: int = 4096,
+    grid: Annotated[int, Range(ge=1)] = 20,
+    search_steps: Annotated[int, Range(ge=0)] = 10,
+    chunk_size: Annotated[int, Range(ge=1)] = 4096,
 ) -> torch.Tensor:
     """First misclassified point on the segment from ``x`` to its nearest other-label data point.
 
