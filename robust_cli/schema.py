@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import inspect
+import sys
 import types
 import typing
 from typing import Any, Optional
@@ -180,9 +181,13 @@ def schema_of(obj: Any, name: str, *, extra: dict[str, tuple[Any, Any]] | None =
               ("name", str, dataclasses.field(default=name))]
     for key, (annotation, default) in {**options_of(obj), **(extra or {})}.items():
         fields.append((key, *_field(annotation, default)))
-    schema = dataclasses.make_dataclass(f"{obj.__name__[:1].upper()}{obj.__name__[1:]}Schema", fields)
+    class_name = "".join(part[:1].upper() + part[1:] for part in name.split("_")) + "Schema"
+    schema = dataclasses.make_dataclass(class_name, fields)
     schema.__doc__ = f"Options of {target_of(obj)} (derived from its signature by robust_cli.schema)."
     schema.__robust_target__ = obj
+    # an importable home, so that configs typed by it pickle (DDP workers, submitit jobs receive them)
+    schema.__module__, schema.__qualname__ = obj.__module__, class_name
+    setattr(sys.modules[obj.__module__], class_name, schema)
     return schema
 
 

@@ -351,3 +351,15 @@ def test_a_bad_value_is_one_line_from_the_command_line(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == ["robust: error: attack.pgd.steps=-1: must be >= 1"]
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_composed_configs_pickle(hydra_compose):
+    """DDP workers and submitit jobs receive the config pickled: the derived schemas must be importable."""
+    import pickle
+
+    for group, schemas in ((g, _schemas(g)) for g in GROUPS):
+        for name in schemas:
+            override = f"attack={name}" if group == "attack" else f"{group}={name}"
+            cfg = hydra_compose(config_name="eval" if group == "attack" else "train",
+                                overrides=[override] + (["run=x"] if group == "attack" else []))
+            assert pickle.loads(pickle.dumps(cfg)) == cfg, f"{group}={name}"
