@@ -72,7 +72,8 @@ def user_errors(fn: Callable) -> Callable:
     """Turn a ``UserError`` into ``robust: error: <one line>`` and exit status 2 (single runs).
 
     The app's config is canonicalised first (``robust_cli.norms.canonicalize_config``: ``norm=2`` ->
-    ``l2``), the one place where spellings are parsed, so the library sees canonical names only.
+    ``l2``), the one place where spellings are parsed, so the library sees canonical names only; a relative
+    ``data.root`` becomes absolute there (``robust_cli.data.absolute_data_root``).
     In a multirun the error is re-raised so that the launcher records the job as failed and the other jobs
     of the sweep go on.
     """
@@ -83,13 +84,14 @@ def user_errors(fn: Callable) -> Callable:
         try:
             from omegaconf import DictConfig
 
-            from robust_cli.norms import canonicalize_config
-
             from robust_cli.config import check_config
+            from robust_cli.data import absolute_data_root
+            from robust_cli.norms import canonicalize_config
 
             for arg in args:
                 if isinstance(arg, DictConfig):
                     check_config(canonicalize_config(arg))
+                    absolute_data_root(arg)  # stored absolute: eval finds the data from any directory
             return fn(*args, **kwargs)
         except UserError as err:
             if is_multirun():

@@ -64,6 +64,15 @@ class DataConfig:
     num_workers: int = 0
 
 
+@dataclass
+class EvalDataConfig:
+    """``robust eval``'s ``data``: where to read the run's data set now. ``root`` null: the run's stored
+    ``data.root`` (absolute since it is stored so); ``data.root=<dir>`` or ``$ROBUST_DATA`` replaces it
+    (the data set moved, or another machine)."""
+
+    root: Optional[str] = "${oc.env:ROBUST_DATA,null}"
+
+
 # ---------------------------------------------------------------- optimisation
 
 
@@ -149,7 +158,9 @@ class EvalConfig:
     eps_search: str = "bisection"  # budget attacks: bisection | grid
     search_steps: int = 10  # bisection steps, or grid points
     lipschitz: bool = True  # write lipschitz.json
-    force: bool = False  # recompute attacks already evaluated
+    force: bool = False  # recompute attacks already evaluated, also with other settings than stored
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    out_dir: str = "outputs"  # -m only: the sweep directory <out_dir>/sweeps/eval/<name> (results go to <run>/eval)
 
 
 @dataclass

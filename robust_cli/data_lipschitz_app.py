@@ -1,14 +1,15 @@
 """``robust data-lipschitz dataset=<name>``: the Lipschitz constant of a data set (Finlay et al. Table 2).
 
-Prints one JSON line ``{"dataset", "split", "n", "lipschitz", "min_distance", "pair", "labels", ...}`` on
-stdout. The computation is exact over all pairs, chunked (``chunk_size`` rows at a time), see
-``robust_cli.evaluation.data_lipschitz``.
-"""
+Prints one JSON line ``{"dataset", "split", "n", "lipschitz", "min_distance", "pair", "labels", ...}`` on stdout, valid
+JSON: a value that is not finite (``min_distance`` where no two images differ in label, ``lipschitz`` where two
+images of different labels coincide) is ``null``. The computation is exact over all pairs, chunked
+(``chunk_size`` rows at a time), see ``robust_cli.evaluation.data_lipschitz``."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 
 import hydra
@@ -51,4 +52,13 @@ def main(cfg: DictConfig) -> None:
     result = compute(cfg)
     log.info("%s %s: Lipschitz constant %.4f (1 / min distance %.4f between different labels, n=%d)",
              result["dataset"], result["split"], result["lipschitz"], result["min_distance"], result["n"])
-    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.write(json.dumps(finite_or_null(result), allow_nan=False) + "\n")
+
+
+def finite_or_null(value):
+    """``value`` with every float that is not finite (``inf``, ``nan``) replaced by None, in dicts and lists."""
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -15,8 +15,12 @@ it starts, ``running`` while it runs (or if it was killed without a chance to re
 or ``failed`` with its error, never silently missing.
 
 Columns of jobs.csv: job, overrides, status, test_error (the last ``test_error`` of the run's
-history.csv: the final clean test error, in [0, 1]), epochs, run_dir, error, slurm_job_id, attempts,
-started_at, finished_at.
+history.csv: the final clean test error, in [0, 1]), epochs, run_dir (the trained run, or the evaluated one),
+evaluated and median_distance (``robust eval`` jobs: the (attack, norm) pairs and each pair's median
+adversarial distance, ``fgsm-linf=0.0312``), error, slurm_job_id, attempts, started_at, finished_at.
+
+The sweep directory is named from the sweep's overrides (``robust_cli.rundir.names.sweep_subdir``), so a
+later sweep with other overrides never replaces this one's jobs.csv.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ from robust_cli.rundir import RunDir, SweepDir
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["job", "overrides", "status", "test_error", "epochs", "run_dir", "error", "slurm_job_id",
-           "attempts", "started_at", "finished_at"]
+COLUMNS = ["job", "overrides", "status", "test_error", "epochs", "run_dir", "evaluated", "median_distance",
+           "error", "slurm_job_id", "attempts", "started_at", "finished_at"]
+#: the columns a job fills from the dict its app returns (``robust eval``: robust_cli.eval_app.job_result)
+RESULT_COLUMNS = ("evaluated", "median_distance")
 _BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
@@ -180,6 +186,9 @@ class SweepSummary(Callback):
             error=_one_line(job_return._return_value) if failed else None,
             finished_at=_now(),
         )
+        result = None if failed else job_return._return_value
+        if isinstance(result, dict):
+            rec.update({k: result[k] for k in RESULT_COLUMNS if k in result})
         rec.setdefault("attempts", 1)
         SweepDir.write_record(job_dir, rec)
         self._safe_summary(Path(str(config.hydra.sweep.dir)))

@@ -69,3 +69,25 @@ def test_flip_and_cutout():
     assert (zeros <= 16).all() and (zeros > 0).all()  # at most a 4x4 square, clipped at the border
     assert (zeros == 16).sum() > 8
     assert torch.equal(cut[:, 0], cut[:, 1])  # the same square on every channel
+
+
+def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
+    """Offline, torchvision creates ``<root>/MNIST/raw`` before its download fails: the error names the
+    folder to fill and nothing is left on disk; folders that were there stay."""
+    import urllib.error
+    import urllib.request
+
+    from robust_cli.data.sets._torchvision import read_torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    root = tmp_path / "new" / "data"
+    with pytest.raises(UserError, match="MNIST not found in .* put the MNIST files there"):
+        read_torchvision("MNIST", "MNIST", root=str(root), train=True, download=True)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept" / "MNIST" / "notes").mkdir(parents=True)
+    with pytest.raises(UserError, match="MNIST not found"):
+        read_torchvision("MNIST", "MNIST", root=str(tmp_path / "kept"), train=True, download=True)
+    assert sorted(p.name for p in (tmp_path / "kept" / "MNIST").iterdir()) == ["notes"]

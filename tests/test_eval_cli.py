@@ -112,11 +112,12 @@ def test_unsupported_norm_alone_is_a_one_line_error(run_dir):
 @pytest.mark.slow  # four more process starts: ~20 s on a loaded 2-core machine
 def test_multirun_lands_in_the_same_files(run_dir):
     res = robust("eval", "-m", _run_arg(run_dir), "attack=fgsm,fgm", "norm=linf,l2", "n_examples=10",
-                 "lipschitz=false", "search_steps=6", cwd=run_dir.parent)
+                 "lipschitz=false", "search_steps=6", "force=true", f"out_dir={run_dir.parent}",
+                 cwd=run_dir.parent)
     assert res.returncode == 0, res.stderr[-3000:]
     ev = run_dir / "eval"
     s = json.loads((ev / "fgm-l2" / "summary.json").read_text())
-    assert s["n"] == 10  # n_examples changed: recomputed, not reused
+    assert s["n"] == 10  # fewer images than stored: replaced with force=true (refused without)
     table = pd.read_csv(ev / "summary.csv")
     assert {("fgsm", "linf"), ("fgm", "l2")} <= set(zip(table["attack"], table["norm"]))
     assert not (ev / "fgsm-l2").exists() and not (run_dir.parent / "multirun").exists()

@@ -554,3 +554,24 @@ def test_eval_unsupported_norm_singly_is_an_error_in_a_list_skipped(fake_run):
     assert not (run / "eval" / "liar-linf").exists() and (run / "eval" / "linear_budget-linf").is_dir()
     with pytest.raises(UserError, match="unknown norm"):
         evaluate(_cfg(run, ["liar"], "l3"))
+
+
+def test_other_settings_than_stored_are_refused_more_images_recomputed_force_replaces(fake_run):
+    """A stored result is never silently replaced by one of other settings: fewer images or other options
+    are refused in one line naming them (before any attack runs), more images only add work, force=true
+    replaces."""
+    from robust_cli.eval_app import evaluate
+
+    run, *_ = fake_run
+    evaluate(_cfg(run, ["linear_budget"], "l2", lipschitz=False, n_examples=20))
+    result = run / "eval" / "linear_budget-l2"
+    before = {p.name: p.read_bytes() for p in result.iterdir()}
+    calls = CALLS["n"]
+    with pytest.raises(UserError, match=r"^linear_budget-l2 was evaluated with n_examples=20 \(now 10\), "
+                                        r"search_steps=12 \(now 5\); force=true replaces the stored result"):
+        evaluate(_cfg(run, ["linear_budget"], "l2", lipschitz=False, n_examples=10, search_steps=5))
+    assert CALLS["n"] == calls and {p.name: p.read_bytes() for p in result.iterdir()} == before
+    evaluate(_cfg(run, ["linear_budget"], "l2", lipschitz=False, n_examples=25))  # only adds images
+    assert json.loads((result / "summary.json").read_text())["n"] == 25
+    evaluate(_cfg(run, ["linear_budget"], "l2", lipschitz=False, n_examples=10, force=True))
+    assert json.loads((result / "summary.json").read_text())["n"] == 10

@@ -11,15 +11,17 @@ Public functions:
     info_of(dataset_cfg) -> DatasetInfo
     load_split(dataset_cfg, data_cfg, split) -> (x, y)      split in {"train", "val", "test"}
     thresholds_of(dataset_cfg, overrides) -> {norm: [float]}   (from robust_cli.data.sets)
+    absolute_data_root(cfg)                  cfg.data.root made absolute, in place (where a config enters)
+    with_root(data_cfg, root) -> data config     a run's stored data config with root replaced (robust eval)
 """
 
 from __future__ import annotations
 
 from robust_cli.data.info import DatasetInfo
 from robust_cli.data.sets import thresholds_of
-from robust_cli.data.sources import load_split
+from robust_cli.data.sources import absolute_data_root, load_split, with_root
 
-__all__ = ["DatasetInfo", "info_of", "load_split", "thresholds_of"]
+__all__ = ["DatasetInfo", "absolute_data_root", "info_of", "load_split", "thresholds_of", "with_root"]
 
 
 def info_of(dataset_cfg) -> DatasetInfo:

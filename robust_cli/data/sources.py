@@ -42,6 +42,28 @@ def _load(loader: str, root: str, train: bool, download: bool, path: str | None,
     return _to_nchw_float(x, in_shape), torch.as_tensor(y, dtype=torch.int64)
 
 
+def absolute_data_root(cfg) -> None:
+    """Rewrite, in place, ``cfg.data.root`` (a relative path, ``~``, ``$ROBUST_DATA``'s value) and
+    ``cfg.dataset.path`` to absolute paths, where a config enters the program
+    (``robust_cli.apps.user_errors``): a run stores the folder it read, so ``robust eval`` finds it again
+    from any working directory. A null root is left null."""
+    from omegaconf import OmegaConf
+
+    for key in ("data.root", "dataset.path"):  # dataset.path: the npz file, likewise
+        value = OmegaConf.select(cfg, key, default=None)  # absent, null or ??? (npz without a path): left
+        if isinstance(value, str):
+            OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)))
+
+
+def with_root(data_cfg, root: str | None):
+    """``data_cfg`` (a run's stored ``data``, possibly ``{}``) with ``root`` replaced where ``root`` is given
+    (``robust eval data.root=<dir>`` or ``$ROBUST_DATA``); a copy, ``data_cfg`` is left as it is."""
+    from omegaconf import DictConfig, OmegaConf
+
+    own = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg or {})
+    return OmegaConf.create({**own, **({"root": str(root)} if root is not None else {})})
+
+
 def load_split(dataset_cfg, data_cfg, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One split of a data set.
 

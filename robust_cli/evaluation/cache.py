@@ -1,5 +1,15 @@
-"""Reuse of stored results: an (attack, norm) result or ``lipschitz.json`` is recomputed only when what
-produced it changed (the weights, the number of images, the attack's options, the eps search, the seed).
+"""Reuse of stored results: an (attack, norm) result or ``lipschitz.json`` is computed again only when what
+produced it changed, and never silently replaced by a result of other settings.
+
+A stored (attack, norm) result and the settings asked for now:
+
+- the same: reused (a new ``eps.<norm>`` or ``thresholds`` is read off its stored distances);
+- other weights (``robust train force=true`` retrained the run): recomputed, the old result describes a
+  model that is gone;
+- only more images (``n_examples`` grew): recomputed, the new result covers the old one;
+- anything else (fewer images, other attack options, eps search or seed): refused, naming the settings,
+  unless ``force=true`` (an expensive ``n_examples=1000`` result is not replaced by ``n_examples=20`` by
+  accident).
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from robust_cli.errors import UserError
 from robust_cli.rundir import ResultDir
 
 log = logging.getLogger("robust_cli.eval")
@@ -37,13 +48,33 @@ def result_config(fn: Any, params: dict, n: int, cfg: DictConfig, model_id: str)
             "search_steps": int(cfg.search_steps) if fn.budget else None, "seed": int(cfg.seed)}
 
 
-def cached_summary(result: ResultDir, expected: dict[str, Any], eps: float,
-                   thresholds: list[float] | None = None) -> dict[str, Any] | None:
-    """The stored summary of ``result`` if it was computed with ``expected``, else None.
+def _changes(stored: dict[str, Any], expected: dict[str, Any], attack: str) -> list[str]:
+    """The differing settings as the user writes them: ``["n_examples=1000 (now 20)", "attack.pgd.steps=10
+    (now 5)"]`` (``n`` is the number of images evaluated, ``min(n_examples, test set size)``)."""
+    out = []
+    for key in CACHE_KEYS[1:]:
+        old, new = stored.get(key), expected.get(key)
+        if old == new:
+            continue
+        if key == "params" and isinstance(old, dict) and isinstance(new, dict):
+            for opt in sorted(set(old) | set(new), key=str):
+                if old.get(opt) != new.get(opt):
+                    out.append(f"attack.{attack}.{opt}={old.get(opt)} (now {new.get(opt)})")
+        else:
+            out.append(f"{'n_examples' if key == 'n' else key}={old} (now {new})")
+    return out
 
-    What is read off the distances without attacking again is refreshed from ``per_sample.csv``: a changed
-    ``eps.<norm>`` moves ``error_at_eps``, changed ``thresholds`` (the data set's or ``thresholds.<norm>=``)
-    the ``robust_accuracy`` columns.
+
+def cached_summary(result: ResultDir, expected: dict[str, Any], eps: float,
+                   thresholds: list[float] | None = None, *, attack: str = "", force: bool = False,
+                   ) -> dict[str, Any] | None:
+    """The stored summary of ``result`` if it was computed with ``expected``, else None (compute it).
+
+    Raises ``UserError`` where the stored result was computed on the same weights with other settings that
+    do not merely add images, unless ``force`` (see the module docstring). ``attack``: the attack's name,
+    for the message. What is read off the distances without attacking again is refreshed from
+    ``per_sample.csv``: a changed ``eps.<norm>`` moves ``error_at_eps``, changed ``thresholds`` (the data
+    set's or ``thresholds.<norm>=``) the ``robust_accuracy`` columns.
     """
     if not result.complete():
         return None
@@ -51,11 +82,19 @@ def cached_summary(result: ResultDir, expected: dict[str, Any], eps: float,
         summary = result.read_summary()
     except (OSError, ValueError):  # an unreadable old file is recomputed
         return None
+    if force:
+        return None
     stored = summary.get("config", {})
     changed = [k for k in CACHE_KEYS if stored.get(k) != expected.get(k)]
-    if changed:
-        log.info("%s: %s changed since it was evaluated; recomputing", result.name, ", ".join(changed))
+    if "model" in changed:
+        log.info("%s: the run was retrained since it was evaluated; recomputing", result.name)
         return None
+    if changed == ["n"] and int(stored.get("n") or 0) < int(expected["n"]):
+        log.info("%s: %d images instead of %s; recomputing", result.name, expected["n"], stored.get("n"))
+        return None
+    if changed:
+        raise UserError(f"{result.name} was evaluated with {', '.join(_changes(stored, expected, attack))}; "
+                        "force=true replaces the stored result (or repeat its settings to reuse it)")
     new_eps = not math.isclose(float(summary.get("eps", math.nan)), eps) and not math.isnan(eps)
     new_thresholds = thresholds is not None and set(summary.get("robust_accuracy", {})) != {
         f"{t:g}" for t in thresholds}

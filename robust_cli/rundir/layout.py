@@ -174,8 +174,26 @@ class RunDir(_Dir):
 
     @classmethod
     def of_train(cls, cfg, overrides: list[str]) -> RunDir:
-        """``<out_dir>/train/<dataset>/<model>/<defense>/<run name>``, or ``cfg.run_dir`` when given."""
-        return cls(train_run_dir(cfg, overrides))
+        """``<out_dir>/train/<dataset>/<model>/<defense>/<run name>``, or ``cfg.run_dir`` when given.
+
+        Refused (``UserError``) inside another run directory (its ``eval/`` included): a run there would
+        mix its files with that run's, and ``robust eval`` would read them as results."""
+        run = cls(train_run_dir(cfg, overrides))
+        outer = run.enclosing_run()
+        if outer is not None:
+            from robust_cli.errors import UserError
+
+            given = f"run_dir={cfg.run_dir}" if cfg.get("run_dir") else f"out_dir={cfg.out_dir}"
+            raise UserError(f"{given} puts the run inside the run directory {outer}; give a directory "
+                            "outside every run directory")
+        return run
+
+    def enclosing_run(self) -> RunDir | None:
+        """The train run directory (one holding ``run.json``) this path lies strictly inside, or None."""
+        for parent in Path(os.path.abspath(self.path)).parents:
+            if RunDir(parent).has_record():
+                return RunDir(parent)
+        return None
 
     # ------------------------------------------------------------------ paths
     @property

@@ -40,7 +40,11 @@ def run_name(overrides: list[str]) -> str:
     than 180 characters keep a prefix and gain a hash of the whole.
     """
     kept = sorted(o for o in overrides if _key(o) not in RUNTIME_KEYS | GROUP_KEYS and not _key(o).startswith("hydra"))
-    name = "+".join(_item(o) for o in kept) or "default"
+    return _bounded("+".join(_item(o) for o in kept) or "default")
+
+
+def _bounded(name: str) -> str:
+    """``name``, or where longer than ``MAX_NAME`` a prefix of it and a hash of the whole."""
     if len(name) > MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
         name = f"{name[:MAX_NAME - 11]}-{digest}"
@@ -54,3 +58,44 @@ def train_run_dir(cfg, overrides: list[str]) -> Path:
     if cfg.get("run_dir"):
         return Path(cfg.run_dir)
     return Path(cfg.out_dir) / "train" / cfg.dataset.name / cfg.model.name / cfg.defense.name / run_name(overrides)
+
+
+# ---------------------------------------------------------------- sweep directories
+# ``hydra.sweep.dir`` of ``robust train -m`` / ``robust eval -m`` (conf/train.yaml, conf/eval.yaml):
+#     <out_dir>/sweeps/<command>/<sweep name>     or, with hydra.job.name=<name>,  <out_dir>/sweeps/<name>
+# so two different sweeps never share a jobs.csv, and the same sweep command finds its own again.
+
+SWEEP_RESOLVER = "robust_sweep"
+
+
+def sweep_name(overrides: list[str]) -> str:
+    """The last path component of a sweep directory: its result-changing overrides, sorted, ``+``-joined,
+    the swept values ``_``-joined (``["defense=none,tulip", "epochs=5", "device=cpu"]`` ->
+    ``"defense-none_tulip+epochs-5"``). Unlike ``run_name`` the group keys stay: a sweep over defenses is
+    not one over models. Names longer than 180 characters keep a prefix and gain a hash of the whole."""
+    kept = sorted(o for o in overrides if _key(o) not in RUNTIME_KEYS and not _key(o).startswith("hydra"))
+    return _bounded("+".join(_item(o) for o in kept) or "default")
+
+
+def sweep_subdir(command: str, job_name: str, overrides: list[str]) -> str:
+    """``<command>/<sweep_name(overrides)>``, or ``job_name`` where ``hydra.job.name`` names the sweep
+    (anything but the command's own name)."""
+    if str(job_name) != str(command):
+        return str(job_name)
+    return f"{command}/{sweep_name([str(o) for o in overrides])}"
+
+
+def register_sweep_resolver() -> None:
+    """``${robust_sweep:<command>,${hydra.job.name},${hydra.overrides.task}}`` -> ``sweep_subdir(...)``.
+
+    Cached: Hydra re-resolves ``hydra.sweep.dir`` in every job, where ``hydra.overrides.task`` holds the
+    job's own overrides; the cache, which Hydra copies from the sweep's config into each job's, keeps the
+    sweep's directory there."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(SWEEP_RESOLVER):
+        OmegaConf.register_new_resolver(SWEEP_RESOLVER, lambda command, job_name, overrides: sweep_subdir(
+            command, job_name, list(overrides)), use_cache=True)
+
+
+register_sweep_resolver()

@@ -3,6 +3,9 @@ of ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` and ``svhn``."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,8 @@ def read_torchvision(cls_name: str, folder: str, *, root: str, train: bool, down
         except RuntimeError:
             if not download:
                 raise
-            ds = cls(root=root, download=True, **kwargs)
+            with _no_leftovers(where):
+                ds = cls(root=root, download=True, **kwargs)
     except Exception as err:  # torchvision raises RuntimeError offline, URLError/OSError on network failures
         raise UserError(
             f"{cls_name} not found in {where} and could not be downloaded ({type(err).__name__}); "
@@ -41,6 +45,26 @@ def read_torchvision(cls_name: str, folder: str, *, root: str, train: bool, down
         ) from None
     data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
     return data, np.asarray(getattr(ds, labels_attr), dtype=np.int64)
+
+
+@contextlib.contextmanager
+def _no_leftovers(where: Path) -> Iterator[None]:
+    """On failure, remove the empty folders a download into ``where`` (``<root>/<folder>``) created
+    (torchvision makes ``root`` and ``<root>/MNIST/raw`` before it fails offline): only empty ones that did
+    not exist before, so nothing that was there and no file is ever removed."""
+    where = Path(os.path.abspath(where))
+    top = next((p for p in [*reversed(where.parents), where] if not p.exists()), None)
+    before = {Path(d) for d, _, _ in os.walk(where)} if where.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        candidates = [Path(d) for d, _, _ in os.walk(where, topdown=False)] if where.is_dir() else []
+        if top is not None:  # where and the folders above it that the attempt created
+            candidates += [p for p in where.parents if p == top or top in p.parents]
+        for folder in sorted(set(candidates) - before, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty (or gone): left as it is
+                folder.rmdir()
+        raise
 
 
 def torchvision_loader(cls_name: str, folder: str, **options):
