@@ -61,7 +61,12 @@ class RunRecord:
     def status(self) -> str | None:
         return self.data.get("status")
 
-    def start(self, device: str, overrides: list[str]) -> None:
+    def start(self, device: str, overrides: list[str], fresh: bool = False) -> None:
+        """Mark the run ``running``; ``fresh`` (a retrain from scratch) also drops the earlier run's
+        ``final`` metrics and progress, so no reader takes them for this run's."""
+        if fresh:
+            for key in ("final", "epochs_done", "finished_at"):
+                self.data.pop(key, None)
         self.data.update(
             status="running", reason=None, git=git_state(), versions=versions(), device=device,
             host=platform.node(), overrides=list(overrides),
