@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -53,6 +54,26 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler stopping the job), raised in the main thread like Ctrl-C's
+    ``KeyboardInterrupt`` so the same cleanup runs: a training run records itself ``interrupted``."""
+
+
+def _raise_terminated(signum, frame) -> NoReturn:
+    raise Terminated()
+
+
+def _catch_sigterm():
+    """Make SIGTERM raise ``Terminated``; returns the handler to restore, or None where it was left alone:
+    outside the main thread, or where a handler is already installed (submitit's, which requeues the job)."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return None
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # signal handlers can only be set in the main thread
+        return None
+
+
 def exit_user_error(message: str) -> NoReturn:
     """``robust: error: <message>`` on stderr and exit status 2: how every bad input ends."""
     sys.stderr.write(f"robust: error: {message}\n")
@@ -75,12 +96,14 @@ def user_errors(fn: Callable) -> Callable:
     ``l2``), the one place where spellings are parsed, so the library sees canonical names only; a relative
     ``data.root`` becomes absolute there (``robust_cli.data.absolute_data_root``).
     In a multirun the error is re-raised so that the launcher records the job as failed and the other jobs
-    of the sweep go on.
+    of the sweep go on. SIGTERM is handled like Ctrl-C (``Terminated``): ``robust: terminated``, exit
+    status 143 (128 + SIGTERM), no traceback.
     """
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         setup_logging()
+        previous = _catch_sigterm()
         try:
             from omegaconf import DictConfig
 
@@ -97,10 +120,18 @@ def user_errors(fn: Callable) -> Callable:
             if is_multirun():
                 raise JobFailed(f"robust: error: {err}") from None
             exit_user_error(str(err))
+        except Terminated:
+            if is_multirun():
+                raise
+            sys.stderr.write("robust: terminated\n")
+            sys.exit(128 + signal.SIGTERM)
         except KeyboardInterrupt:
             if is_multirun():
                 raise
             sys.stderr.write("robust: interrupted\n")
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapped

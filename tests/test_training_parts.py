@@ -120,3 +120,29 @@ def test_unwrap_strips_ddp_dataparallel_and_compile_wrappers():
     holder = nn.Sequential()
     holder.add_module("module", bare)  # a plain model with a child named "module" is not a wrapper
     assert wrappers.unwrap(holder) is holder
+
+
+def test_divergence_checks_and_the_lr_origin():
+    """``training.divergence``: non-finite losses, weights beyond the bound, an epoch whose every step is far
+    above chance-level cross-entropy; the message blames the schedule only where it raised the lr."""
+    from robust_cli.training import divergence as dv
+
+    cfg = OmegaConf.create({"optimizer": {"lr": 0.01}, "dataset": {"num_classes": 10},
+                            "schedule": {**sched(milestones=[2], gamma=1e30)}})
+    dv.check_step(2.3, 1, 0, 0.0, 0.01, cfg)
+    with pytest.raises(dv.Diverged, match=r"epoch 3: the loss became nan at step 2; at lr 0.01 .*lower optimizer.lr"):
+        dv.check_step(float("nan"), 3, 1, 2.5, 0.01, cfg)
+    with pytest.raises(dv.Diverged, match=r"schedule.gamma=1e\+30 at milestones \[2\].*fix the schedule"):
+        dv.check_step(float("inf"), 3, 0, 2.0, 1e28, cfg)
+    model = nn.Linear(3, 2)
+    dv.check_epoch(model, 4, 5, 1, 0.8, 0.01, cfg)  # one step below the bound: not diverged
+    with pytest.raises(dv.Diverged, match=r"stayed above 2303 \(1000 x chance-level cross-entropy ln 10\)"):
+        dv.check_epoch(model, 5, 5, 2, 1.8, 0.01, cfg)
+    with torch.no_grad():
+        model.weight[0, 0] = 2 * dv.MAX_WEIGHT
+    with pytest.raises(dv.Diverged, match=r"max \|weight\| 2e\+04 .*checkpoint of epoch 1 kept"):
+        dv.check_epoch(model, 0, 5, 2, 1.8, 0.01, cfg)
+    with torch.no_grad():
+        model.bias[0] = float("nan")
+    with pytest.raises(dv.Diverged, match="max \\|weight\\| nan"):
+        dv.check_epoch(model, 0, 5, 1, 0.8, 0.01, cfg)

@@ -3,6 +3,7 @@
 Train run directory (``RunDir``)::
 
     config.yaml  run.json  history.csv  checkpoints/last.pt  model.pt  train.log
+    train.lock  .train.lock.guard         (while a ``robust train`` owns it; the guard file stays)
     eval/                                 (``EvalDir``)
       <attack>-<norm>/per_sample.csv  curve.csv  summary.json     (``ResultDir``)
       summary.csv  error_curves.csv  error_curves.png  lipschitz.json  .lock
@@ -230,6 +231,29 @@ class RunDir(_Dir):
     def eval(self) -> EvalDir:
         """``eval/``."""
         return EvalDir(self.path / "eval")
+
+    def train_files(self) -> list[Path]:
+        """Every file ``robust train`` writes (their temporary files are the run's own leftovers)."""
+        return [self.config_path, self.record_path, self.history_path, self.checkpoint_path, self.model_path]
+
+    # ------------------------------------------------------------------ one writer: train.lock
+    @property
+    def lock_path(self) -> Path:
+        """``train.lock``: host, pid and start time of the ``robust train`` process that owns the run."""
+        return self.path / "train.lock"
+
+    @property
+    def lock_guard_path(self) -> Path:
+        """``.train.lock.guard``: flocked while a process creates, takes over or removes ``train.lock``."""
+        return self.path / ".train.lock.guard"
+
+    def owner_lock(self) -> io.OwnerLock:
+        """The run's owner lock (``robust_cli.io.OwnerLock``: the staleness rule, the heartbeat)."""
+        return io.OwnerLock(self.lock_path, self.lock_guard_path)
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temporary files of killed writes of ``train_files`` (call it as the lock's owner)."""
+        return [tmp for path in self.train_files() for tmp in io.remove_temp_files(path)]
 
     # ------------------------------------------------------------------ run.json
     def has_record(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -14,11 +15,16 @@ from robust_cli import io
 def git_state() -> dict[str, Any]:
     """The git commit and dirty flag of the source tree the package runs from (None outside git)."""
     here = Path(__file__).resolve().parent
+    # GIT_OPTIONAL_LOCKS=0: `git status` would otherwise refresh the index under .git/index.lock, and a
+    # train start must not make a git command the user runs in the checkout at that moment fail
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5,
+                                env=env)
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
+                               timeout=5, env=env)
         return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -55,7 +61,12 @@ class RunRecord:
     def status(self) -> str | None:
         return self.data.get("status")
 
-    def start(self, device: str, overrides: list[str]) -> None:
+    def start(self, device: str, overrides: list[str], fresh: bool = False) -> None:
+        """Mark the run ``running``; ``fresh`` (a retrain from scratch) also drops the earlier run's
+        ``final`` metrics and progress, so no reader takes them for this run's."""
+        if fresh:
+            for key in ("final", "epochs_done", "finished_at"):
+                self.data.pop(key, None)
         self.data.update(
             status="running", reason=None, git=git_state(), versions=versions(), device=device,
             host=platform.node(), overrides=list(overrides),

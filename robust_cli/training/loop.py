@@ -5,6 +5,10 @@ batch and step, measure clean error on validation/test, then write ``checkpoints
 ``history.csv`` atomically. Because every random stream is reseeded from the epoch number, a run killed at
 any point and started again continues from its last completed epoch and (on CPU, deterministic mode) ends
 with exactly the weights of an uninterrupted run.
+
+One process trains a run directory (its owner lock, ``training.lifecycle``). A diverged run (a non-finite
+loss, exploding weights: ``training.divergence``) fails before the epoch's checkpoint is written, so
+``last.pt`` always holds the last good epoch. The step's only device sync stays the one ``.tolist()``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from robust_cli.models import build_model
 from robust_cli.rundir import RunDir
 from robust_cli.training import distributed
 from robust_cli.training.checkpoint import load_checkpoint, save_checkpoint, save_model
+from robust_cli.training.divergence import check_epoch, check_step, loss_bound
+from robust_cli.training.lifecycle import acquire_owner_lock, interruption, start_record
 from robust_cli.training.distributed import DistContext
 from robust_cli.training.optim import build_optimizer, tikhonov_penalty
 from robust_cli.training.schedules import lr_at
@@ -120,26 +126,22 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
     ckpt_path = run.checkpoint_path
     start_epoch, history = 0, []
     if ckpt_path.exists() and not fresh:
-        ckpt = load_checkpoint(ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
-        if ctx.is_main:
-            log.info("resuming %s from epoch %d", run, start_epoch)
+        try:
+            ckpt = load_checkpoint(ckpt_path)
+        except UserError as err:
+            if not cfg.force:
+                raise UserError(f"{run} cannot resume (force=true discards its checkpoint and trains from "
+                                f"scratch): {' '.join(str(err).split())}") from None
+            log.warning("%s; force=true: training from scratch", err)
+            fresh = True
+        else:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
+            if ctx.is_main:
+                log.info("resuming %s from epoch %d", run, start_epoch)
 
     train_model = distributed.wrap(model, ctx)  # the model itself in a single process
-
-    record, file_log = None, None
-    if ctx.is_main:
-        run.path.mkdir(parents=True, exist_ok=True)
-        file_log = add_file_log(run.log_path)
-        if fresh:  # a requeue after a crash in the first epoch must not resume the old run's checkpoint
-            ckpt_path.unlink(missing_ok=True)
-        run.write_config(cfg)
-        record = run.record()
-        record.start(device=str(device), overrides=overrides)
-        if history:  # a crash between checkpoint and CSV cannot leave them out of step
-            run.write_history(history)
 
     use_amp = bool(cfg.amp) and device.type == "cuda"
     if cfg.amp and not use_amp and ctx.is_main:
@@ -151,7 +153,15 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not ctx.is_main,
                         transient=True)
+    record, file_log, lock = None, None, None
+    if ctx.is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        lock = acquire_owner_lock(run)  # one writer per run directory, from here to the end
     try:
+        if ctx.is_main:
+            file_log = add_file_log(run.log_path)
+            record = start_record(run, cfg, str(device), overrides, fresh, history)
+        bound = loss_bound(cfg.dataset.num_classes)
         with progress:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.time()
@@ -164,12 +174,14 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
                 if cfg.max_batches_per_epoch:
                     batches = batches[: cfg.max_batches_per_epoch]
                 task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches), info="")
-                sums = {"loss": 0.0, "wrong": 0.0, "n": 0.0}
+                sums = {"loss": 0.0, "wrong": 0.0, "n": 0.0, "steps": 0.0, "above": 0.0}
                 stat_sums: dict[str, float] = {}
                 train_model.train()
                 for step, idx in enumerate(batches):
+                    at = epoch + step / len(batches)
+                    step_lr = lr_at(at, cfg.optimizer.lr, cfg.schedule, cfg.epochs)
                     for group in optimizer.param_groups:
-                        group["lr"] = lr_at(epoch + step / len(batches), cfg.optimizer.lr, cfg.schedule, cfg.epochs)
+                        group["lr"] = step_lr
                     xb = augment(x_train[idx], cfg.dataset.augment, gen).to(device, non_blocking=True)
                     yb = y_train[idx].to(device, non_blocking=True)
                     if cfg.channels_last:
@@ -182,8 +194,7 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
                     # one device sync per step: the loss and the mistakes, both exact in float64
                     loss_v, wrong_v = torch.stack([loss.detach().double(),
                                                    (out.logits.detach().argmax(1) != yb).sum().double()]).tolist()
-                    if not math.isfinite(loss_v):
-                        raise UserError(f"the loss became {loss_v} in epoch {epoch + 1}; lower the lr")
+                    check_step(loss_v, epoch + 1, step, at, step_lr, cfg)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -191,17 +202,20 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
                     sums["loss"] += loss_v * b
                     sums["wrong"] += wrong_v
                     sums["n"] += b
+                    sums["steps"] += 1
+                    sums["above"] += loss_v > bound
                     for key, value in out.stats.items():
                         stat_sums[key] = stat_sums.get(key, 0.0) + float(value) * b
                     progress.update(task, advance=1, info=f"loss {sums['loss'] / sums['n']:.4f}")
                 progress.remove_task(task)
                 if ctx.world_size > 1:
                     keys = sorted(stat_sums)
-                    packed = torch.tensor([sums["loss"], sums["wrong"], sums["n"], *[stat_sums[k] for k in keys]],
-                                          dtype=torch.float64, device=device)
+                    packed = torch.tensor([*sums.values(), *[stat_sums[k] for k in keys]], dtype=torch.float64,
+                                          device=device)
                     packed = distributed.all_reduce_sum(packed, ctx).cpu().tolist()
-                    sums = dict(zip(("loss", "wrong", "n"), packed[:3]))
-                    stat_sums = dict(zip(keys, packed[3:]))
+                    sums, stat_sums = dict(zip(sums, packed)), dict(zip(keys, packed[len(sums):]))
+                # the epoch's last step is checked too, before anything of it is written (every rank alike)
+                check_epoch(model, sums["above"], sums["steps"], epoch + 1, at, step_lr, cfg)
                 n = max(sums["n"], 1.0)
                 row = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["loss"] / n, "train_error": sums["wrong"] / n}
                 if len(x_val):
@@ -220,23 +234,27 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
                         hook(epoch + 1, row, run)
                 if ctx.world_size > 1:
                     distributed.barrier(ctx)
+        final = {k: v for k, v in history[-1].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if ctx.is_main:
+            save_model(run.model_path, model, cfg)
+            record.finish("done", final=final)
     except BaseException as err:
         if record is not None:
             if isinstance(err, (KeyboardInterrupt, SystemExit)):
-                # Ctrl-C, or submitit stopping the job before a SLURM time limit / preemption to requeue it:
-                # the checkpoint of the last completed epoch is intact and the same command resumes from it
-                record.finish("interrupted", reason=f"{type(err).__name__} after epoch {len(history)}; "
+                # Ctrl-C, SIGTERM (robust_cli.apps.Terminated), or submitit stopping the job before a SLURM
+                # time limit / preemption to requeue it: the checkpoint of the last completed epoch is
+                # intact and the same command resumes from it
+                record.finish("interrupted", reason=f"{interruption(err)} after epoch {len(history)}; "
                               "run the same command to resume")
             else:
-                record.finish("failed", reason=f"{type(err).__name__}: {err}")
+                reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+                record.finish("failed", reason=reason)
         raise
     finally:
         if file_log is not None:
             logging.getLogger("robust_cli").removeHandler(file_log)
             file_log.close()
-
-    final = {k: v for k, v in history[-1].items() if isinstance(v, (int, float)) and math.isfinite(v)}
-    if ctx.is_main:
-        save_model(run.model_path, model, cfg)
-        record.finish("done", final=final)
+        if lock is not None:
+            lock.release()
     return final
+
