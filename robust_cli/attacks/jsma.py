@@ -83,7 +83,7 @@ def jsma(
         raise ValueError(f"jsma supports l0 only, got norm={norm!r}")
     x = x.detach()
     b, d = x.shape[0], x[0].numel()
-    rounds = max(1, -(-int(gamma * d) // 2))
+    rounds = int(gamma * d) // 2
     with torch.no_grad():
         m = max(1, min(candidates, model(x[:1]).shape[1] - 1))
     with frozen_eval(model):

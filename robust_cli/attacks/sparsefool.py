@@ -51,7 +51,7 @@ def sparsefool(
     y: torch.Tensor,
     *,
     norm: str = "l1",
-    steps: Annotated[int, Range(ge=1)] = 20,
+    steps: Annotated[int, Range(ge=0)] = 20,
     lam: Annotated[float, Range(ge=1)] = 3.0,
     overshoot: Annotated[float, Range(ge=0)] = 0.02,
     search_steps: Annotated[int, Range(ge=0)] = 10,
@@ -60,8 +60,9 @@ def sparsefool(
 
     Args:
         norm: ``l1`` or ``l0`` (the same search; the size kept is measured in it).
-        steps: outer iterations (the authors' ``max_iter`` 20). lam: ``lambda`` of §3.3 (authors: 3; 1 puts
-            ``x_B`` on DeepFool's boundary point, exact on a linear model). overshoot: 0.02 as the authors'.
+        steps: outer iterations (the authors' ``max_iter`` 20; 0 returns ``x``).
+        lam: ``lambda`` of §3.3 (authors: 3; 1 puts ``x_B`` on DeepFool's boundary point, exact on a linear model).
+        overshoot: 0.02 as the authors'.
         search_steps: bisection rounds on the segment from ``x`` to the found point (ours, not the paper's:
             it shrinks the l1 size and keeps the l0 one; 0 = the authors' point).
 

@@ -207,8 +207,8 @@ def run_attack(
                 non_monotone += int(found.non_monotone.sum())
                 resolution = max(resolution, float(found.resolution.max()))
             else:
-                start = {"x_init": x_init[i:i + batch_size].to(device).float()[idx]} if pass_init else {}
-                x_adv[idx] = sanitize(attack(counted, xc, yc, norm=norm, **params, **start), xc)
+                init = {"x_init": x_init[i:i + batch_size].to(device).float()[idx]} if pass_init else {}
+                x_adv[idx] = sanitize(attack(counted, xc, yc, norm=norm, **params, **init), xc)
         adv_pred = predict(model, x_adv)
         success = adv_pred != yb
         sizes = perturbation_norms(x_adv, xb)
