@@ -128,7 +128,7 @@ class RunningBest:
     def update(self, result: AttackResult) -> None:
         if result.x_adv is None:
             return
-        dist = torch.as_tensor(result.frame["distance"].to_numpy(), dtype=torch.float64)
+        dist = torch.tensor(result.frame["distance"].to_numpy(dtype="float64"))
         if self.x is None:
             self.x, self.distance = result.x_adv.clone(), dist
             return
