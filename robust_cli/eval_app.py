@@ -98,11 +98,12 @@ def wants_reference(fn: Any) -> bool:
 
 
 def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
-                 config, reference=None) -> dict:
+                 config, reference=None, best=None) -> dict:
     """Run one (attack, norm), write its three files, return its summary.
 
     ``config``: ``result_config(...)``, stored for the cache. ``reference``: the training set
-    ``(x [N,C,H,W], y [N])``, passed to attacks that take one.
+    ``(x [N,C,H,W], y [N])``, passed to attacks that take one. ``best``: the ``RunningBest`` of this norm
+    in this call: its images are the ``x_init`` of attacks that take one, and this result updates it.
     """
     from robust_cli.evaluation.checks import curve_check, unbounded_check
     from robust_cli.evaluation.curves import error_curve
@@ -115,7 +116,10 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     result = run_attack(
         model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
+        x_init=None if best is None else best.start(),
     )
+    if best is not None:
+        best.update(result)
     summary = summarize(
         result.frame, attack=name, norm=norm, x_norm=result.x_norm, eps=float(cfg.eps.get(norm, math.nan)),
         thresholds=thresholds.get(norm, []), seconds=result.seconds,
@@ -188,13 +192,17 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     reference = None
     if any(wants_reference(attacks[name][0]) for name, _ in configs):
         reference = load_split(train_cfg.dataset, data_cfg, "train")
+    from robust_cli.evaluation.runner import RunningBest
+
+    bests = {norm: RunningBest() for norm in norms}  # x_init of later attacks (cached results hold no images)
     with progress:
         for (name, norm), config in configs.items():
             fn, params = attacks[name]
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
             evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
-                         zero_grad=zero_grad, progress=progress, config=config, reference=reference)
+                         zero_grad=zero_grad, progress=progress, config=config, reference=reference,
+                         best=bests[norm])
 
     with eval_dir.lock():  # concurrent -m jobs merge one after another
         stale = lipschitz_stale(eval_dir.read_lipschitz(), n, model_id)  # n_examples changed, or retrained

@@ -241,6 +241,24 @@ ATTACK_CHANGES = {
         **_PD, "optimizer": ("sgd", {}), "proximal_steps": (1, {}), "proximal_tol": (0.9, {}),
         "proximal_exact": (False, {"norm": "l1"}), "l0_mode": ("element", {"norm": "l0"}),
         "l0_prox": ("l23", {"norm": "l0"})}),
+    # --- sparse and black-box attacks, minimal
+    "minimal": ("l2", {}, {"l0_attacks": (["jsma"], {"norm": "l0"}), "l1_attacks": (["sparsefool"], {"norm": "l1"}),
+                           "l2_attacks": (["deepfool"], {}), "linf_attacks": (["pgd"], {"norm": "linf"}),
+                           "search_steps": (2, {"norm": "linf", "linf_attacks": ["pgd"]})}),
+    "sigma_zero": ("l0", {"steps": 20}, {"steps": (5, {}), "lr": (0.1, {}), "sigma": (1.0, {}),
+                                         "threshold": (0.0, {}), "threshold_lr": (0.5, {})}),
+    "jsma": ("l0", {}, {"gamma": (0.02, {}), "saliency": ("margin", {}), "directions": ("increase", {}),
+                        "candidates": (1, {})}),
+    "sparsefool": ("l1", {}, {"steps": (0, {}), "lam": (1.0, {}),
+                              "overshoot": (0.5, {"search_steps": 0}), "search_steps": (0, {})}),
+    "one_pixel": ("l0", {"popsize": 8, "steps": 3, "max_queries": 200}, {
+        "max_pixels": (3, {}), "popsize": (5, {}), "steps": (0, {}), "max_queries": (7, {}),
+        "mutation": (1.5, {}), "seed": (1, {})}),
+    "boundary": ("l2", {"max_queries": 300}, {
+        "max_queries": (100, {}), "spherical_step": (0.1, {}), "source_step": (0.1, {}),
+        "step_adaptation": (3.0, {}), "init_tries": (1, {}), "search_steps": (2, {}), "seed": (1, {})}),
+    "bb": ("l2", {"steps": 3}, {"steps": (1, {"search_steps": 0}), "lr": (0.01, {"search_steps": 0}),
+                                "overshoot": (0.5, {}), "search_steps": (0, {})}),
 }
 #: options that by design change no number (how the work is split), checked to reach the call instead
 ATTACK_SAME_RESULT = {("stability", "chunk_size"): 2}

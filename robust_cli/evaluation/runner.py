@@ -9,6 +9,7 @@ per-sample distance from the batched eps search of ``eps_search.py``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -87,6 +88,8 @@ class AttackResult:
         non_monotone: number of samples whose success was observed to be non-monotone in eps (budget only).
         x_norm: ``[N]`` ``||x||`` in the attack's norm (for rho_adv).
         resolution: the largest eps step of the budget search (0 for minimal-norm attacks).
+        x_adv: ``[N,C,H,W]`` on the CPU, the re-verified images (clipped; the input where the attack failed),
+            from which the evaluation's running best per image (the next attacks' ``x_init``) is kept.
     """
 
     frame: pd.DataFrame
@@ -96,6 +99,42 @@ class AttackResult:
     non_monotone: int = 0
     x_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))
     resolution: float = 0.0
+    x_adv: torch.Tensor | None = None
+
+
+def takes_argument(fn: Callable, name: str) -> bool:
+    """``fn``'s signature names the supplied argument ``name`` (``x_init``, ``reference``)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class RunningBest:
+    """The per-image best adversarial of the attacks evaluated so far in one norm (smallest distance).
+
+    ``start()`` is the ``x_init`` ``[N,C,H,W]`` handed to the next attack that takes one (``None`` before the
+    first result); ``update(result)`` keeps, per image, the re-verified image of smaller distance (a
+    failure has distance ``inf`` and never replaces anything). Distances are the evaluation's own.
+    """
+
+    def __init__(self) -> None:
+        self.x: torch.Tensor | None = None
+        self.distance: torch.Tensor | None = None
+
+    def start(self) -> torch.Tensor | None:
+        return self.x
+
+    def update(self, result: AttackResult) -> None:
+        if result.x_adv is None:
+            return
+        dist = torch.tensor(result.frame["distance"].to_numpy(dtype="float64"))
+        if self.x is None:
+            self.x, self.distance = result.x_adv.clone(), dist
+            return
+        better = dist < self.distance
+        self.x[better] = result.x_adv[better]
+        self.distance = torch.minimum(dist, self.distance)
 
 
 def run_attack(
@@ -111,6 +150,7 @@ def run_attack(
     search_steps: int = 10,
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
+    x_init: torch.Tensor | None = None,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -125,6 +165,8 @@ def run_attack(
         eps_search, search_steps: the budget-attack search (``bisection`` | ``grid``).
         device: where the model and the batches live.
         on_batch: called with the batch size after each batch (progress bars).
+        x_init: ``[N,C,H,W]`` starting adversarials (e.g. ``RunningBest.start()``), passed batch by batch to a
+            minimal-norm attack whose signature takes ``x_init``; ignored otherwise.
 
     Returns:
         An ``AttackResult``.
@@ -144,7 +186,8 @@ def run_attack(
     had_grad = [p.grad is not None for p in model.parameters()]
     others = [n for n in NORMS if n != norm]
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "clean_pred", "adv_pred", "distance", *others)}
-    x_norms = []
+    x_norms, kept = [], []
+    pass_init = x_init is not None and not budget and takes_argument(attack, "x_init")
     non_monotone = 0
     resolution = 0.0
     start = time.perf_counter()
@@ -164,7 +207,8 @@ def run_attack(
                 non_monotone += int(found.non_monotone.sum())
                 resolution = max(resolution, float(found.resolution.max()))
             else:
-                x_adv[idx] = sanitize(attack(counted, xc, yc, norm=norm, **params), xc)
+                init = {"x_init": x_init[i:i + batch_size].to(device).float()[idx]} if pass_init else {}
+                x_adv[idx] = sanitize(attack(counted, xc, yc, norm=norm, **params, **init), xc)
         adv_pred = predict(model, x_adv)
         success = adv_pred != yb
         sizes = perturbation_norms(x_adv, xb)
@@ -176,6 +220,7 @@ def run_attack(
         for other in others:
             rows[other].append(sizes[other].cpu().double().numpy())
         x_norms.append(perturbation_norms(xb, torch.zeros_like(xb))[norm].cpu().double().numpy())
+        kept.append(x_adv.cpu())
         if on_batch is not None:
             on_batch(int(xb.shape[0]))
     seconds = time.perf_counter() - start
@@ -196,4 +241,5 @@ def run_attack(
         non_monotone=non_monotone,
         x_norm=np.concatenate(x_norms) if x_norms else np.zeros(0),
         resolution=resolution,
+        x_adv=torch.cat(kept) if kept else None,
     )

@@ -1,0 +1,127 @@
+"""Benchmark: our sparse, black-box and ensemble attacks against torchattacks (JSMA, SparseFool, OnePixel) and
+foolbox 3 (Boundary, Brendel & Bethge l2), side by side in one run.
+
+Same model (a ``robust train`` run), same first ``--n`` test images. Every returned image is re-verified here
+(clipped to [0,1], classified by the model) and its norm recomputed (l0: changed pixels); a failure counts as
+``inf``. Per row: success over the correctly classified images, mean and median norm of the successes, model
+passes (forward samples; for black-box attacks these are the queries) per image, seconds, and the fraction
+of images where ours is <= the peer's.
+
+The peers are never dependencies of ``robust``: install them into a side directory,
+    .venv/bin/pip install --no-deps --target .bench-peers torchattacks foolbox eagerpy
+    .venv/bin/python scripts/bench_sparse_attacks.py --peers .bench-peers --run <train run dir> --n 100
+
+Usage: ``python scripts/bench_sparse_attacks.py --run RUN_DIR [--n 100] [--peers DIR] [--queries 5000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Counter(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.samples = model, 0
+
+    def forward(self, x):
+        self.samples += int(x.shape[0])
+        return self.model(x)
+
+
+def verify(model, x, y, x_adv, norm):
+    from robust_cli.attacks.best import perturbation_size
+
+    x_adv = x_adv.detach().float().clamp(0, 1)
+    with torch.no_grad():
+        ok = model(x_adv).argmax(1) != y
+    size = perturbation_size(x_adv, x, norm).double()
+    return torch.where(ok, size, torch.full_like(size, float("inf")))
+
+
+def timed(model, fn):
+    counted = Counter(model).eval()
+    t = time.perf_counter()
+    out = fn(counted)
+    return out, time.perf_counter() - t, counted.samples
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True)
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--peers", default=None, help="directory holding torchattacks, foolbox, eagerpy")
+    p.add_argument("--queries", type=int, default=5000, help="query budget of the black-box attacks per image")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.peers:
+        sys.path.insert(0, str(Path(args.peers).resolve()))
+    from robust_cli.attacks import list_attacks
+    from robust_cli.data import load_split
+    from robust_cli.training.checkpoint import load_trained_model
+
+    model, cfg = load_trained_model(args.run, device="cpu")
+    model.eval()
+    x, y = load_split(cfg.dataset, cfg.data, "test")
+    x, y = x[:args.n].float(), y[:args.n]
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    x, y = x[correct], y[correct]
+    ours = list_attacks()
+    q = args.queries
+    start = ours["deepfool"](model, x, y, norm="l2")  # the common start of both B&B runs
+    rows = [  # (label, norm, ours, peer name, peer)
+        ("jsma", "l0", lambda m: ours["jsma"](m, x, y, norm="l0"), "torchattacks JSMA", "ta_jsma"),
+        ("sparsefool", "l0", lambda m: ours["sparsefool"](m, x, y, norm="l0"), "torchattacks SparseFool", "ta_sf"),
+        ("sigma_zero", "l0", lambda m: ours["sigma_zero"](m, x, y, norm="l0", steps=1000), None, None),
+        ("one_pixel", "l0", lambda m: ours["one_pixel"](m, x, y, norm="l0", popsize=99, steps=q // 99 - 1,
+                                                       max_queries=q), "torchattacks OnePixel", "ta_op"),
+        ("minimal l0", "l0", lambda m: ours["minimal"](m, x, y, norm="l0"), None, None),
+        ("boundary", "l2", lambda m: ours["boundary"](m, x, y, norm="l2", max_queries=q), "foolbox Boundary", "fb_ba"),
+        ("bb (deepfool start)", "l2", lambda m: ours["bb"](m, x, y, norm="l2", x_init=start),
+         "foolbox L2BrendelBethge", "fb_bb"),
+        ("minimal l2", "l2", lambda m: ours["minimal"](m, x, y, norm="l2"), None, None),
+    ]
+
+    def peer(kind, m):
+        if kind.startswith("ta_"):
+            import torchattacks as ta
+            atk = {"ta_jsma": lambda: ta.JSMA(m, theta=1.0, gamma=1.0),
+                   "ta_sf": lambda: ta.SparseFool(m, steps=20, lam=3, overshoot=0.02),
+                   "ta_op": lambda: ta.OnePixel(m, pixels=1, steps=q // 99 - 1, popsize=33, inf_batch=4096)}[kind]()
+            return atk(x, y)
+        import foolbox as fb
+        fm = fb.PyTorchModel(m, bounds=(0, 1))
+        if kind == "fb_ba":
+            return fb.attacks.BoundaryAttack(steps=q // 2)(fm, x, y, epsilons=None)[1]
+        return fb.attacks.L2BrendelBethgeAttack(steps=200).run(fm, x, y, starting_points=start)
+
+    print(f"model {args.run}; {int(correct.sum())}/{len(correct)} correctly classified images attacked")
+    print("| attack | norm | impl | success | mean | median | passes/img | s | ours <= peer |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, norm, fn, peer_name, kind in rows:
+        out, sec, n = timed(model, fn)
+        d = verify(model, x, y, out, norm)
+        cells = [(f"ours {label}", d, sec, n)]
+        if kind is not None:
+            try:
+                pout, psec, pn = timed(model, lambda m, kind=kind: peer(kind, m))
+                cells.append((peer_name, verify(model, x, y, pout, norm), psec, pn))
+            except Exception as err:  # noqa: BLE001 - a peer that does not run is reported, not fatal
+                print(f"| {peer_name} | {norm} | failed: {type(err).__name__}: {str(err)[:80]} |")
+        for name, dd, s, nn in cells:
+            fin = dd[torch.isfinite(dd)]
+            frac = "" if name.startswith("ours") or len(cells) < 2 else f"{float((d <= dd).double().mean()):.2f}"
+            print(f"| {label} | {norm} | {name} | {fin.numel() / len(dd):.2f} | "
+                  f"{fin.mean():.3f} | {dd.median():.3f} | {nn / len(x):.0f} | {s:.1f} | {frac} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
