@@ -243,7 +243,8 @@ ATTACK_CHANGES = {
         "l0_prox": ("l23", {"norm": "l0"})}),
     # --- FAB, EAD, DeepFool clip, high-confidence
     **{name: ("l2", {"steps": 1}, {
-        "steps": (2, {}), "restarts": (3, {"eta": 1.0}), "alpha_max": (0.5, {}), "eta": (1.5, {}), "beta": (0.5, {"steps": 2}),
+        "steps": (2, {}), "restarts": (3, {"eta": 1.0}), "alpha_max": (0.5, {}), "eta": (1.5, {}),
+        "beta": (0.5, {"steps": 2}),
         "restart_radius": (0.01, {"restarts": 3, "eta": 1.0}), "seed": (1, {"restarts": 3, "eta": 1.0}),
         **({"targeted": (True, {})} if name == "fab" else {"target_classes": (1, {})})}) for name in ("fab", "fab_t")},
     "ead": ("l1", {"steps": 10, "search_steps": 2, "const_init": 10.0}, {

@@ -42,7 +42,8 @@ def _margin_loss(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch
 
 
 def shrink(z: torch.Tensor, x: torch.Tensor, beta: float) -> torch.Tensor:
-    """``S_beta`` of eq. 9 onto the box: ``z`` within ``beta`` of ``x`` goes to ``x``, the rest ``beta`` closer, in [0,1]."""
+    """``S_beta`` of eq. 9 onto the box: ``z`` within ``beta`` of ``x`` goes to ``x``, the rest ``beta`` closer,
+    clipped to [0,1]."""
     d = z - x
     return torch.where(d > beta, (z - beta).clamp(max=1), torch.where(d < -beta, (z + beta).clamp(min=0), x))
 
@@ -113,7 +114,7 @@ def ead(
                     margin = _margin_loss(model(x_k), y, targeted)
                 hit = margin < -confidence
                 r = x_k - x
-                score = batch_norm(r, "l1") if decision == "l1" else beta * batch_norm(r, "l1") + batch_norm(r, "l2") ** 2
+                score = batch_norm(r, "l1") if decision == "l1" else beta * batch_norm(r, "l1") + batch_norm(r, "l2")**2
                 better = hit & (score < best_score)
                 best = torch.where(view_as_images(better, x), x_k, best)
                 best_score = torch.where(better, score, best_score)
