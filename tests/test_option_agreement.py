@@ -233,7 +233,7 @@ ATTACK_CHANGES = {
         **_ITERATIVE, "single_step": (True, {}), "random_start": (False, {"restarts": 3}), "restarts": (3, {}),
                                  "l1_top": (0.3, {"norm": "l1"}), "seed": (1, {"restarts": 3}),
                                  "schedule": ("constant", {})}),
-    "deepfool": ("l2", {}, {"steps": (1, {}), "overshoot": (0.5, {}), "candidates": (1, {})}),
+    "deepfool": ("l2", {}, {"steps": (1, {}), "overshoot": (0.5, {}), "candidates": (1, {}), "max_step": (0.05, {})}),
     "noise": ("l2", {}, {"restarts": (3, {}), "search_steps": (2, {}), "seed": (1, {})}),
     "stability": ("l2", {}, {"grid": (3, {}), "search_steps": (1, {})}),
     "pdgd": ("l2", {"steps": 150}, _PD),  # fewer steps stay at the first Adam step's overshoot here
@@ -259,6 +259,17 @@ ATTACK_CHANGES = {
         "step_adaptation": (3.0, {}), "init_tries": (1, {}), "search_steps": (2, {}), "seed": (1, {})}),
     "bb": ("l2", {"steps": 3}, {"steps": (1, {"search_steps": 0}), "lr": (0.01, {"search_steps": 0}),
                                 "overshoot": (0.5, {}), "search_steps": (0, {})}),
+    # --- FAB, EAD, DeepFool clip, high-confidence
+    **{name: ("l2", {"steps": 1}, {
+        "steps": (2, {}), "restarts": (3, {"eta": 1.0}), "alpha_max": (0.5, {}), "eta": (1.5, {}),
+        "beta": (0.5, {"steps": 2}),
+        "restart_radius": (0.01, {"restarts": 3, "eta": 1.0}), "seed": (1, {"restarts": 3, "eta": 1.0}),
+        **({"targeted": (True, {})} if name == "fab" else {"target_classes": (1, {})})}) for name in ("fab", "fab_t")},
+    "ead": ("l1", {"steps": 10, "search_steps": 2, "const_init": 10.0}, {
+        "steps": (5, {}), "search_steps": (1, {}), "lr": (0.05, {}), "beta": (0.001, {}), "const_init": (100.0, {}),
+        "confidence": (1.0, {}), "decision": ("en", {}), "fista": (False, {}), "targeted": (True, {})}),
+    "high_confidence": ("l2", {}, {"steps": (1, {}), "confidence": (0.99, {}), "max_step": (0.05, {}),
+                                   "targeted": (True, {})}),
 }
 #: options that by design change no number (how the work is split), checked to reach the call instead
 ATTACK_SAME_RESULT = {("stability", "chunk_size"): 2}

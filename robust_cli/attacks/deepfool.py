@@ -7,7 +7,9 @@ dual norm: 2 for l2, 1 for linf) and the step that reaches it is::
     l2:   r_t = (gap_j* + 1e-4) / ||w_j*||_2^2 * w_j*
     linf: r_t = (gap_j* + 1e-4) / ||w_j*||_1   * sign(w_j*)
 
-Steps accumulate, ``x_{t+1} = clip_[0,1](x + (1 + overshoot) * sum_t r_t)``, until ``x_{t+1}`` is misclassified
+Optionally each step is clipped, ``r_t <- r_t min(1, max_step / ||r_t||)`` (Matyasko thesis Ch.3 §3.5: 0.5;
+Ch.4 §4.5: 0.1), so that a far linearisation cannot overshoot. Steps accumulate,
+``x_{t+1} = clip_[0,1](x + (1 + overshoot) * sum_t r_t)``, until ``x_{t+1}`` is misclassified
 or ``steps`` run out (thesis §5.4: 50 iterations, overshoot 0.02, as in the authors' code).
 
 Box handling (the thesis notes DeepFool ignores it): values sitting on a box face whose ``w`` points out of
@@ -41,6 +43,7 @@ def deepfool(
     steps: Annotated[int, Range(ge=1)] = 50,
     overshoot: Annotated[float, Range(ge=0)] = 0.02,
     candidates: Annotated[int, Range(ge=1)] = 9,
+    max_step: Annotated[float, Range(gt=0)] | None = None,
 ) -> torch.Tensor:
     """Minimal-norm DeepFool on ``x`` ``[B,C,H,W]`` in [0,1] with true labels ``y`` ``[B]``.
 
@@ -49,6 +52,9 @@ def deepfool(
         steps: at most this many linearisation steps.
         overshoot: the accumulated perturbation is scaled by ``1 + overshoot`` (crosses the boundary).
         candidates: the other classes considered, the top ones by clean logit (all when ``>= K - 1``).
+        max_step: clip each step ``r_t`` to this norm (in ``norm``) before it accumulates; None: no clip.
+            Matyasko's thesis clips at 0.5 (Ch.3 §3.5, DeepFool overestimates the distance of regularised
+            networks otherwise) and at 0.1 with 500 steps (Ch.4 §4.5).
 
     Returns:
         ``[B,C,H,W]`` in [0,1]: the first misclassified iterate per sample; ``x`` itself where the model
@@ -102,6 +108,8 @@ def deepfool(
                 step = w * view_as_images((gap + 1e-4) / dual**2, w)
             else:
                 step = w.sign() * view_as_images((gap + 1e-4) / dual, w)
+            if max_step is not None:
+                step = step * view_as_images((max_step / batch_norm(step, norm).clamp_min(1e-30)).clamp(max=1), step)
             r_tot[sel] = r_tot[sel] + step
             x_adv[sel] = (x[sel] + (1 + overshoot) * r_tot[sel]).clamp(0, 1)
     return torch.where(view_as_images(found, x), x_adv, x)
