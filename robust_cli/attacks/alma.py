@@ -14,7 +14,7 @@ neither adversarial yet nor improved their ``dlr`` by the factor ``tau``.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import torch
 from torch import nn
@@ -25,10 +25,6 @@ from robust_cli.attacks.losses import margin
 from robust_cli.attacks.minimal import BestAdversarial
 from robust_cli.norms import check_norm
 from robust_cli.schema import Range, schema_of
-
-#: first learning rates when ``lr`` is not given (the paper's: l2 0.1, l1 0.5)
-DEFAULT_LR = {"l2": 0.1, "l1": 0.5}
-
 
 def dlr(logits: torch.Tensor, y: torch.Tensor, targeted: bool, tol: float) -> torch.Tensor:
     """``[B]``: the constraint ``(m + tol) / (z_pi1 - z_pi3)`` (targeted: ``z_pi1 - (z_pi3 + z_pi4) / 2``),
@@ -52,7 +48,7 @@ def p2(v: torch.Tensor, rho: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
 
 @register_attack(norms=("l1", "l2"), budget=False)
 def alma(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
-         steps: Annotated[int, Range(ge=1)] = 1000, lr: Optional[float] = None,
+         steps: Annotated[int, Range(ge=1)] = 1000, lr: Annotated[float, Range(gt=0)] = 0.1,
          lr_final: Annotated[float, Range(gt=0)] = 0.01, mu_init: Annotated[float, Range(gt=0)] = 1.0,
          rho_init: Annotated[float, Range(gt=0)] = 1.0, check_steps: Annotated[int, Range(ge=1)] = 10,
          tau: Annotated[float, Range(gt=0, le=1)] = 0.95, gamma: Annotated[float, Range(ge=1)] = 1.2,
@@ -62,7 +58,8 @@ def alma(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
 
     Args:
         steps: iterations (the paper: 1,000).
-        lr: the first learning rate; ``None`` = ``DEFAULT_LR[norm]``. lr_final: decayed to ``lr * lr_final``.
+        lr: the first learning rate (the authors' 0.1; 0.5 lost ~3% on MNIST l1).
+        lr_final: decayed to ``lr * lr_final``.
         mu_init, rho_init: the first multiplier and penalty parameter (the paper: 1, 1).
         check_steps: ``M``, iterations between the checks of the constraint's progress (10) ...
         tau: ... which must have shrunk by this factor (0.95), else ``rho`` grows by ``gamma`` (1.2).
@@ -76,7 +73,7 @@ def alma(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
     check_norm(norm, alma.norms, who="alma")
     x, y = x.detach(), y.to(x.device)
     B = x.shape[0]
-    lr0 = DEFAULT_LR[norm] if lr is None else float(lr)
+    lr0 = float(lr)
     delta = torch.zeros_like(x)
     square_avg, momentum = torch.ones_like(x), torch.zeros_like(x)
     mu = torch.full((B,), float(mu_init), device=x.device, dtype=x.dtype)
