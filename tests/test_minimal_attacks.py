@@ -2,8 +2,9 @@
 
 Settings: the two-class problem (one half-space, so a gradient attack has no wrong boundary to settle on),
 at these distances (~10x smaller than on MNIST) with fewer steps than the defaults, and ALMA's lr a decade
-down for the same reason. Tolerances: 1.05x the optimum (1.2x for l0), except C&W linf (the iterative
-tau-shrinking attack ends within ~10% of it after 20 rounds: 1.1x worst, 1.02x on average) and ALMA l1
+down for the same reason (C&W linf's lr too, and tau shrinking by 3% a round: its best lies anywhere
+between the last tau that failed and the one before). Tolerances: 1.05x the optimum (1.2x for l0), except
+C&W linf (1.1x worst, 1.05x on average) and ALMA l1
 (its l1 term is a subgradient that RMSProp cannot bring to exact zeros: adv-lib's ALMA does the same,
 see BENCHMARKS.md), which are checked on their mean.
 """
@@ -29,7 +30,7 @@ torch.set_num_threads(1)
 # (attack, norm, options, worst ratio, mean ratio)
 CASES = [
     (cw, "l2", {"steps": 200}, 1.05, 1.05),
-    (cw, "linf", {"steps": 200, "search_steps": 20}, 1.12, 1.03),
+    (cw, "linf", {"steps": 100, "search_steps": 40, "lr": 3e-4, "tau_decrease": 0.97}, 1.1, 1.05),
     (ddn, "l2", {"steps": 300}, 1.05, 1.05),
     (fmn, "l0", {}, 1.2, 1.2),
     (fmn, "l1", {}, 1.05, 1.05),

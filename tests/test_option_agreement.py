@@ -246,12 +246,12 @@ ATTACK_CHANGES = {
     # (_SLOW: alma's rho schedule acts only while a sample is neither adversarial nor improving)
     "cw": ("l2", {"steps": 30, "search_steps": 3}, {
         "steps": (10, {}), "search_steps": (2, {}), "lr": (0.05, {}), "initial_const": (0.1, {}),
-        "confidence": (1.0, {}), "abort_early": (False, {"steps": 60}), "targeted": (True, {}),
-        "tau_decrease": (0.5, {"norm": "linf"}), "const_factor": (10.0, {"norm": "linf"})}),
+        "confidence": (1.0, {}), "abort_early": (False, {"norm": "linf"}), "targeted": (True, {}),
+        "tau_decrease": (0.5, {"norm": "linf"}), "const_factor": (10.0, {"norm": "linf", "search_steps": 6})}),
     "ddn": ("l2", {"steps": 20}, {"steps": (10, {}), "gamma": (0.2, {}), "init_norm": (0.1, {}), "lr": (0.3, {}),
                                   "lr_final": (0.5, {}), "targeted": (True, {})}),
     "fmn": ("l2", {"steps": 20}, {"steps": (10, {}), "lr": (0.3, {}), "lr_final": (0.5, {}), "gamma": (0.2, {}),
-                                  "gamma_final": (0.1, {}), "search_steps": (0, {}), "targeted": (True, {})}),
+                                  "gamma_final": (0.1, {}), "targeted": (True, {})}),
     "alma": ("l2", {"steps": 30}, {
         "steps": (20, {}), "lr": (0.01, {}), "lr_final": (0.5, {}), "mu_init": (10.0, {}), "rho_init": (10.0, {}),
         "check_steps": (3, _SLOW), "tau": (0.5, _SLOW), "gamma": (3.0, {**_SLOW, "check_steps": 1}),

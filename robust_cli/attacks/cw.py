@@ -114,9 +114,7 @@ def _cw_linf(model, x, y, best, *, steps, search_steps, lr, const, confidence, a
     tau = torch.ones_like(c)
     for _ in range(search_steps):
         t = view_as_images(tau, x)
-        # Adam's steps are ~lr in w whatever the gradient's scale: relative to tau they must shrink with it,
-        # or the iterates oscillate at ~lr around a boundary closer than that (a floor of the paper's fixed lr)
-        adam = _Adam(w, lr * t)
+        adam = _Adam(w, lr)
         found = torch.zeros(B, dtype=torch.bool, device=x.device)
         for _ in range(steps):
             with torch.enable_grad():
@@ -131,11 +129,8 @@ def _cw_linf(model, x, y, best, *, steps, search_steps, lr, const, confidence, a
                 break
             w = adam.step(w.detach(), grad)
         w = w.detach()
-        # success: tighten below the best (the paper); failure: back half-way to the best found, so that a
-        # tau shrunk below the optimum is not a dead end, and weigh the misclassification more (the paper)
-        hi = best.norm.clamp_max(1)
-        tau = torch.where(found, tau_decrease * torch.minimum(tau, hi),
-                          torch.where(torch.isfinite(best.norm), (tau + hi) / 2, tau))
+        # the paper's schedule: a success tightens tau below the best found, a failure weighs f more
+        tau = torch.where(found, tau_decrease * torch.minimum(tau, best.norm.clamp_max(1)), tau)
         c = torch.where(found, c, c * const_factor)
 
 

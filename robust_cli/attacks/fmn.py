@@ -14,7 +14,7 @@ linf is the exact Euclidean projection onto ball ∩ box (``geometry.project``; 
 the ball, then clip).
 
 ``x_init`` (``[B,C,H,W]``, e.g. the best point of an earlier attack): where it is adversarial, a binary
-search of ``search_steps`` rounds on the segment from ``x`` (for l0: on the number of its largest pixels
+search of ``BOUNDARY_SEARCH_STEPS`` rounds on the segment from ``x`` (for l0: on the number of its largest pixels
 kept) finds the boundary, and the attack starts there (the paper's warm start, §2.2).
 """
 
@@ -34,6 +34,8 @@ from robust_cli.norms import check_norm
 from robust_cli.schema import Range, schema_of
 
 DUAL = {"l1": "linf", "l2": "l2", "linf": "l1"}
+#: binary-search rounds towards the boundary from ``x_init`` (the authors' 10: the segment to 1e-3 of its length)
+BOUNDARY_SEARCH_STEPS = 10
 
 
 def _keep_top_pixels(delta: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -74,7 +76,7 @@ def _boundary_start(model, x, y, x_init, norm, targeted, steps, best) -> torch.T
 def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init: Optional[torch.Tensor] = None,
         steps: Annotated[int, Range(ge=1)] = 100, lr: Annotated[float, Range(gt=0)] = 1.0,
         lr_final: Annotated[float, Range(gt=0)] = 0.01, gamma: Annotated[float, Range(gt=0, lt=1)] = 0.05,
-        gamma_final: Annotated[float, Range(gt=0, lt=1)] = 0.001, search_steps: Annotated[int, Range(ge=0)] = 10,
+        gamma_final: Annotated[float, Range(gt=0, lt=1)] = 0.001,
         targeted: bool = False) -> torch.Tensor:
     """FMN (Algorithm 1); ``x`` ``[B,C,H,W]`` in [0,1], ``y`` ``[B]`` (targets when ``targeted``).
 
@@ -85,7 +87,6 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             trains smaller steps on its own via the projection) ...
         lr_final: ... annealed by a cosine to ``lr * lr_final`` (the paper: ``alpha_0 / 100``).
         gamma: the first relative change of ``eps`` (the paper: 0.05) ... gamma_final: ... annealed to this.
-        search_steps: binary-search rounds towards the boundary from ``x_init``.
         targeted: ``y`` holds targets.
 
     Returns:
@@ -99,7 +100,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
         best = BestAdversarial(x, y, norm, targeted)
         delta = torch.zeros_like(x)
         if x_init is not None:
-            delta = _boundary_start(model, x, y, x_init, norm, targeted, search_steps, best)
+            delta = _boundary_start(model, x, y, x_init, norm, targeted, BOUNDARY_SEARCH_STEPS, best)
         found = torch.isfinite(best.norm)
         if norm == "l0":
             eps = torch.where(found, best.norm, torch.ones_like(best.norm))
