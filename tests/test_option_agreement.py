@@ -222,6 +222,7 @@ _PD = {  # the primal-dual options shared by pdgd and pdpgd
     "finetune_steps": (300, {}), "finetune_lr_factor": (0.5, {"finetune_steps": 300}), "targeted": (True, {}),
     "seed": (1, {"restarts": 3}),
 }
+_SLOW = {"lr": 0.0003, "steps": 100}
 _ITERATIVE = {"steps": (3, {}), "step_size": (0.5, {}), "targeted": (True, {}), "loss": ("margin", {}),
               "single_step": (False, {})}
 ATTACK_CHANGES = {
@@ -270,6 +271,20 @@ ATTACK_CHANGES = {
         "confidence": (1.0, {}), "decision": ("en", {}), "fista": (False, {}), "targeted": (True, {})}),
     "high_confidence": ("l2", {}, {"steps": (1, {}), "confidence": (0.99, {}), "max_step": (0.05, {}),
                                    "targeted": (True, {})}),
+    # --- C&W, DDN, FMN, ALMA
+    # (_SLOW: alma's rho schedule acts only while a sample is neither adversarial nor improving)
+    "cw": ("l2", {"steps": 30, "search_steps": 3}, {
+        "steps": (10, {}), "search_steps": (2, {}), "lr": (0.05, {}), "initial_const": (0.1, {}),
+        "confidence": (1.0, {}), "abort_early": (False, {"norm": "linf"}), "targeted": (True, {}),
+        "tau_decrease": (0.5, {"norm": "linf"}), "const_factor": (10.0, {"norm": "linf", "search_steps": 6})}),
+    "ddn": ("l2", {"steps": 20}, {"steps": (10, {}), "gamma": (0.2, {}), "init_norm": (0.1, {}), "lr": (0.3, {}),
+                                  "lr_final": (0.5, {}), "targeted": (True, {})}),
+    "fmn": ("l2", {"steps": 20}, {"steps": (10, {}), "lr": (0.3, {}), "lr_final": (0.5, {}), "gamma": (0.2, {}),
+                                  "gamma_final": (0.1, {}), "targeted": (True, {})}),
+    "alma": ("l2", {"steps": 30}, {
+        "steps": (20, {}), "lr": (0.01, {}), "lr_final": (0.5, {}), "mu_init": (10.0, {}), "rho_init": (10.0, {}),
+        "check_steps": (3, _SLOW), "tau": (0.5, _SLOW), "gamma": (3.0, {**_SLOW, "check_steps": 1}),
+        "alpha": (0.5, {}), "logit_tolerance": (0.5, {}), "targeted": (True, {})}),
 }
 #: options that by design change no number (how the work is split), checked to reach the call instead
 ATTACK_SAME_RESULT = {("stability", "chunk_size"): 2}
