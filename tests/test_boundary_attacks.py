@@ -166,6 +166,7 @@ def test_a_bad_option_is_one_line_from_the_command_line(tmp_path):
     assert res.stderr.strip().splitlines() == ["robust: error: attack.fab.beta=1.5: must be >= 0 and <= 1"]
 
 
+@pytest.mark.slow  # ~35 s; every attack of this file has fast linear-model tests
 def test_eval_fab_and_ead_end_to_end(tmp_path):
     """``robust eval attack=[fab,ead]`` on a one-epoch quickstart run: files written, distances recomputable."""
     import json

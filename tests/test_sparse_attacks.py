@@ -112,6 +112,7 @@ def test_bad_options_fail_at_compose_time(overrides, message, hydra_compose):
         check_config(cfg)
 
 
+@pytest.mark.slow  # ~40 s: two evals of several attacks; the plumbing of x_init has fast tests too
 def test_eval_minimal_end_to_end_and_later_attacks_start_from_the_running_best(tmp_path):
     from cli_helpers import robust
 
