@@ -10,6 +10,7 @@ means adding a module and a YAML file, nothing here.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -191,6 +192,7 @@ def discover_schemas(package: str) -> dict[str, type]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def _registered_objects() -> dict[str, Any]:
     """``{_target_: object}`` of every schema of the model, defense and attack groups."""
     found = {}
