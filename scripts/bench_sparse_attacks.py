@@ -17,40 +17,13 @@ Usage: ``python scripts/bench_sparse_attacks.py --run RUN_DIR [--n 100] [--peers
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
 import torch
+from _bench import add_peers, timed
+from _bench import verified_sizes as verify
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Counter(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.samples = model, 0
-
-    def forward(self, x):
-        self.samples += int(x.shape[0])
-        return self.model(x)
-
-
-def verify(model, x, y, x_adv, norm):
-    from robust_cli.attacks.best import perturbation_size
-
-    x_adv = x_adv.detach().float().clamp(0, 1)
-    with torch.no_grad():
-        ok = model(x_adv).argmax(1) != y
-    size = perturbation_size(x_adv, x, norm).double()
-    return torch.where(ok, size, torch.full_like(size, float("inf")))
-
-
-def timed(model, fn):
-    counted = Counter(model).eval()
-    t = time.perf_counter()
-    out = fn(counted)
-    return out, time.perf_counter() - t, counted.samples
 
 
 def main() -> None:
@@ -62,8 +35,7 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated labels to run (default: all)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    if args.peers:
-        sys.path.insert(0, str(Path(args.peers).resolve()))
+    add_peers(args.peers)
     from robust_cli.attacks import list_attacks
     from robust_cli.data import load_split
     from robust_cli.training.checkpoint import load_trained_model

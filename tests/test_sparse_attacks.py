@@ -136,3 +136,8 @@ def test_eval_minimal_end_to_end_and_later_attacks_start_from_the_running_best(t
     # 30 queries cannot find a start from noise and walk far: boundary's numbers come from deepfool's points
     assert (later["distance"] <= first["distance"] + 1e-5).all()
     assert (ens["distance"] <= first["distance"] + 1e-5).all()  # deepfool is a member of minimal's l2 set
+    import json
+
+    started = {name: json.loads((run / "eval" / f"{name}-l2" / "summary.json").read_text())["started_from"]
+               for name in ("deepfool", "boundary")}
+    assert started == {"deepfool": [], "boundary": ["deepfool"]}  # where a result's start came from
