@@ -7,7 +7,7 @@ SuperDeepFool, sigma-zero, VFGA; foolbox 3: Brendel & Bethge started from the pe
 returned image is re-verified here (inside [0,1], misclassified by the model) and its size recomputed (l0:
 changed pixels). Printed per norm: mean/median of our result and of the peers' per-image minimum, the
 forward passes per image each side spent, and the fraction of images where ours is at most the peers'
-minimum (the target: >= 0.99) — with the images where it is not.
+minimum (the target: >= 0.99), exactly and within 0.1%, with the images where it is more than 0.1% larger.
 
 Peers live in side directories (``scripts/_bench.py`` says how to install them)::
 
@@ -114,16 +114,17 @@ def main() -> None:
             return f"{fin.mean():.4f} ({fin.numel()}/{len(d)})", f"{d.median():.4f}"
 
         le = ours <= peer_min * (1 + 1e-6) + 1e-9
+        near = ours <= peer_min * (1 + 1e-3)  # within 0.1%: below any resolution the evaluation reports
         print(f"| {norm} | ours minimal | {' | '.join(cells(ours))} | {rows / len(x):.0f} | {sec:.0f} | "
-              f"{le.double().mean():.3f} |")
+              f"{le.double().mean():.3f} (within 0.1%: {near.double().mean():.3f}) |")
         if members:
             print(f"| {norm} | peers' per-image min | {' | '.join(cells(peer_min))} | {peer_rows / len(x):.0f} | "
                   f"{peer_sec:.0f} | |")
             print(f"  peers ({norm}, mean over successes): {', '.join(who)}")
-            worse = (~le).nonzero().squeeze(1).tolist()
+            worse = (~near).nonzero().squeeze(1).tolist()
             if worse:
-                print(f"  ours > peers on images {worse}: ours {[round(float(ours[i]), 4) for i in worse]} "
-                      f"peers {[round(float(peer_min[i]), 4) for i in worse]}")
+                mine, theirs = ([round(float(d[i]), 4) for i in worse] for d in (ours, peer_min))
+                print(f"  ours > peers by over 0.1% on images {worse}: ours {mine} peers {theirs}")
 
 
 if __name__ == "__main__":

@@ -243,7 +243,9 @@ ATTACK_CHANGES = {
         "proximal_exact": (False, {"norm": "l1"}), "l0_mode": ("element", {"norm": "l0"}),
         "l0_prox": ("l23", {"norm": "l0"})}),
     # --- sparse and black-box attacks, minimal
-    "minimal": ("l2", {}, {"l0_attacks": (["jsma"], {"norm": "l0"}), "l1_attacks": (["sparsefool"], {"norm": "l1"}),
+    "minimal": ("l2", {"l0_attacks": ["sigma_zero"], "l1_attacks": ["fmn"], "l2_attacks": ["ddn"],  # cheap sets
+                       "linf_attacks": ["deepfool"]}, {
+                           "l0_attacks": (["jsma"], {"norm": "l0"}), "l1_attacks": (["sparsefool"], {"norm": "l1"}),
                            "l2_attacks": (["deepfool"], {}), "linf_attacks": (["pgd"], {"norm": "linf"}),
                            "search_steps": (2, {"norm": "linf", "linf_attacks": ["pgd"]})}),
     "sigma_zero": ("l0", {"steps": 20}, {"steps": (5, {}), "lr": (0.1, {}), "sigma": (1.0, {}),

@@ -119,7 +119,7 @@ def bb(
     *,
     norm: str = "l2",
     x_init: torch.Tensor | None = None,
-    steps: Annotated[int, Range(ge=1)] = 200,
+    steps: Annotated[int, Range(ge=1)] = 1000,
     lr: Annotated[float, Range(gt=0)] = 0.3,
     lr_num_decay: Annotated[int, Range(ge=0)] = 20,
     momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9,
@@ -130,7 +130,7 @@ def bb(
 
     Args:
         x_init: ``[B,C,H,W]`` or None: starting adversarials (DeepFool's point where none is misclassified).
-        steps: trust-region steps (one forward and backward each).
+        steps: trust-region steps (one forward and backward each; the paper's and foolbox's 1000).
         lr: the first trust-region radius (l2) as a fraction of the starting distance.
         lr_num_decay: how many times the radius halves over the ``steps`` (the paper: 20).
         momentum: weight of the past in the boundary normal's running average (the paper: 0.8; 0.9 was

@@ -129,7 +129,9 @@ def _cw_linf(model, x, y, best, *, steps, search_steps, lr, const, confidence, a
             over = ((xa - x).abs() - view_as_images(tau, x)).clamp_min(0).flatten(1).sum(1)
             loss = over + c * _f6(logits, y, targeted, confidence).clamp_min(0)
             (grad,) = torch.autograd.grad(loss.sum(), w)
-        found |= best.update(xa, _confident_logits(logits, y, targeted, confidence))
+        before = best.norm
+        best.update(xa, _confident_logits(logits, y, targeted, confidence))
+        found |= best.norm < before  # a round "succeeds" when it improved the best (a mere re-find does not)
         t += 1
         w = w.detach()
         m.lerp_(grad, 1 - b1)
