@@ -482,3 +482,16 @@ def test_fgsm_mix_is_clean_plus_lam_times_ce_at_the_clipped_linf_fgsm_image():
     out = make("fgsm_mix", eps=0.2, lam=0.5)(model, x, y)
     torch.testing.assert_close(out.loss, want)
     assert out.stats["adv_loss"] > out.stats["clean_loss"]  # the step raised the loss
+
+
+def test_margin_loss_ce_replaces_the_hinge_by_cross_entropy():
+    """Thesis §3.5.2 (NIN on CIFAR-10): CE + C * margin sensitivity, the same sensitivity as with the hinge."""
+    model = smooth_mlp()
+    x, y = torch.rand(6, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1])
+    hinge = make("margin", C=0.5)(model, x, y)
+    ce = make("margin", C=0.5, loss="ce")(model, x, y)
+    want = F.cross_entropy(model(x), y) + 0.5 * ce.stats["penalty"]
+    torch.testing.assert_close(ce.loss, want)
+    assert ce.stats["penalty"] == pytest.approx(hinge.stats["penalty"])
+    with pytest.raises(ValueError, match="loss"):
+        make("margin", loss="mse")

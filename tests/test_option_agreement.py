@@ -162,7 +162,7 @@ DEFENSE_CHANGES = {
     "trades": {"beta": (1.0, {}), "norm": ("l2", {}), "eps": (0.1, {}), "steps": (3, {}), "step_size": (0.5, {})},
     "vat": {"alpha": (2.0, {}), "eps": (0.5, {}), "xi": (0.1, {}), "power_iterations": (3, {}),
             "clip": (True, {"eps": 3.0})},
-    "margin": {"C": (1.0, {}), "penalty_norm": ("l1", {})},
+    "margin": {"C": (1.0, {}), "penalty_norm": ("l1", {}), "loss": ("ce", {})},
     "fgsm_mix": {"eps": (0.1, {}), "lam": (0.5, {})},
 }
 #: options that by design change no number, only how it is computed: checked to reach the object instead
