@@ -98,7 +98,7 @@ def test_yaml_carries_only_what_differs_from_the_signature(group, hydra_compose)
 # {name: {option: (changed value, {setting in which the option matters})}}
 MODEL_CHANGES = {
     "mlp": {"widths": ([8, 6], {}), "dropout": (0.5, {"widths": [8, 6]})},
-    "lenet5": {"channels": ([4, 8], {}), "hidden": ([32, 16], {})},
+    "lenet5": {"channels": ([4, 8], {}), "hidden": ([32, 16], {}), "dropout": (0.5, {})},
     "allcnn": {"channels": ([8, 16], {}), "batchnorm": (False, {"channels": [8, 16]}),
                "dropout": (0.5, {"channels": [8, 16]}), "input_dropout": (0.5, {"channels": [8, 16]})},
     "resnet34": {"width": (8, {"blocks": [1, 1, 1, 1]}), "blocks": ([1, 1, 1, 2], {"width": 4})},
@@ -162,7 +162,8 @@ DEFENSE_CHANGES = {
     "trades": {"beta": (1.0, {}), "norm": ("l2", {}), "eps": (0.1, {}), "steps": (3, {}), "step_size": (0.5, {})},
     "vat": {"alpha": (2.0, {}), "eps": (0.5, {}), "xi": (0.1, {}), "power_iterations": (3, {}),
             "clip": (True, {"eps": 3.0})},
-    "margin": {"C": (1.0, {}), "penalty_norm": ("l1", {})},
+    "margin": {"C": (1.0, {}), "penalty_norm": ("l1", {}), "loss": ("ce", {})},
+    "fgsm_mix": {"eps": (0.1, {}), "lam": (0.5, {})},
 }
 #: options that by design change no number, only how it is computed: checked to reach the object instead
 DEFENSE_SAME_RESULT = {("margin", "batched"): lambda d: not d.batched}
