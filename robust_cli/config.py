@@ -138,10 +138,31 @@ class TrainConfig:
 
 
 @dataclass
+class ExternalModelConfig:
+    """``robust eval model=<kind> ...``: a model not trained by ``robust train`` (robust_cli.models.external).
+
+    The command line's ``model=``, ``path=``, ``factory=``, ``name=``, ``threat_model=``, ``mean=``, ``std=``
+    and ``in_shape=`` are these keys (``robust_cli.cli.expand_model_shorthand``)."""
+
+    kind: Optional[str] = None  # torchscript | python | torchvision | robustbench; null: evaluate run=<dir>
+    path: Optional[str] = None  # the file: a TorchScript archive, or weights (a state dict) for the others
+    factory: Optional[str] = None  # python: "pkg.module:function", called without arguments -> nn.Module
+    name: Optional[str] = None  # torchvision: the architecture (resnet18); robustbench: the model name
+    threat_model: str = "Linf"  # robustbench: Linf | L2 | corruptions (the leaderboard the name belongs to)
+    # the per-channel normalisation the model expects, applied inside the wrapper so attacks see [0,1]
+    # images; null: the model takes [0,1] images as they are
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    in_shape: Optional[list[int]] = None  # [C,H,W] the model takes; null: the data set's
+
+
+@dataclass
 class EvalConfig:
     """``robust eval``: the top-level keys of conf/eval.yaml."""
 
-    run: str = MISSING  # the train run directory
+    run: Optional[str] = None  # the train run directory (or model=<kind> ...: an external model)
+    model: ExternalModelConfig = field(default_factory=ExternalModelConfig)
+    dataset: Any = None  # model=<kind> only: the data set to evaluate on (dataset=<name>)
     attack: Any = MISSING  # filled by the attack group: {<name>: {...params}}
     norm: Any = "l2"  # l0 | l1 | l2 | linf, or a list of them
     n_examples: int = 1000

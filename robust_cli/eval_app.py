@@ -33,10 +33,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from robust_cli.apps import is_multirun, user_errors
 from robust_cli.norms import NORMS
 from robust_cli.config import register_configs
-from robust_cli.data import with_root
 from robust_cli.errors import UserError
 from robust_cli.evaluation.cache import cached_summary, lipschitz_stale, model_identity, result_config
-from robust_cli.rundir import RunDir
 
 register_configs()
 log = logging.getLogger("robust_cli.eval")
@@ -98,8 +96,8 @@ def wants_reference(fn: Any) -> bool:
 
 
 def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
-                 config, reference=None, best=None) -> dict:
-    """Run one (attack, norm), write its three files, return its summary.
+                 config, eval_dir, reference=None, best=None) -> dict:
+    """Run one (attack, norm), write its three files under ``eval_dir``, return its summary.
 
     ``config``: ``result_config(...)``, stored for the cache. ``reference``: the training set
     ``(x [N,C,H,W], y [N])``, passed to attacks that take one. ``best``: the ``RunningBest`` of this norm
@@ -134,7 +132,7 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
         "zero_grad_fraction": zero_grad,
     }
     summary["config"] = config
-    RunDir(cfg.run).eval.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
+    eval_dir.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
     return summary
 
 
@@ -149,11 +147,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     from robust_cli.reporting.console import print_summary
     from robust_cli.reporting.plots import plot_error_curves
     from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
-    from robust_cli.training.checkpoint import load_trained_model
+    from robust_cli.eval_target import resolve_target
 
-    run_dir = RunDir(cfg.run)
-    if not run_dir.is_dir():
-        raise UserError(f"run={cfg.run} is not a directory; give run=<a finished train run directory>")
     if cfg.n_examples < 1 or cfg.batch_size < 1:
         raise UserError("n_examples and batch_size must be at least 1")
     if cfg.eps_search not in ("bisection", "grid"):
@@ -166,13 +161,12 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         return pd.DataFrame()
 
     device = resolve_device(cfg.device)
-    model, train_cfg = load_trained_model(run_dir, device=device)
-    data_cfg = with_root(train_cfg.get("data"), cfg.data.root)  # data.root= / $ROBUST_DATA over the stored one
-    x, y = load_split(train_cfg.dataset, data_cfg, "test")
+    target = resolve_target(cfg, device)  # run=<dir> or model=<kind> (robust_cli.eval_target)
+    model, dataset_cfg, data_cfg, eval_dir = target.model, target.dataset, target.data, target.eval_dir
+    x, y = load_split(dataset_cfg, data_cfg, "test")
     n = min(int(cfg.n_examples), int(x.shape[0]))
     x, y = x[:n], y[:n]
-    thresholds = thresholds_of(train_cfg.dataset, cfg.get("thresholds"))
-    eval_dir = run_dir.eval
+    thresholds = thresholds_of(dataset_cfg, cfg.get("thresholds"))
 
     x, y = x.to(device), y.to(device)
     model_id = model_identity(model)
@@ -191,7 +185,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
             configs[name, norm] = config
     reference = None
     if any(wants_reference(attacks[name][0]) for name, _ in configs):
-        reference = load_split(train_cfg.dataset, data_cfg, "train")
+        reference = load_split(dataset_cfg, data_cfg, "train")
     from robust_cli.evaluation.runner import RunningBest
 
     bests = {norm: RunningBest() for norm in norms}  # x_init of later attacks (cached results hold no images)
@@ -201,10 +195,12 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
             evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
-                         zero_grad=zero_grad, progress=progress, config=config, reference=reference,
-                         best=bests[norm])
+                         zero_grad=zero_grad, progress=progress, config=config, eval_dir=eval_dir,
+                         reference=reference, best=bests[norm])
 
     with eval_dir.lock():  # concurrent -m jobs merge one after another
+        if target.record is not None and eval_dir.read_spec() != target.record:
+            eval_dir.write_spec(target.record)  # an external model: what it is and where it was read last
         stale = lipschitz_stale(eval_dir.read_lipschitz(), n, model_id)  # n_examples changed, or retrained
         if cfg.lipschitz and (cfg.force or stale):
             stats = {**lipschitz_statistics(model, x, y, cfg.batch_size), "model": model_id}
@@ -213,7 +209,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                      stats["max_grad_norm"], stats["max_jacobian_norm"], stats["weight_norm_product"])
         update_cross_checks(eval_dir)
         summary, curves = merge(eval_dir)
-        plot_error_curves(curves, eval_dir.plot_path, title=str(run_dir))
+        plot_error_curves(curves, eval_dir.plot_path, title=target.title)
         checks = {f"{s['attack']}-{s['norm']}": s.get("checks", {}) for _, s in evaluated(eval_dir)}
     print_summary(summary, checks)
     log.info("wrote %s", eval_dir)

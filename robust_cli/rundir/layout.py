@@ -8,6 +8,10 @@ Train run directory (``RunDir``)::
       <attack>-<norm>/per_sample.csv  curve.csv  summary.json     (``ResultDir``)
       summary.csv  error_curves.csv  error_curves.png  lipschitz.json  .lock
 
+External model (``ExternalEvalDir``, ``robust eval model=<kind>``)::
+
+    <out_dir>/eval/external/<kind>/<label>-<digest>/model.json  + the files of eval/ above
+
 Sweep directory (``SweepDir``, ``hydra.sweep.dir``)::
 
     sweep.json  jobs.csv  .jobs.lock  <job num>/job.json
@@ -164,6 +168,22 @@ class EvalDir(_Dir):
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """An exclusive lock (``.lock``) for merging: concurrent ``-m`` jobs merge one after another."""
         return io.file_lock(self.path / ".lock")
+
+
+class ExternalEvalDir(EvalDir):
+    """``<out_dir>/eval/external/<kind>/<label>-<digest>/`` (``names.external_eval_dir``): what ``robust eval
+    model=<kind>`` writes for a model ``robust train`` did not make. The layout of ``eval/`` (results per
+    pair, merged files) plus ``model.json``: the spec, the file's SHA-256 and the data set evaluated on."""
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / "model.json"
+
+    def read_spec(self) -> dict[str, Any] | None:
+        return io.read_json(self.spec_path) if self.spec_path.is_file() else None
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        io.write_json(self.spec_path, spec)
 
 
 class RunDir(_Dir):

@@ -60,6 +60,16 @@ def train_run_dir(cfg, overrides: list[str]) -> Path:
     return Path(cfg.out_dir) / "train" / cfg.dataset.name / cfg.model.name / cfg.defense.name / run_name(overrides)
 
 
+def external_eval_dir(out_dir: str, kind: str, label: str, digest: str) -> Path:
+    """``<out_dir>/eval/external/<kind>/<label>-<digest>``: where ``robust eval model=<kind>`` writes.
+
+    ``label`` names the model for a reader (the file's stem, the architecture or factory), reduced to
+    ``[A-Za-z0-9._-]``; ``digest`` (a hash of the spec, the file's contents included) tells apart two models
+    of the same label, so the same spec always finds the same directory and another spec never shares it."""
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or kind
+    return Path(out_dir) / "eval" / "external" / kind / _bounded(f"{label[:80]}-{digest}")
+
+
 # ---------------------------------------------------------------- sweep directories
 # ``hydra.sweep.dir`` of ``robust train -m`` / ``robust eval -m`` (conf/train.yaml, conf/eval.yaml):
 #     <out_dir>/sweeps/<command>/<sweep name>     or, with hydra.job.name=<name>,  <out_dir>/sweeps/<name>

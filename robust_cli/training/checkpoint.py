@@ -7,7 +7,6 @@ Both hold tensors and plain Python only and are read with ``weights_only=True``.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +28,11 @@ def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list[dict
     })
 
 
-def _unreadable(what: str, err: Exception) -> UserError:
-    """The one line for a file ``torch.load(weights_only=True)`` refused: torch's own message advises
-    ``weights_only=False`` (running the file's code), which robust never does; only its reason is kept."""
-    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())
-    if "weights_only" in text or "Weights only load failed" in text:
-        _, found, detail = text.partition("WeightsUnpickler error:")
-        # its first sentence ("Unsupported global: GLOBAL x.Y was not an allowed global by default"); the
-        # rest is torch's advice to allow-list the class or to load with weights_only=False
-        reason = detail.strip().split(". ")[0].rstrip(".") if found else type(err).__name__
-        return UserError(f"cannot read {what}: it holds objects other than tensors and plain Python ({reason}); "
-                         "robust reads only the files robust train writes")
-    return UserError(f"cannot read {what}: {text}")
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return io.torch_load(path)
     except Exception as err:
-        raise _unreadable(f"checkpoint {path}", err) from None
+        raise io.unreadable(f"checkpoint {path}", err) from None
 
 
 def save_model(path: Path, model, cfg: DictConfig) -> None:
@@ -82,7 +67,7 @@ def load_trained_model(run_dir: str | Path | RunDir, device: str | torch.device 
     try:
         blob = io.torch_load(path, map_location="cpu")
     except Exception as err:
-        raise _unreadable(str(path), err) from None
+        raise io.unreadable(str(path), err) from None
     cfg = run.read_config()
     cfg.model = blob["model_cfg"]
     cfg.dataset = blob["dataset_cfg"]
