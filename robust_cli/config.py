@@ -129,6 +129,15 @@ class TrainConfig:
     channels_last: bool = False
     tikhonov: float = 0.0  # the papers' weight decay: tikhonov * sum of squared non-bias weights
     max_batches_per_epoch: Optional[int] = None  # cap for smoke runs
+    # robust validation (robust_cli.training.robust_val): every val_every epochs the first val_n validation
+    # images are attacked by val_attack at val_eps in val_norm; history.csv gains val_robust_accuracy and
+    # checkpoints/best.pt holds the epoch with the highest (Rice et al. 2020). null: off
+    val_attack: Optional[str] = None  # a budget attack of conf/attack (fgsm, pgd, ...)
+    val_every: int = 1
+    val_eps: Optional[float] = None
+    val_norm: str = "linf"
+    val_n: int = 500
+    val_options: dict[str, Any] = field(default_factory=dict)  # the attack's options (val_options.steps=10)
     force: bool = False  # retrain even if the run directory holds a finished run
     out_dir: str = "outputs"
     run_dir: Optional[str] = None  # explicit run directory; default: named from the overrides

@@ -2,7 +2,7 @@
 
 Train run directory (``RunDir``)::
 
-    config.yaml  run.json  history.csv  checkpoints/last.pt  model.pt  train.log
+    config.yaml  run.json  history.csv  checkpoints/last.pt  [checkpoints/best.pt]  model.pt  train.log
     train.lock  .train.lock.guard         (while a ``robust train`` owns it; the guard file stays)
     eval/                                 (``EvalDir``)
       <attack>-<norm>/per_sample.csv  curve.csv  summary.json     (``ResultDir``)
@@ -238,6 +238,12 @@ class RunDir(_Dir):
         return self.path / "checkpoints" / "last.pt"
 
     @property
+    def best_checkpoint_path(self) -> Path:
+        """``checkpoints/best.pt``: the model of the epoch with the highest robust validation accuracy
+        (``val_attack=``; the format of ``model.pt``, see ``robust_cli.training.checkpoint``)."""
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
     def model_path(self) -> Path:
         """``model.pt``: the finished model."""
         return self.path / "model.pt"
@@ -254,7 +260,8 @@ class RunDir(_Dir):
 
     def train_files(self) -> list[Path]:
         """Every file ``robust train`` writes (their temporary files are the run's own leftovers)."""
-        return [self.config_path, self.record_path, self.history_path, self.checkpoint_path, self.model_path]
+        return [self.config_path, self.record_path, self.history_path, self.checkpoint_path,
+                self.best_checkpoint_path, self.model_path]
 
     # ------------------------------------------------------------------ one writer: train.lock
     @property

@@ -2,6 +2,7 @@
 
 ``checkpoints/last.pt`` = {model, optimizer, epoch (completed), history (list of dict rows), format}
 ``model.pt`` = {state_dict, model_cfg, dataset_cfg, data_cfg, format}
+``checkpoints/best.pt`` (``val_attack=``) = the same plus {epoch, val_robust_accuracy}
 Both hold tensors and plain Python only and are read with ``weights_only=True``.
 """
 
@@ -35,13 +36,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise io.unreadable(f"checkpoint {path}", err) from None
 
 
-def save_model(path: Path, model, cfg: DictConfig) -> None:
-    """Write ``model.pt``: weights plus the model, dataset and data configs needed to rebuild it."""
+def save_model(path: Path, model, cfg: DictConfig, **extra: Any) -> None:
+    """Write ``model.pt`` (or ``best.pt``): weights plus the model, dataset and data configs needed to rebuild
+    it; ``extra``: plain values stored beside them (``best.pt``: ``epoch``, ``val_robust_accuracy``)."""
     io.torch_save(path, {
         "format": FORMAT, "state_dict": unwrap(model).state_dict(),
         "model_cfg": OmegaConf.to_container(cfg.model, resolve=True),
         "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
-        "data_cfg": OmegaConf.to_container(cfg.data, resolve=True),
+        "data_cfg": OmegaConf.to_container(cfg.data, resolve=True), **extra,
     })
 
 
