@@ -189,6 +189,10 @@ class EvalConfig:
     eps_search: str = "bisection"  # budget attacks: bisection | grid
     search_steps: int = 10  # bisection steps, or grid points
     lipschitz: bool = True  # write lipschitz.json
+    # every selected attack targeted (attacks with a `targeted` option only): the attack gets a target class
+    # per image and succeeds where the model predicts it; results in <attack>-targeted-<norm>/ with per_target
+    targeted: bool = False
+    targets: str = "random"  # random (uniform over the other classes, from seed) | next ((y + 1) mod K)
     force: bool = False  # recompute attacks already evaluated, also with other settings than stored
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     out_dir: str = "outputs"  # -m only: the sweep directory <out_dir>/sweeps/eval/<name> (results go to <run>/eval)

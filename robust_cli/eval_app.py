@@ -71,6 +71,23 @@ def selected_attacks(attack_cfg: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
     return out
 
 
+def with_targeted(attacks: dict[str, tuple[Any, dict]], targeted: bool) -> dict[str, tuple[Any, dict]]:
+    """``targeted=true`` (or an ``attack.<name>.targeted=true``): such attacks are evaluated as
+    ``<name>-targeted``, their results apart from the untargeted ones; an attack without the option is
+    refused where ``targeted=true`` asks for it."""
+    from robust_cli.schema import options_of
+
+    out = {}
+    for name, (fn, params) in attacks.items():
+        if targeted and "targeted" not in options_of(fn):
+            raise UserError(f"attack {name} has no targeted option; targeted=true takes attacks that have one")
+        if targeted or params.get("targeted"):
+            out[f"{name}-targeted"] = (fn, {**params, "targeted": True})
+        else:
+            out[name] = (fn, params)
+    return out
+
+
 def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -> list[tuple[str, str]]:
     """The (attack, norm) pairs to evaluate; unsupported pairs are an error when asked for singly."""
     pairs = []
@@ -96,7 +113,7 @@ def wants_reference(fn: Any) -> bool:
 
 
 def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
-                 config, eval_dir, reference=None, best=None) -> dict:
+                 config, eval_dir, reference=None, best=None, targets=None) -> dict:
     """Run one (attack, norm), write its three files under ``eval_dir``, return its summary.
 
     ``config``: ``result_config(...)``, stored for the cache. ``reference``: the training set
@@ -114,7 +131,7 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     result = run_attack(
         model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
-        x_init=None if best is None else best.start(),
+        x_init=None if best is None else best.start(), targets=targets,
     )
     if best is not None:
         best.update(result)
@@ -154,7 +171,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     if cfg.eps_search not in ("bisection", "grid"):
         raise UserError(f"eps_search must be bisection or grid, got {cfg.eps_search}")
     norms = selected_norms(cfg.norm)
-    attacks = selected_attacks(cfg.attack)
+    attacks = with_targeted(selected_attacks(cfg.attack), bool(cfg.targeted))
     single = len(attacks) == 1 and len(norms) == 1 and not is_multirun()
     pairs = plan(attacks, norms, single)
     if not pairs:
@@ -167,6 +184,11 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     n = min(int(cfg.n_examples), int(x.shape[0]))
     x, y = x[:n], y[:n]
     thresholds = thresholds_of(dataset_cfg, cfg.get("thresholds"))
+    targets = None
+    if any(params.get("targeted") for _, params in attacks.values()):
+        from robust_cli.evaluation.runner import choose_targets
+
+        targets = choose_targets(y, int(dataset_cfg.num_classes), str(cfg.targets), int(cfg.seed))
 
     x, y = x.to(device), y.to(device)
     model_id = model_identity(model)
@@ -176,7 +198,9 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     configs = {}  # every pair's stored result is checked before any attack runs: a refusal changes nothing
     for name, norm in pairs:
         fn, params = attacks[name]
-        config = result_config(fn, params, n, cfg, model_id)
+        # targeted: which targets were drawn is part of what produced the result
+        config = result_config(fn, {**params, "targets": str(cfg.targets)} if params.get("targeted") else params,
+                               n, cfg, model_id)
         eps = float(cfg.eps.get(norm, math.nan))
         if cached_summary(eval_dir.result(name, norm), config, eps, thresholds.get(norm, []), attack=name,
                           force=bool(cfg.force)) is not None:
@@ -196,7 +220,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
             evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
                          zero_grad=zero_grad, progress=progress, config=config, eval_dir=eval_dir,
-                         reference=reference, best=bests[norm])
+                         reference=reference, best=bests[norm],
+                         targets=targets if params.get("targeted") else None)
 
     with eval_dir.lock():  # concurrent -m jobs merge one after another
         if target.record is not None and eval_dir.read_spec() != target.record:

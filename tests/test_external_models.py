@@ -270,3 +270,25 @@ def test_robustbench_standard_layout(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), net(x))
+
+
+def test_targeted_eval_and_per_class_in_the_summary(exported, monkeypatch):
+    tmp = exported[0]
+    monkeypatch.chdir(tmp)
+    spec = ["model=torchscript", "path=model_ts.pt", "dataset=digits", f"out_dir={tmp / 'out_t'}"]
+    _evaluate([*spec, "attack=[fgsm,pgd]", "attack.pgd.steps=5", "norm=linf", "targeted=true", "n_examples=20",
+               "lipschitz=false", "search_steps=5"])
+    (directory,) = (tmp / "out_t" / "eval" / "external" / "torchscript").iterdir()
+    assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == ["fgsm-targeted-linf", "pgd-targeted-linf"]
+    frame = pd.read_csv(directory / "pgd-targeted-linf" / "per_sample.csv")
+    summary = json.loads((directory / "pgd-targeted-linf" / "summary.json").read_text())
+    assert (frame["target"] != frame["label"]).all()
+    hit = frame["distance"].between(1e-12, 1e9)
+    assert hit.any() and (frame.loc[hit, "adv_pred"] == frame.loc[hit, "target"]).all()
+    assert sum(s["n"] for s in summary["per_target"].values()) == int((frame["label"] == frame["clean_pred"]).sum())
+    assert sum(s["n"] for s in summary["per_class"].values()) == 20
+    for label, stats in summary["per_class"].items():
+        mine = frame[frame["label"] == int(label)]
+        assert stats["clean_error"] == pytest.approx((mine["clean_pred"] != mine["label"]).mean())
+    with pytest.raises(UserError, match="attack deepfool has no targeted option"):
+        _evaluate([*spec, "attack=deepfool", "norm=linf", "targeted=true"])

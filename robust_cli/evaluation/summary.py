@@ -44,6 +44,22 @@ def per_class(frame, eps: float) -> dict[str, dict[str, Any]]:
     return out
 
 
+def per_target(frame) -> dict[str, dict[str, Any]]:
+    """Targeted evaluations (a ``target`` column): ``{target: {n, success_rate, median_distance}}`` over the
+    correctly classified images sent to that target; ``success_rate`` is the fraction the model was made to
+    classify as the target, ``median_distance`` the median over those ``n`` images (``inf`` where the attack
+    reached the target on fewer than half)."""
+    correct = (frame["label"] == frame["clean_pred"]).to_numpy()
+    targets = frame["target"].to_numpy()
+    d = frame["distance"].to_numpy(dtype=np.float64)
+    out = {}
+    for target in sorted(set(targets[correct].tolist())):
+        mine = d[correct & (targets == target)]
+        out[str(target)] = {"n": int(mine.size), "success_rate": _num(np.isfinite(mine).mean()),
+                            "median_distance": _num(median_distance(mine))}
+    return out
+
+
 def summarize(
     frame,
     *,
@@ -91,4 +107,5 @@ def summarize(
         "forward_per_sample": float(forward_per_sample),
         "backward_per_sample": float(backward_per_sample),
         "per_class": per_class(frame, eps),
+        **({"per_target": per_target(frame)} if "target" in frame else {}),
     }
