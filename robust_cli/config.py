@@ -141,6 +141,8 @@ class TrainConfig:
     force: bool = False  # retrain even if the run directory holds a finished run
     out_dir: str = "outputs"
     run_dir: Optional[str] = None  # explicit run directory; default: named from the overrides
+    logger: str = "csv"  # csv | tensorboard | mlflow (robust_cli.reporting.tracking); csv files are always written
+    mlflow_uri: Optional[str] = None  # logger=mlflow: the tracking URI; null: the file store <out_dir>/mlruns
 
 
 # ---------------------------------------------------------------- evaluation
@@ -195,7 +197,10 @@ class EvalConfig:
     targets: str = "random"  # random (uniform over the other classes, from seed) | next ((y + 1) mod K)
     force: bool = False  # recompute attacks already evaluated, also with other settings than stored
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
-    out_dir: str = "outputs"  # -m only: the sweep directory <out_dir>/sweeps/eval/<name> (results go to <run>/eval)
+    # -m: the sweep directory <out_dir>/sweeps/eval/<name>; model=<kind>: <out_dir>/eval/external/...
+    out_dir: str = "outputs"
+    logger: str = "csv"  # csv | tensorboard | mlflow: the summaries and the error-curve figure logged there too
+    mlflow_uri: Optional[str] = None  # logger=mlflow: the tracking URI; null: the file store <out_dir>/mlruns
 
 
 @dataclass

@@ -166,6 +166,9 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
     from robust_cli.eval_target import resolve_target
 
+    from robust_cli.reporting.tracking import check_logger, log_evaluation
+
+    check_logger(str(cfg.logger))
     if cfg.n_examples < 1 or cfg.batch_size < 1:
         raise UserError("n_examples and batch_size must be at least 1")
     if cfg.eps_search not in ("bisection", "grid"):
@@ -236,6 +239,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         summary, curves = merge(eval_dir)
         plot_error_curves(curves, eval_dir.plot_path, title=target.title)
         checks = {f"{s['attack']}-{s['norm']}": s.get("checks", {}) for _, s in evaluated(eval_dir)}
+    log_evaluation(cfg, eval_dir, evaluated(eval_dir), eval_dir.plot_path, [eval_dir.summary_path,
+                                                                            eval_dir.curves_path])
     print_summary(summary, checks)
     log.info("wrote %s", eval_dir)
     summary.attrs["pairs"] = pairs  # what this call evaluated or reused (job_result)

@@ -15,7 +15,7 @@ from pathlib import Path
 # overrides that change where or how fast a run happens, not what it computes: left out of the name
 RUNTIME_KEYS = {
     "force", "device", "data.root", "data.download", "data.num_workers", "out_dir", "run_dir",
-    "eval_batch_size", "trainer.devices", "trainer.backend",
+    "eval_batch_size", "trainer.devices", "trainer.backend", "logger", "mlflow_uri",
 }
 GROUP_KEYS = {"dataset", "model", "defense"}  # already directory levels
 MAX_NAME = 180
