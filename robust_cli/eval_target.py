@@ -89,6 +89,9 @@ def resolve_target(cfg: DictConfig, device: torch.device) -> Target:
                             "(torchscript | python | torchvision | robustbench) with dataset=<name>")
         from robust_cli.training.checkpoint import load_trained_model
 
+        if cfg.dataset is not None:
+            raise UserError(f"dataset={cfg.dataset.name} is for model=<kind>; run={cfg.run} is evaluated on its "
+                            "own data set")
         run_dir = RunDir(cfg.run)
         if not run_dir.is_dir():
             raise UserError(f"run={cfg.run} is not a directory; give run=<a finished train run directory>")

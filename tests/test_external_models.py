@@ -168,6 +168,8 @@ def test_refusals_need_a_dataset_and_one_target(exported):
         _evaluate(["model=torchscript", "path=x.pt", "attack=fgsm", "norm=linf"])
     with pytest.raises(UserError, match="give run= or model=, not both"):
         _evaluate([f"run={run}", "model=torchscript", "path=x.pt", "dataset=digits", "attack=fgsm", "norm=linf"])
+    with pytest.raises(UserError, match="dataset=digits is for model=<kind>"):
+        _evaluate([f"run={run}", "dataset=digits", "attack=fgsm", "norm=linf"])
     with pytest.raises(UserError, match="nothing to evaluate"):
         _evaluate(["attack=fgsm", "norm=linf"])
 
