@@ -205,6 +205,7 @@ def _npz(tmp_path: Path, channels: int = 3, side: int = 8) -> Path:
     return path
 
 
+@pytest.mark.slow  # two ResNet-18s (~5 s idle, ~19 s on a loaded 2-core machine)
 def test_torchvision_matches_the_same_weights_through_a_factory(tmp_path, monkeypatch):
     import torchvision
 
