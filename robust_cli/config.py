@@ -173,6 +173,7 @@ class EvalConfig:
 
     run: Optional[str] = None  # the train run directory (or model=<kind> ...: an external model)
     model: ExternalModelConfig = field(default_factory=ExternalModelConfig)
+    checkpoint: str = "model"  # run=: model (model.pt, results in eval/) | best (checkpoints/best.pt, in eval-best/)
     dataset: Any = None  # model=<kind> only: the data set to evaluate on (dataset=<name>)
     attack: Any = MISSING  # filled by the attack group: {<name>: {...params}}
     norm: Any = "l2"  # l0 | l1 | l2 | linf, or a list of them

@@ -95,9 +95,13 @@ def resolve_target(cfg: DictConfig, device: torch.device) -> Target:
         run_dir = RunDir(cfg.run)
         if not run_dir.is_dir():
             raise UserError(f"run={cfg.run} is not a directory; give run=<a finished train run directory>")
-        model, train_cfg = load_trained_model(run_dir, device=device)
+        best = str(cfg.checkpoint) == "best"
+        model, train_cfg = load_trained_model(run_dir, device=device, checkpoint=str(cfg.checkpoint))
         data_cfg = with_root(train_cfg.get("data"), cfg.data.root)  # data.root= / $ROBUST_DATA over the stored
-        return Target(model, train_cfg.dataset, data_cfg, run_dir.eval, str(run_dir))
+        return Target(model, train_cfg.dataset, data_cfg, run_dir.best_eval if best else run_dir.eval,
+                      f"{run_dir} (best.pt)" if best else str(run_dir))
+    if str(cfg.checkpoint) != "model":
+        raise UserError(f"checkpoint={cfg.checkpoint} is for run=<dir>; model={cfg.model.kind} reads path=")
     if cfg.run is not None:
         raise UserError(f"give run= or model=, not both (run={cfg.run} model={cfg.model.kind})")
     if cfg.dataset is None:

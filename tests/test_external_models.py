@@ -170,6 +170,10 @@ def test_refusals_need_a_dataset_and_one_target(exported):
         _evaluate([f"run={run}", "model=torchscript", "path=x.pt", "dataset=digits", "attack=fgsm", "norm=linf"])
     with pytest.raises(UserError, match="dataset=digits is for model=<kind>"):
         _evaluate([f"run={run}", "dataset=digits", "attack=fgsm", "norm=linf"])
+    with pytest.raises(UserError, match="holds no checkpoints/best.pt: it was trained without val_attack="):
+        _evaluate([f"run={run}", "checkpoint=best", "attack=fgsm", "norm=linf"])
+    with pytest.raises(UserError, match="checkpoint=best is for run=<dir>"):
+        _evaluate(["model=torchscript", "path=x.pt", "dataset=digits", "checkpoint=best", "attack=fgsm", "norm=linf"])
     with pytest.raises(UserError, match="nothing to evaluate"):
         _evaluate(["attack=fgsm", "norm=linf"])
 

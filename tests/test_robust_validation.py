@@ -89,6 +89,20 @@ def test_column_best_checkpoint_and_an_exact_resume(tmp_path):
     for key, value in states[best_epoch].items():
         assert torch.equal(best["state_dict"][key], value), key
 
+    # robust eval checkpoint=best evaluates best.pt, into eval-best/ (eval/ of model.pt untouched)
+    from robust_cli.eval_app import evaluate
+
+    from test_tracking import _compose
+
+    evaluate(_compose("eval", [f"run={run.path}", "checkpoint=best", "attack=fgsm", "norm=linf", "n_examples=10",
+                               "lipschitz=false", "search_steps=3"]))
+    frame = pd.read_csv(run.best_eval.result("fgsm", "linf").per_sample_path)
+    best_model, _ = load_trained_model(run, checkpoint="best")
+    x_test, _ = load_split(cfg.dataset, cfg.data, "test")
+    with torch.no_grad():
+        assert frame["clean_pred"].tolist() == best_model(x_test[:10]).argmax(1).tolist()
+    assert not run.eval.path.exists()
+
     # killed after epoch 2 and resumed: the same history, last.pt, best.pt and model.pt, bit for bit
     resumed, _ = _train(tmp_path, "resumed", stop_after=2)
     a, b = run.read_history(), resumed.read_history()

@@ -4,7 +4,7 @@ Train run directory (``RunDir``)::
 
     config.yaml  run.json  history.csv  checkpoints/last.pt  [checkpoints/best.pt]  model.pt  train.log
     train.lock  .train.lock.guard         (while a ``robust train`` owns it; the guard file stays)
-    eval/                                 (``EvalDir``)
+    eval/  [eval-best/: checkpoint=best]  (``EvalDir``)
       <attack>-<norm>/per_sample.csv  curve.csv  summary.json     (``ResultDir``)
       summary.csv  error_curves.csv  error_curves.png  lipschitz.json  .lock
 
@@ -257,6 +257,12 @@ class RunDir(_Dir):
     def eval(self) -> EvalDir:
         """``eval/``."""
         return EvalDir(self.path / "eval")
+
+    @property
+    def best_eval(self) -> EvalDir:
+        """``eval-best/``: ``robust eval checkpoint=best`` (the model of ``checkpoints/best.pt``), apart from
+        ``eval/`` so that neither evaluation replaces the other's results."""
+        return EvalDir(self.path / "eval-best")
 
     def train_files(self) -> list[Path]:
         """Every file ``robust train`` writes (their temporary files are the run's own leftovers)."""

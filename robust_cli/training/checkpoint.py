@@ -47,8 +47,9 @@ def save_model(path: Path, model, cfg: DictConfig, **extra: Any) -> None:
     })
 
 
-def load_trained_model(run_dir: str | Path | RunDir, device: str | torch.device = "cpu"):
-    """Rebuild a trained model from ``<run_dir>/model.pt``; refused unless ``run.json`` (when present) says done.
+def load_trained_model(run_dir: str | Path | RunDir, device: str | torch.device = "cpu", checkpoint: str = "model"):
+    """Rebuild a trained model from ``<run_dir>/model.pt`` (``checkpoint="best"``: ``checkpoints/best.pt``);
+    refused unless ``run.json`` (when present) says done.
 
     Returns:
         (model in eval mode on ``device``, the run's config as a DictConfig with at least ``model``,
@@ -62,7 +63,11 @@ def load_trained_model(run_dir: str | Path | RunDir, device: str | torch.device 
     if status != "done":
         raise UserError(f"{run} is not a finished run ({run.record_path.name} status: {status}); finish it with "
                         "its `robust train` command, or give run=<a finished train run directory>")
-    path = run.model_path
+    if checkpoint not in ("model", "best"):
+        raise UserError(f"checkpoint={checkpoint}: expected model (model.pt) or best (checkpoints/best.pt)")
+    path = run.model_path if checkpoint == "model" else run.best_checkpoint_path
+    if checkpoint == "best" and not path.is_file():
+        raise UserError(f"{run} holds no {path.relative_to(run.path)}: it was trained without val_attack=")
     if not path.is_file():
         hint = " (training not finished?)" if run.checkpoint_path.exists() else ""
         raise UserError(f"{run} holds no {path.name}{hint}; give run=<a finished train run directory>")
