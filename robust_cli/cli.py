@@ -85,6 +85,32 @@ def report_lists(args: list[str]) -> list[str]:
     return out
 
 
+#: ``robust eval`` keys written without their ``model.`` prefix (``model=torchscript path=m.pt``)
+MODEL_SHORTHAND = ("path", "factory", "name", "threat_model", "mean", "std", "in_shape")
+
+
+def expand_model_shorthand(args: list[str]) -> list[str]:
+    """``robust eval model=<kind> path=... factory=... name=...`` -> ``model.kind=<kind> model.path=...``.
+
+    ``model`` is a config group of ``robust train`` (the architectures), so Hydra would read ``model=x`` as
+    choosing ``conf/model/x.yaml``; in ``robust eval`` it names an external model's kind
+    (``robust_cli.config.ExternalModelConfig``). The spec's other keys may be given bare, as the short form
+    reads; they are rewritten only where ``model=`` is given.
+    """
+    if not any(a.partition("=")[0].lstrip("+") == "model" and "=" in a for a in args):
+        return args
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        bare = key.lstrip("+~")
+        if sep and bare == "model":
+            arg = f"model.kind={value}"
+        elif sep and bare in MODEL_SHORTHAND:
+            arg = f"model.{bare}={value}"
+        out.append(arg)
+    return out
+
+
 def usage() -> str:
     lines = ["usage: robust <command> [hydra overrides]   (robust <command> --help for the composed config)", "",
              "commands:"]
@@ -95,6 +121,7 @@ def usage() -> str:
               "  robust train experiment=quickstart",
               "  robust train dataset=mnist model=lenet5 defense=tulip data.root=../shared/data",
               "  robust eval run=<train run dir> attack=[fgsm,pgd] norm=[l2,linf] n_examples=500",
+              "  robust eval model=torchscript path=m.pt dataset=cifar10 attack=pgd norm=linf",
               "  robust train -m defense=none,at_l2,tulip hydra/launcher=slurm",
               "  robust report runs='outputs/train/digits/*/*/*' by=defense,model"]
     return "\n".join(lines)
@@ -176,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"robust: error: unknown command {command!r}; expected one of {', '.join(APPS)}\n")
         return 2
     module_name, config_name, _ = APPS[command]
-    rest = expand_attack_all(rest) if command == "eval" else rest
+    rest = expand_model_shorthand(expand_attack_all(rest)) if command == "eval" else rest
     rest = report_lists(rest) if command == "report" else rest
     if not _INFO_FLAGS.intersection(rest):
         problem = validate(config_name, rest)

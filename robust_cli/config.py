@@ -129,19 +129,52 @@ class TrainConfig:
     channels_last: bool = False
     tikhonov: float = 0.0  # the papers' weight decay: tikhonov * sum of squared non-bias weights
     max_batches_per_epoch: Optional[int] = None  # cap for smoke runs
+    # robust validation (robust_cli.training.robust_val): every val_every epochs the first val_n validation
+    # images are attacked by val_attack at val_eps in val_norm; history.csv gains val_robust_accuracy and
+    # checkpoints/best.pt holds the epoch with the highest (Rice et al. 2020). null: off
+    val_attack: Optional[str] = None  # a budget attack of conf/attack (fgsm, pgd, ...)
+    val_every: int = 1
+    val_eps: Optional[float] = None
+    val_norm: str = "linf"
+    val_n: int = 500
+    val_options: dict[str, Any] = field(default_factory=dict)  # the attack's options (val_options.steps=10)
     force: bool = False  # retrain even if the run directory holds a finished run
     out_dir: str = "outputs"
     run_dir: Optional[str] = None  # explicit run directory; default: named from the overrides
+    logger: str = "csv"  # csv | tensorboard | mlflow (robust_cli.reporting.tracking); csv files are always written
+    mlflow_uri: Optional[str] = None  # logger=mlflow: the tracking URI; null: the file store <out_dir>/mlruns
 
 
 # ---------------------------------------------------------------- evaluation
 
 
 @dataclass
+class ExternalModelConfig:
+    """``robust eval model=<kind> ...``: a model not trained by ``robust train`` (robust_cli.models.external).
+
+    The command line's ``model=``, ``path=``, ``factory=``, ``name=``, ``threat_model=``, ``mean=``, ``std=``
+    and ``in_shape=`` are these keys (``robust_cli.cli.expand_model_shorthand``)."""
+
+    kind: Optional[str] = None  # torchscript | python | torchvision | robustbench; null: evaluate run=<dir>
+    path: Optional[str] = None  # the file: a TorchScript archive, or weights (a state dict) for the others
+    factory: Optional[str] = None  # python: "pkg.module:function", called without arguments -> nn.Module
+    name: Optional[str] = None  # torchvision: the architecture (resnet18); robustbench: the model name
+    threat_model: str = "Linf"  # robustbench: Linf | L2 | corruptions (the leaderboard the name belongs to)
+    # the per-channel normalisation the model expects, applied inside the wrapper so attacks see [0,1]
+    # images; null: the model takes [0,1] images as they are
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    in_shape: Optional[list[int]] = None  # [C,H,W] the model takes; null: the data set's
+
+
+@dataclass
 class EvalConfig:
     """``robust eval``: the top-level keys of conf/eval.yaml."""
 
-    run: str = MISSING  # the train run directory
+    run: Optional[str] = None  # the train run directory (or model=<kind> ...: an external model)
+    model: ExternalModelConfig = field(default_factory=ExternalModelConfig)
+    checkpoint: str = "model"  # run=: model (model.pt, results in eval/) | best (checkpoints/best.pt, in eval-best/)
+    dataset: Any = None  # model=<kind> only: the data set to evaluate on (dataset=<name>)
     attack: Any = MISSING  # filled by the attack group: {<name>: {...params}}
     norm: Any = "l2"  # l0 | l1 | l2 | linf, or a list of them
     n_examples: int = 1000
@@ -159,9 +192,16 @@ class EvalConfig:
     eps_search: str = "bisection"  # budget attacks: bisection | grid
     search_steps: int = 10  # bisection steps, or grid points
     lipschitz: bool = True  # write lipschitz.json
+    # every selected attack targeted (attacks with a `targeted` option only): the attack gets a target class
+    # per image and succeeds where the model predicts it; results in <attack>-targeted-<norm>/ with per_target
+    targeted: bool = False
+    targets: str = "random"  # random (uniform over the other classes, from seed) | next ((y + 1) mod K)
     force: bool = False  # recompute attacks already evaluated, also with other settings than stored
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
-    out_dir: str = "outputs"  # -m only: the sweep directory <out_dir>/sweeps/eval/<name> (results go to <run>/eval)
+    # -m: the sweep directory <out_dir>/sweeps/eval/<name>; model=<kind>: <out_dir>/eval/external/...
+    out_dir: str = "outputs"
+    logger: str = "csv"  # csv | tensorboard | mlflow: the summaries and the error-curve figure logged there too
+    mlflow_uri: Optional[str] = None  # logger=mlflow: the tracking URI; null: the file store <out_dir>/mlruns
 
 
 @dataclass

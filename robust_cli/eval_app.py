@@ -32,10 +32,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from robust_cli.apps import is_multirun, user_errors
 from robust_cli.norms import NORMS
 from robust_cli.config import register_configs
-from robust_cli.data import with_root
 from robust_cli.errors import UserError
 from robust_cli.evaluation.cache import cached_summary, lipschitz_stale, model_identity, result_config
-from robust_cli.rundir import RunDir
 
 register_configs()
 log = logging.getLogger("robust_cli.eval")
@@ -72,6 +70,23 @@ def selected_attacks(attack_cfg: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
     return out
 
 
+def with_targeted(attacks: dict[str, tuple[Any, dict]], targeted: bool) -> dict[str, tuple[Any, dict]]:
+    """``targeted=true`` (or an ``attack.<name>.targeted=true``): such attacks are evaluated as
+    ``<name>-targeted``, their results apart from the untargeted ones; an attack without the option is
+    refused where ``targeted=true`` asks for it."""
+    from robust_cli.schema import options_of
+
+    out = {}
+    for name, (fn, params) in attacks.items():
+        if targeted and "targeted" not in options_of(fn):
+            raise UserError(f"attack {name} has no targeted option; targeted=true takes attacks that have one")
+        if targeted or params.get("targeted"):
+            out[f"{name}-targeted"] = (fn, {**params, "targeted": True})
+        else:
+            out[name] = (fn, params)
+    return out
+
+
 def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -> list[tuple[str, str]]:
     """The (attack, norm) pairs to evaluate; unsupported pairs are an error when asked for singly."""
     pairs = []
@@ -89,8 +104,8 @@ def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -
 
 
 def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
-                 config, reference=None, best=None) -> dict:
-    """Run one (attack, norm), write its three files, return its summary.
+                 config, eval_dir, reference=None, best=None, targets=None) -> dict:
+    """Run one (attack, norm), write its three files under ``eval_dir``, return its summary.
 
     ``config``: ``result_config(...)``, stored for the cache. ``reference``: the training set
     ``(x [N,C,H,W], y [N])``, passed to attacks that take one. ``best``: the ``RunningBest`` of this norm
@@ -107,7 +122,7 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     result = run_attack(
         model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
-        x_init=None if best is None else best.start(),
+        x_init=None if best is None else best.start(), targets=targets,
     )
     starts = best is not None and best.start() is not None and not fn.budget and takes_argument(fn, "x_init")
     started_from = list(best.sources) if starts else []
@@ -130,7 +145,7 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     # a start from earlier attacks of this call makes the result depend on them; recorded, not a cache key
     # (a stronger start only lowers the distances, and a rerun with other attacks would refuse needlessly)
     summary["started_from"] = started_from
-    RunDir(cfg.run).eval.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
+    eval_dir.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
     return summary
 
 
@@ -145,30 +160,34 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     from robust_cli.reporting.console import print_summary
     from robust_cli.reporting.plots import plot_error_curves
     from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
-    from robust_cli.training.checkpoint import load_trained_model
+    from robust_cli.eval_target import resolve_target
 
-    run_dir = RunDir(cfg.run)
-    if not run_dir.is_dir():
-        raise UserError(f"run={cfg.run} is not a directory; give run=<a finished train run directory>")
+    from robust_cli.reporting.tracking import check_logger, log_evaluation
+
+    check_logger(str(cfg.logger))
     if cfg.n_examples < 1 or cfg.batch_size < 1:
         raise UserError("n_examples and batch_size must be at least 1")
     if cfg.eps_search not in ("bisection", "grid"):
         raise UserError(f"eps_search must be bisection or grid, got {cfg.eps_search}")
     norms = selected_norms(cfg.norm)
-    attacks = selected_attacks(cfg.attack)
+    attacks = with_targeted(selected_attacks(cfg.attack), bool(cfg.targeted))
     single = len(attacks) == 1 and len(norms) == 1 and not is_multirun()
     pairs = plan(attacks, norms, single)
     if not pairs:
         return pd.DataFrame()
 
     device = resolve_device(cfg.device)
-    model, train_cfg = load_trained_model(run_dir, device=device)
-    data_cfg = with_root(train_cfg.get("data"), cfg.data.root)  # data.root= / $ROBUST_DATA over the stored one
-    x, y = load_split(train_cfg.dataset, data_cfg, "test")
+    target = resolve_target(cfg, device)  # run=<dir> or model=<kind> (robust_cli.eval_target)
+    model, dataset_cfg, data_cfg, eval_dir = target.model, target.dataset, target.data, target.eval_dir
+    x, y = load_split(dataset_cfg, data_cfg, "test")
     n = min(int(cfg.n_examples), int(x.shape[0]))
     x, y = x[:n], y[:n]
-    thresholds = thresholds_of(train_cfg.dataset, cfg.get("thresholds"))
-    eval_dir = run_dir.eval
+    thresholds = thresholds_of(dataset_cfg, cfg.get("thresholds"))
+    targets = None
+    if any(params.get("targeted") for _, params in attacks.values()):
+        from robust_cli.evaluation.runner import choose_targets
+
+        targets = choose_targets(y, int(dataset_cfg.num_classes), str(cfg.targets), int(cfg.seed))
 
     x, y = x.to(device), y.to(device)
     model_id = model_identity(model)
@@ -178,7 +197,9 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     configs = {}  # every pair's stored result is checked before any attack runs: a refusal changes nothing
     for name, norm in pairs:
         fn, params = attacks[name]
-        config = result_config(fn, params, n, cfg, model_id)
+        # targeted: which targets were drawn is part of what produced the result
+        config = result_config(fn, {**params, "targets": str(cfg.targets)} if params.get("targeted") else params,
+                               n, cfg, model_id)
         eps = float(cfg.eps.get(norm, math.nan))
         if cached_summary(eval_dir.result(name, norm), config, eps, thresholds.get(norm, []), attack=name,
                           force=bool(cfg.force)) is not None:
@@ -189,7 +210,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
 
     reference = None
     if any(takes_argument(attacks[name][0], "reference") for name, _ in configs):
-        reference = load_split(train_cfg.dataset, data_cfg, "train")
+        reference = load_split(dataset_cfg, data_cfg, "train")
 
     bests = {norm: RunningBest() for norm in norms}  # x_init of later attacks (cached results hold no images)
     with progress:
@@ -198,10 +219,13 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
             evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
-                         zero_grad=zero_grad, progress=progress, config=config, reference=reference,
-                         best=bests[norm])
+                         zero_grad=zero_grad, progress=progress, config=config, eval_dir=eval_dir,
+                         reference=reference, best=bests[norm],
+                         targets=targets if params.get("targeted") else None)
 
     with eval_dir.lock():  # concurrent -m jobs merge one after another
+        if target.record is not None and eval_dir.read_spec() != target.record:
+            eval_dir.write_spec(target.record)  # an external model: what it is and where it was read last
         stale = lipschitz_stale(eval_dir.read_lipschitz(), n, model_id)  # n_examples changed, or retrained
         if cfg.lipschitz and (cfg.force or stale):
             stats = {**lipschitz_statistics(model, x, y, cfg.batch_size), "model": model_id}
@@ -210,8 +234,10 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                      stats["max_grad_norm"], stats["max_jacobian_norm"], stats["weight_norm_product"])
         update_cross_checks(eval_dir)
         summary, curves = merge(eval_dir)
-        plot_error_curves(curves, eval_dir.plot_path, title=str(run_dir))
+        plot_error_curves(curves, eval_dir.plot_path, title=target.title)
         checks = {f"{s['attack']}-{s['norm']}": s.get("checks", {}) for _, s in evaluated(eval_dir)}
+    log_evaluation(cfg, eval_dir, evaluated(eval_dir), eval_dir.plot_path, [eval_dir.summary_path,
+                                                                            eval_dir.curves_path])
     print_summary(summary, checks)
     log.info("wrote %s", eval_dir)
     summary.attrs["pairs"] = pairs  # what this call evaluated or reused (job_result)

@@ -13,6 +13,7 @@ import fcntl
 import glob
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -269,3 +270,19 @@ class OwnerLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def unreadable(what: str, err: Exception, hint: str = "robust reads only the files robust train writes"):
+    """The one line for a file ``torch.load(weights_only=True)`` refused: torch's own message advises
+    ``weights_only=False`` (running the file's code), which robust never does; only its reason is kept."""
+    from robust_cli.errors import UserError
+
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())
+    if "weights_only" in text or "Weights only load failed" in text:
+        _, found, detail = text.partition("WeightsUnpickler error:")
+        # its first sentence ("Unsupported global: GLOBAL x.Y was not an allowed global by default"); the
+        # rest is torch's advice to allow-list the class or to load with weights_only=False
+        reason = detail.strip().split(". ")[0].rstrip(".") if found else type(err).__name__
+        return UserError(f"cannot read {what}: it holds objects other than tensors and plain Python ({reason}); "
+                         f"{hint}")
+    return UserError(f"cannot read {what}: {text}")

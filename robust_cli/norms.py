@@ -26,7 +26,7 @@ ALIASES = {
 }
 
 #: config keys whose value is a norm (or a list of norms)
-NORM_KEYS = ("norm", "penalty_norm")
+NORM_KEYS = ("norm", "penalty_norm", "val_norm")
 
 
 def canonical_norm(value: Any, allowed: tuple[str, ...] = NORMS, *, key: str = "norm") -> str:

@@ -26,6 +26,9 @@ def train(cfg: DictConfig) -> dict:
     Returns the final metrics (the last history row), also stored in ``run.json``.
     """
     resolve_device(cfg.device)  # a bad device is an error even where the run is already done
+    from robust_cli.reporting.tracking import check_logger
+
+    check_logger(str(cfg.logger))  # a missing tensorboard / mlflow is an error before anything runs
     overrides = task_overrides()
     run_dir = RunDir.of_train(cfg, overrides)
     record = run_dir.record() if run_dir.has_record() else None
@@ -45,16 +48,53 @@ def train(cfg: DictConfig) -> dict:
 def _fit_in_dir(cfg: DictConfig, run_dir: RunDir, overrides, fresh: bool = False) -> dict:
     """Train in this process: the whole run, or one rank of a DistributedDataParallel group."""
     from robust_cli.training import distributed
-    from robust_cli.training.loop import fit
+    from robust_cli.training.loop import EPOCH_END_HOOKS, fit
 
     ctx = distributed.init(cfg.trainer, resolve_device(cfg.device))
+    tracking = _Tracking(cfg, run_dir, overrides, fresh) if ctx.is_main and cfg.logger != "csv" else None
     try:
+        if tracking is not None:
+            EPOCH_END_HOOKS.append(tracking.epoch_end)
         final = fit(cfg, run_dir, overrides, ctx, fresh=fresh)
+        if tracking is not None:
+            tracking.finish()
     finally:
+        if tracking is not None:
+            EPOCH_END_HOOKS.remove(tracking.epoch_end)
+            tracking.close()
         distributed.cleanup(ctx)
     if ctx.is_main:
         log.info("done: %s  test error %.4f", run_dir, final.get("test_error", float("nan")))
     return final
+
+
+class _Tracking:
+    """``logger=tensorboard|mlflow`` for one training run: each epoch's history row as it is written (an
+    ``EPOCH_END_HOOKS`` entry, on the main rank), then history.csv and config.yaml. The tracker opens at the
+    first completed epoch, so a run refused on bad input leaves no log behind."""
+
+    def __init__(self, cfg: DictConfig, run_dir: RunDir, overrides: list[str], fresh: bool):
+        self.cfg, self.run_dir, self.overrides = cfg, run_dir, overrides
+        history = None if fresh else run_dir.read_history()
+        self.purge_step = 1 + (0 if history is None else len(history))  # a resumed run logs each epoch once
+        self.tracker = None
+
+    def epoch_end(self, epoch: int, row: dict, run: RunDir) -> None:
+        from robust_cli.reporting.tracking import Tracker, mlflow_uri
+
+        if self.tracker is None:
+            params = dict(o.lstrip("+~").split("=", 1) for o in self.overrides if "=" in o)
+            self.tracker = Tracker(self.cfg.logger, self.run_dir.path, experiment="robust-train",
+                                   mlflow_uri=mlflow_uri(self.cfg), params=params, purge_step=self.purge_step)
+        self.tracker.log_metrics("train", {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+
+    def finish(self) -> None:
+        if self.tracker is not None:
+            self.tracker.log_artifacts([self.run_dir.history_path, self.run_dir.config_path], "run")
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 @hydra.main(config_path="pkg://robust_cli.conf", config_name="train", version_base=None)

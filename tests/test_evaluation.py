@@ -227,8 +227,8 @@ def test_run_attack_restores_the_callers_mode(training):
 
 
 def test_targeted_attacks_are_refused_by_the_evaluation():
-    """The evaluation scores untargeted success against the true labels: a targeted run would record every
-    image as a failure, so it is an error, not a silent table of inf."""
+    """Without targets a targeted run would score its successes against the true labels and record every
+    image as a failure: an error, not a silent table of inf (targets=... evaluates it: test_targeted_eval)."""
     model, x, y = _two_class(n=8)
     with pytest.raises(UserError, match="targeted"):
         run_attack(model, x, y, linear_budget, "linf", {"targeted": True})

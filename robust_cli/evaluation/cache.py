@@ -99,11 +99,12 @@ def cached_summary(result: ResultDir, expected: dict[str, Any], eps: float,
     new_thresholds = thresholds is not None and set(summary.get("robust_accuracy", {})) != {
         f"{t:g}" for t in thresholds}
     if new_eps or new_thresholds:
-        from robust_cli.evaluation.summary import read_off
+        from robust_cli.evaluation.summary import per_class, read_off
 
-        distances = result.read_per_sample()["distance"].to_numpy()
-        summary.update(read_off(distances, eps if new_eps else float(summary["eps"]),
+        frame = result.read_per_sample()
+        summary.update(read_off(frame["distance"].to_numpy(), eps if new_eps else float(summary["eps"]),
                                 thresholds if new_thresholds else None))
+        summary["per_class"] = per_class(frame, float(summary["eps"]))
         result.write_summary(summary)
     return summary
 

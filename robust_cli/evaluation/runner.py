@@ -141,6 +141,23 @@ class RunningBest:
         self.distance = torch.minimum(dist, self.distance)
 
 
+TARGET_CHOICES = ("random", "next")
+
+
+def choose_targets(y: torch.Tensor, num_classes: int, how: str, seed: int) -> torch.Tensor:
+    """``[N]`` target classes, each ``!= y``: ``random`` uniform over the other ``K - 1`` classes (drawn from
+    ``seed``, the same for every attack of a call), ``next`` ``(y + 1) mod K``."""
+    if how not in TARGET_CHOICES:
+        raise UserError(f"targets={how}: expected one of {', '.join(TARGET_CHOICES)}")
+    if num_classes < 2:
+        raise UserError("targeted=true needs at least 2 classes")
+    if how == "next":
+        return (y + 1) % num_classes
+    gen = torch.Generator().manual_seed(int(seed))
+    shift = torch.randint(1, num_classes, (y.shape[0],), generator=gen)
+    return (y.cpu() + shift) % num_classes
+
+
 def run_attack(
     model: nn.Module,
     x: torch.Tensor,
@@ -155,6 +172,7 @@ def run_attack(
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
     x_init: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -170,7 +188,10 @@ def run_attack(
         device: where the model and the batches live.
         on_batch: called with the batch size after each batch (progress bars).
         x_init: ``[N,C,H,W]`` starting adversarials (e.g. ``RunningBest.start()``), passed batch by batch to a
-            minimal-norm attack whose signature takes ``x_init``; ignored otherwise.
+            minimal-norm attack whose signature takes ``x_init``; ignored otherwise (and when targeted).
+        targets: ``[N]`` int64 target classes (``!= y``), required with ``params["targeted"]``: the attack gets
+            them as its ``y`` and succeeds only where the model predicts the target; the distance is then the
+            distance to the target class, and the frame gains a ``target`` column.
 
     Returns:
         An ``AttackResult``.
@@ -178,10 +199,12 @@ def run_attack(
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}")
     params = dict(params or {})
-    if params.get("targeted"):
-        # the evaluation scores "adversarial = not the true label"; a targeted attack's y holds targets
-        raise UserError(f"{getattr(attack, '__name__', attack)}: targeted=true cannot be evaluated (robust eval "
-                        "measures untargeted distances); call the attack function directly for targeted use")
+    targeted = bool(params.get("targeted"))
+    if targeted and targets is None:
+        raise UserError(f"{getattr(attack, '__name__', attack)}: targeted=true needs target classes (robust eval "
+                        "targeted=true chooses them: targets=random | next)")
+    if targeted and bool((targets.cpu() == y.cpu()).any()):
+        raise ValueError("a target equals the true label")
     budget = bool(getattr(attack, "budget", False))
     if budget:
         params.pop("eps", None)
@@ -189,21 +212,23 @@ def run_attack(
     counted = CountingModel(model).eval()
     had_grad = [p.grad is not None for p in model.parameters()]
     others = [n for n in NORMS if n != norm]
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "clean_pred", "adv_pred", "distance", *others)}
+    keys = ("label", *(("target",) if targeted else ()), "clean_pred", "adv_pred", "distance", *others)
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     x_norms, kept = [], []
-    pass_init = x_init is not None and not budget and takes_argument(attack, "x_init")
+    pass_init = x_init is not None and not budget and not targeted and takes_argument(attack, "x_init")
     non_monotone = 0
     resolution = 0.0
     start = time.perf_counter()
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size].to(device).float()
         yb = y[i:i + batch_size].to(device)
+        tb = targets[i:i + batch_size].to(device) if targeted else yb  # what the attack is given as y
         clean_pred = predict(model, xb)
         correct = clean_pred == yb
         x_adv = xb.clone()
         idx = correct.nonzero().squeeze(1)
         if idx.numel():
-            xc, yc = xb[idx], yb[idx]
+            xc, yc = xb[idx], tb[idx]
             if budget:
                 found = search_distance(attack, model, xc, yc, norm, params, method=eps_search,
                                         steps=search_steps, attack_model=counted)
@@ -214,10 +239,12 @@ def run_attack(
                 init = {"x_init": x_init[i:i + batch_size].to(device).float()[idx]} if pass_init else {}
                 x_adv[idx] = sanitize(attack(counted, xc, yc, norm=norm, **params, **init), xc)
         adv_pred = predict(model, x_adv)
-        success = adv_pred != yb
+        success = adv_pred == tb if targeted else adv_pred != yb  # the model's own verdict, never the attack's
         sizes = perturbation_norms(x_adv, xb)
         dist = adversarial_distance(sizes[norm], correct, success)
         rows["label"].append(yb.cpu().numpy())
+        if targeted:
+            rows["target"].append(tb.cpu().numpy())
         rows["clean_pred"].append(clean_pred.cpu().numpy())
         rows["adv_pred"].append(adv_pred.cpu().numpy())
         rows["distance"].append(dist.cpu().double().numpy())

@@ -2,11 +2,15 @@
 
 Train run directory (``RunDir``)::
 
-    config.yaml  run.json  history.csv  checkpoints/last.pt  model.pt  train.log
+    config.yaml  run.json  history.csv  checkpoints/last.pt  [checkpoints/best.pt]  model.pt  train.log
     train.lock  .train.lock.guard         (while a ``robust train`` owns it; the guard file stays)
-    eval/                                 (``EvalDir``)
+    eval/  [eval-best/: checkpoint=best]  (``EvalDir``)
       <attack>-<norm>/per_sample.csv  curve.csv  summary.json     (``ResultDir``)
       summary.csv  error_curves.csv  error_curves.png  lipschitz.json  .lock
+
+External model (``ExternalEvalDir``, ``robust eval model=<kind>``)::
+
+    <out_dir>/eval/external/<kind>/<label>-<digest>/model.json  + the files of eval/ above
 
 Sweep directory (``SweepDir``, ``hydra.sweep.dir``)::
 
@@ -166,6 +170,22 @@ class EvalDir(_Dir):
         return io.file_lock(self.path / ".lock")
 
 
+class ExternalEvalDir(EvalDir):
+    """``<out_dir>/eval/external/<kind>/<label>-<digest>/`` (``names.external_eval_dir``): what ``robust eval
+    model=<kind>`` writes for a model ``robust train`` did not make. The layout of ``eval/`` (results per
+    pair, merged files) plus ``model.json``: the spec, the file's SHA-256 and the data set evaluated on."""
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / "model.json"
+
+    def read_spec(self) -> dict[str, Any] | None:
+        return io.read_json(self.spec_path) if self.spec_path.is_file() else None
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        io.write_json(self.spec_path, spec)
+
+
 class RunDir(_Dir):
     """A train run directory: the only thing ``robust train`` hands to ``robust eval``.
 
@@ -218,6 +238,12 @@ class RunDir(_Dir):
         return self.path / "checkpoints" / "last.pt"
 
     @property
+    def best_checkpoint_path(self) -> Path:
+        """``checkpoints/best.pt``: the model of the epoch with the highest robust validation accuracy
+        (``val_attack=``; the format of ``model.pt``, see ``robust_cli.training.checkpoint``)."""
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
     def model_path(self) -> Path:
         """``model.pt``: the finished model."""
         return self.path / "model.pt"
@@ -232,9 +258,16 @@ class RunDir(_Dir):
         """``eval/``."""
         return EvalDir(self.path / "eval")
 
+    @property
+    def best_eval(self) -> EvalDir:
+        """``eval-best/``: ``robust eval checkpoint=best`` (the model of ``checkpoints/best.pt``), apart from
+        ``eval/`` so that neither evaluation replaces the other's results."""
+        return EvalDir(self.path / "eval-best")
+
     def train_files(self) -> list[Path]:
         """Every file ``robust train`` writes (their temporary files are the run's own leftovers)."""
-        return [self.config_path, self.record_path, self.history_path, self.checkpoint_path, self.model_path]
+        return [self.config_path, self.record_path, self.history_path, self.checkpoint_path,
+                self.best_checkpoint_path, self.model_path]
 
     # ------------------------------------------------------------------ one writer: train.lock
     @property

@@ -15,7 +15,7 @@ from pathlib import Path
 # overrides that change where or how fast a run happens, not what it computes: left out of the name
 RUNTIME_KEYS = {
     "force", "device", "data.root", "data.download", "data.num_workers", "out_dir", "run_dir",
-    "eval_batch_size", "trainer.devices", "trainer.backend",
+    "eval_batch_size", "trainer.devices", "trainer.backend", "logger", "mlflow_uri",
 }
 GROUP_KEYS = {"dataset", "model", "defense"}  # already directory levels
 MAX_NAME = 180
@@ -58,6 +58,16 @@ def train_run_dir(cfg, overrides: list[str]) -> Path:
     if cfg.get("run_dir"):
         return Path(cfg.run_dir)
     return Path(cfg.out_dir) / "train" / cfg.dataset.name / cfg.model.name / cfg.defense.name / run_name(overrides)
+
+
+def external_eval_dir(out_dir: str, kind: str, label: str, digest: str) -> Path:
+    """``<out_dir>/eval/external/<kind>/<label>-<digest>``: where ``robust eval model=<kind>`` writes.
+
+    ``label`` names the model for a reader (the file's stem, the architecture or factory), reduced to
+    ``[A-Za-z0-9._-]``; ``digest`` (a hash of the spec, the file's contents included) tells apart two models
+    of the same label, so the same spec always finds the same directory and another spec never shares it."""
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or kind
+    return Path(out_dir) / "eval" / "external" / kind / _bounded(f"{label[:80]}-{digest}")
 
 
 # ---------------------------------------------------------------- sweep directories

@@ -2,12 +2,12 @@
 
 ``checkpoints/last.pt`` = {model, optimizer, epoch (completed), history (list of dict rows), format}
 ``model.pt`` = {state_dict, model_cfg, dataset_cfg, data_cfg, format}
+``checkpoints/best.pt`` (``val_attack=``) = the same plus {epoch, val_robust_accuracy}
 Both hold tensors and plain Python only and are read with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,39 +29,27 @@ def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list[dict
     })
 
 
-def _unreadable(what: str, err: Exception) -> UserError:
-    """The one line for a file ``torch.load(weights_only=True)`` refused: torch's own message advises
-    ``weights_only=False`` (running the file's code), which robust never does; only its reason is kept."""
-    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())
-    if "weights_only" in text or "Weights only load failed" in text:
-        _, found, detail = text.partition("WeightsUnpickler error:")
-        # its first sentence ("Unsupported global: GLOBAL x.Y was not an allowed global by default"); the
-        # rest is torch's advice to allow-list the class or to load with weights_only=False
-        reason = detail.strip().split(". ")[0].rstrip(".") if found else type(err).__name__
-        return UserError(f"cannot read {what}: it holds objects other than tensors and plain Python ({reason}); "
-                         "robust reads only the files robust train writes")
-    return UserError(f"cannot read {what}: {text}")
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return io.torch_load(path)
     except Exception as err:
-        raise _unreadable(f"checkpoint {path}", err) from None
+        raise io.unreadable(f"checkpoint {path}", err) from None
 
 
-def save_model(path: Path, model, cfg: DictConfig) -> None:
-    """Write ``model.pt``: weights plus the model, dataset and data configs needed to rebuild it."""
+def save_model(path: Path, model, cfg: DictConfig, **extra: Any) -> None:
+    """Write ``model.pt`` (or ``best.pt``): weights plus the model, dataset and data configs needed to rebuild
+    it; ``extra``: plain values stored beside them (``best.pt``: ``epoch``, ``val_robust_accuracy``)."""
     io.torch_save(path, {
         "format": FORMAT, "state_dict": unwrap(model).state_dict(),
         "model_cfg": OmegaConf.to_container(cfg.model, resolve=True),
         "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
-        "data_cfg": OmegaConf.to_container(cfg.data, resolve=True),
+        "data_cfg": OmegaConf.to_container(cfg.data, resolve=True), **extra,
     })
 
 
-def load_trained_model(run_dir: str | Path | RunDir, device: str | torch.device = "cpu"):
-    """Rebuild a trained model from ``<run_dir>/model.pt``; refused unless ``run.json`` (when present) says done.
+def load_trained_model(run_dir: str | Path | RunDir, device: str | torch.device = "cpu", checkpoint: str = "model"):
+    """Rebuild a trained model from ``<run_dir>/model.pt`` (``checkpoint="best"``: ``checkpoints/best.pt``);
+    refused unless ``run.json`` (when present) says done.
 
     Returns:
         (model in eval mode on ``device``, the run's config as a DictConfig with at least ``model``,
@@ -75,14 +63,18 @@ def load_trained_model(run_dir: str | Path | RunDir, device: str | torch.device 
     if status != "done":
         raise UserError(f"{run} is not a finished run ({run.record_path.name} status: {status}); finish it with "
                         "its `robust train` command, or give run=<a finished train run directory>")
-    path = run.model_path
+    if checkpoint not in ("model", "best"):
+        raise UserError(f"checkpoint={checkpoint}: expected model (model.pt) or best (checkpoints/best.pt)")
+    path = run.model_path if checkpoint == "model" else run.best_checkpoint_path
+    if checkpoint == "best" and not path.is_file():
+        raise UserError(f"{run} holds no {path.relative_to(run.path)}: it was trained without val_attack=")
     if not path.is_file():
         hint = " (training not finished?)" if run.checkpoint_path.exists() else ""
         raise UserError(f"{run} holds no {path.name}{hint}; give run=<a finished train run directory>")
     try:
         blob = io.torch_load(path, map_location="cpu")
     except Exception as err:
-        raise _unreadable(str(path), err) from None
+        raise io.unreadable(str(path), err) from None
     cfg = run.read_config()
     cfg.model = blob["model_cfg"]
     cfg.dataset = blob["dataset_cfg"]

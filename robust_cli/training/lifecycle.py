@@ -41,13 +41,14 @@ def acquire_owner_lock(run: RunDir) -> io.OwnerLock:
 def start_record(run: RunDir, cfg: DictConfig, device: str, overrides: list[str], fresh: bool,
                  history: list[dict[str, Any]]) -> RunRecord:
     """As the run's owner: remove the temporary files of killed writes, write config.yaml and mark run.json
-    running. ``fresh`` (a retrain from scratch) invalidates the earlier run first: its checkpoint and
+    running. ``fresh`` (a retrain from scratch) invalidates the earlier run first: its checkpoints and
     history.csv go, run.json drops its final metrics, then its model.pt goes (a reader sees either the old
     finished run or a running one, never the old results under a new run)."""
     for tmp in run.remove_temp_files():
         log.info("removed %s (left by a killed write)", tmp)
     if fresh:  # a requeue after a crash in the first epoch must not resume the old run's checkpoint
         run.checkpoint_path.unlink(missing_ok=True)
+        run.best_checkpoint_path.unlink(missing_ok=True)
         run.history_path.unlink(missing_ok=True)
     run.write_config(cfg)
     record = run.record()

@@ -39,6 +39,7 @@ from robust_cli.training.divergence import check_epoch, check_step, loss_bound
 from robust_cli.training.lifecycle import acquire_owner_lock, interruption, start_record
 from robust_cli.training.distributed import DistContext
 from robust_cli.training.optim import build_optimizer, tikhonov_penalty
+from robust_cli.training.robust_val import COLUMN, RobustValidation, best_so_far
 from robust_cli.training.schedules import lr_at
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     defense = build_defense(cfg.defense)
+    robust_val = RobustValidation.of(cfg, x_val, y_val)  # None unless val_attack=
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise UserError("epochs and batch_size must be at least 1")
@@ -222,9 +224,15 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
                     row["val_error"] = clean_error(model, x_val, y_val, cfg.eval_batch_size, device, cfg.channels_last)
                 row["test_error"] = clean_error(model, x_test, y_test, cfg.eval_batch_size, device, cfg.channels_last)
                 row.update({k: v / n for k, v in stat_sums.items()})
+                best = False
+                if robust_val is not None and robust_val.due(epoch + 1, cfg.epochs):
+                    row[COLUMN] = robust_val.accuracy(model, device)
+                    best = row[COLUMN] > best_so_far(history)
                 row["seconds"] = round(time.time() - t0, 3)
                 history.append(row)
                 if ctx.is_main:
+                    if best:  # before last.pt: a crash between the two repeats this epoch and rewrites it
+                        save_model(run.best_checkpoint_path, model, cfg, epoch=epoch + 1, **{COLUMN: row[COLUMN]})
                     save_checkpoint(ckpt_path, model, optimizer, epoch + 1, history)
                     run.write_history(history)
                     record.update(epochs_done=epoch + 1)
