@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 import hydra
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -97,6 +98,23 @@ def wants_reference(fn: Any) -> bool:
         return False
 
 
+def search_precision(result, cfg, thresholds: list[float]) -> dict[str, Any]:
+    """What ``summary.json`` says of a budget attack's distances: the tolerance asked, the resolution achieved
+    (``hi - lo`` per searched image: max, median, fraction within the tolerance) and ``resolution_valid``:
+    false where some image's resolution is coarser than the smallest gap between two of the norm's
+    thresholds (the robust accuracies read at them could then swap images between thresholds)."""
+    res, tol = result.resolutions, result.tolerances
+    gaps = [b - a for a, b in zip(sorted(thresholds), sorted(thresholds)[1:]) if b > a]
+    coarse = int((res > min(gaps)).sum()) if gaps and len(res) else 0
+    return {"search": {"method": cfg.eps_search, "eps_rtol": float(cfg.eps_rtol) if cfg.eps_tol is None else None,
+                       "eps_tol": None if cfg.eps_tol is None else float(cfg.eps_tol),
+                       "resolution_max": float(res.max()) if len(res) else 0.0,
+                       "resolution_median": float(np.median(res)) if len(res) else 0.0,
+                       "within_tolerance": float((res <= tol * (1 + 1e-4)).mean()) if len(res) else 1.0,
+                       "threshold_gap": min(gaps) if gaps else None, "coarser_than_gap": coarse},
+            "resolution_valid": coarse == 0}
+
+
 def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
                  config, reference=None, best=None) -> dict:
     """Run one (attack, norm), write its three files, return its summary.
@@ -116,7 +134,9 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     result = run_attack(
         model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
-        x_init=None if best is None else best.start(),
+        x_init=None if best is None else best.start(), rtol=float(cfg.eps_rtol),
+        eps_tol=None if cfg.eps_tol is None else float(cfg.eps_tol),
+        upper=None if best is None else best.distance,
     )
     if best is not None:
         best.update(result)
@@ -128,6 +148,8 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     eps, err = error_curve(result.frame["distance"].to_numpy())
     summary["budget"] = bool(fn.budget)
     summary["search_resolution"] = result.resolution
+    if fn.budget:
+        summary.update(search_precision(result, cfg, thresholds.get(norm, [])))
     summary["checks"] = {
         **curve_check(err, result.non_monotone),
         **unbounded_check(bool(fn.budget), summary["success_rate"], name),
@@ -156,8 +178,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         raise UserError(f"run={cfg.run} is not a directory; give run=<a finished train run directory>")
     if cfg.n_examples < 1 or cfg.batch_size < 1:
         raise UserError("n_examples and batch_size must be at least 1")
-    if cfg.eps_search not in ("bisection", "grid"):
-        raise UserError(f"eps_search must be bisection or grid, got {cfg.eps_search}")
+    if cfg.eps_search not in ("adaptive", "bisection", "grid"):
+        raise UserError(f"eps_search must be adaptive, bisection or grid, got {cfg.eps_search}")
     norms = selected_norms(cfg.norm)
     attacks = selected_attacks(cfg.attack)
     single = len(attacks) == 1 and len(norms) == 1 and not is_multirun()
@@ -195,8 +217,10 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     from robust_cli.evaluation.runner import RunningBest
 
     bests = {norm: RunningBest() for norm in norms}  # x_init of later attacks (cached results hold no images)
+    # minimal-norm attacks first: their distances are the budget attacks' first upper brackets (adaptive)
+    order = sorted(configs.items(), key=lambda item: bool(attacks[item[0][0]][0].budget))
     with progress:
-        for (name, norm), config in configs.items():
+        for (name, norm), config in order:
             fn, params = attacks[name]
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)

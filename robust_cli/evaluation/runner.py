@@ -88,6 +88,8 @@ class AttackResult:
         non_monotone: number of samples whose success was observed to be non-monotone in eps (budget only).
         x_norm: ``[N]`` ``||x||`` in the attack's norm (for rho_adv).
         resolution: the largest eps step of the budget search (0 for minimal-norm attacks).
+        resolutions, tolerances: budget attacks: per searched (correctly classified) image the achieved
+            resolution (``hi - lo``; 0 where the attack failed) and the tolerance it was asked for.
         x_adv: ``[N,C,H,W]`` on the CPU, the re-verified images (clipped; the input where the attack failed),
             from which the evaluation's running best per image (the next attacks' ``x_init``) is kept.
     """
@@ -100,6 +102,8 @@ class AttackResult:
     x_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))
     resolution: float = 0.0
     x_adv: torch.Tensor | None = None
+    resolutions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    tolerances: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def takes_argument(fn: Callable, name: str) -> bool:
@@ -151,6 +155,9 @@ def run_attack(
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
     x_init: torch.Tensor | None = None,
+    rtol: float = 0.01,
+    eps_tol: float | None = None,
+    upper: torch.Tensor | None = None,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -162,7 +169,9 @@ def run_attack(
         norm: one of ``attack.norms``.
         params: the attack's options (``eps`` is ignored for budget attacks: the search sets it).
         batch_size: images per attack call.
-        eps_search, search_steps: the budget-attack search (``bisection`` | ``grid``).
+        eps_search, search_steps: the budget-attack search (``adaptive`` | ``bisection`` | ``grid``).
+        rtol, eps_tol: ``adaptive``: the relative / absolute (where given) tolerance of each distance.
+        upper: ``[N]`` distances of earlier attacks (``RunningBest.distance``): ``adaptive``'s first eps.
         device: where the model and the batches live.
         on_batch: called with the batch size after each batch (progress bars).
         x_init: ``[N,C,H,W]`` starting adversarials (e.g. ``RunningBest.start()``), passed batch by batch to a
@@ -190,6 +199,8 @@ def run_attack(
     pass_init = x_init is not None and not budget and takes_argument(attack, "x_init")
     non_monotone = 0
     resolution = 0.0
+    resolutions: list[np.ndarray] = []  # budget attacks: per searched image, the achieved resolution ...
+    tolerances: list[np.ndarray] = []  # ... and the one asked for
     start = time.perf_counter()
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size].to(device).float()
@@ -201,8 +212,16 @@ def run_attack(
         if idx.numel():
             xc, yc = xb[idx], yb[idx]
             if budget:
+                up = None if upper is None else upper[i:i + batch_size].to(device).to(xc.dtype)[idx]
                 found = search_distance(attack, model, xc, yc, norm, params, method=eps_search,
-                                        steps=search_steps, attack_model=counted)
+                                        steps=search_steps, attack_model=counted, rtol=rtol, eps_tol=eps_tol,
+                                        upper=up)
+                asked = found.resolution  # bisection, grid: the step is the tolerance
+                if eps_search == "adaptive":
+                    asked = rtol * found.eps if eps_tol is None else torch.full_like(found.eps, float(eps_tol))
+                    asked = torch.where(torch.isfinite(found.eps), asked, torch.zeros_like(asked))
+                resolutions.append(found.resolution.cpu().double().numpy())
+                tolerances.append(asked.cpu().double().numpy())
                 x_adv[idx] = sanitize(found.x_adv, xc)
                 non_monotone += int(found.non_monotone.sum())
                 resolution = max(resolution, float(found.resolution.max()))
@@ -242,4 +261,6 @@ def run_attack(
         x_norm=np.concatenate(x_norms) if x_norms else np.zeros(0),
         resolution=resolution,
         x_adv=torch.cat(kept) if kept else None,
+        resolutions=np.concatenate(resolutions) if resolutions else np.zeros(0),
+        tolerances=np.concatenate(tolerances) if tolerances else np.zeros(0),
     )
