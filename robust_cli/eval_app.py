@@ -116,12 +116,13 @@ def search_precision(result, cfg, thresholds: list[float]) -> dict[str, Any]:
 
 
 def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
-                 config, reference=None, best=None) -> dict:
+                 config, reference=None, best=None, keep_adv=True) -> dict:
     """Run one (attack, norm), write its three files, return its summary.
 
     ``config``: ``result_config(...)``, stored for the cache. ``reference``: the training set
     ``(x [N,C,H,W], y [N])``, passed to attacks that take one. ``best``: the ``RunningBest`` of this norm
     in this call: its images are the ``x_init`` of attacks that take one, and this result updates it.
+    ``keep_adv``: the result keeps its images (some attack of this norm takes ``x_init``).
     """
     from robust_cli.evaluation.checks import curve_check, unbounded_check
     from robust_cli.evaluation.curves import error_curve
@@ -136,7 +137,7 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
         x_init=None if best is None else best.start(), rtol=float(cfg.eps_rtol),
         eps_tol=None if cfg.eps_tol is None else float(cfg.eps_tol),
-        upper=None if best is None else best.distance,
+        upper=None if best is None else best.distance, keep_adv=keep_adv,
     )
     if best is not None:
         best.update(result)
@@ -219,6 +220,11 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     bests = {norm: RunningBest() for norm in norms}  # x_init of later attacks (cached results hold no images)
     # minimal-norm attacks first: their distances are the budget attacks' first upper brackets (adaptive)
     order = sorted(configs.items(), key=lambda item: bool(attacks[item[0][0]][0].budget))
+    from robust_cli.evaluation.runner import takes_argument
+
+    # images are kept (N of them per norm) only in a norm where some attack starts from them
+    keep = {norm: any(takes_argument(attacks[a][0], "x_init") and not attacks[a][0].budget
+                      for (a, n) in configs if n == norm) for norm in norms}
     with progress:
         for (name, norm), config in order:
             fn, params = attacks[name]
@@ -226,7 +232,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
             evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
                          zero_grad=zero_grad, progress=progress, config=config, reference=reference,
-                         best=bests[norm])
+                         best=bests[norm], keep_adv=keep[norm])
 
     with eval_dir.lock():  # concurrent -m jobs merge one after another
         stale = lipschitz_stale(eval_dir.read_lipschitz(), n, model_id)  # n_examples changed, or retrained

@@ -120,6 +120,9 @@ class RunningBest:
     ``start()`` is the ``x_init`` ``[N,C,H,W]`` handed to the next attack that takes one (``None`` before the
     first result); ``update(result)`` keeps, per image, the re-verified image of smaller distance (a
     failure has distance ``inf`` and never replaces anything). Distances are the evaluation's own.
+    The images are kept only where the results carry them (``run_attack(keep_adv=True)``: the evaluation
+    asks for them in a norm where some attack takes ``x_init``, for all of that norm's attacks alike);
+    ``distance`` ``[N]`` always (the budget attacks' first upper brackets).
     """
 
     def __init__(self) -> None:
@@ -130,14 +133,14 @@ class RunningBest:
         return self.x
 
     def update(self, result: AttackResult) -> None:
-        if result.x_adv is None:
-            return
         dist = torch.tensor(result.frame["distance"].to_numpy(dtype="float64"))
-        if self.x is None:
-            self.x, self.distance = result.x_adv.clone(), dist
+        if self.distance is None:
+            self.distance = dist
+            self.x = result.x_adv  # owned from here on (the result's images are not used again): no copy
             return
         better = dist < self.distance
-        self.x[better] = result.x_adv[better]
+        if result.x_adv is not None and self.x is not None:
+            self.x[better] = result.x_adv[better]
         self.distance = torch.minimum(dist, self.distance)
 
 
@@ -158,6 +161,7 @@ def run_attack(
     rtol: float = 0.01,
     eps_tol: float | None = None,
     upper: torch.Tensor | None = None,
+    keep_adv: bool = True,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -172,6 +176,8 @@ def run_attack(
         eps_search, search_steps: the budget-attack search (``adaptive`` | ``bisection`` | ``grid``).
         rtol, eps_tol: ``adaptive``: the relative / absolute (where given) tolerance of each distance.
         upper: ``[N]`` distances of earlier attacks (``RunningBest.distance``): ``adaptive``'s first eps.
+        keep_adv: return the re-verified images (``x_adv``); ``False`` where nothing will use them, so that
+            the memory of an evaluation does not grow with the number of images.
         device: where the model and the batches live.
         on_batch: called with the batch size after each batch (progress bars).
         x_init: ``[N,C,H,W]`` starting adversarials (e.g. ``RunningBest.start()``), passed batch by batch to a
@@ -195,7 +201,10 @@ def run_attack(
     had_grad = [p.grad is not None for p in model.parameters()]
     others = [n for n in NORMS if n != norm]
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "clean_pred", "adv_pred", "distance", *others)}
-    x_norms, kept = [], []
+    x_norms = []
+    # the re-verified images, written in place (no list of batches concatenated at the end: one copy of N
+    # images at most, and none where no later attack takes them)
+    kept = torch.empty(x.shape, dtype=torch.float32) if keep_adv else None
     pass_init = x_init is not None and not budget and takes_argument(attack, "x_init")
     non_monotone = 0
     resolution = 0.0
@@ -239,7 +248,8 @@ def run_attack(
         for other in others:
             rows[other].append(sizes[other].cpu().double().numpy())
         x_norms.append(perturbation_norms(xb, torch.zeros_like(xb))[norm].cpu().double().numpy())
-        kept.append(x_adv.cpu())
+        if kept is not None:
+            kept[i:i + batch_size] = x_adv.cpu()
         if on_batch is not None:
             on_batch(int(xb.shape[0]))
     seconds = time.perf_counter() - start
@@ -260,7 +270,7 @@ def run_attack(
         non_monotone=non_monotone,
         x_norm=np.concatenate(x_norms) if x_norms else np.zeros(0),
         resolution=resolution,
-        x_adv=torch.cat(kept) if kept else None,
+        x_adv=kept,
         resolutions=np.concatenate(resolutions) if resolutions else np.zeros(0),
         tolerances=np.concatenate(tolerances) if tolerances else np.zeros(0),
     )
