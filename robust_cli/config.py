@@ -189,8 +189,10 @@ class EvalConfig:
     thresholds: dict[str, Optional[list[float]]] = field(
         default_factory=lambda: dict.fromkeys(("linf", "l2", "l1", "l0"))
     )
-    eps_search: str = "bisection"  # budget attacks: bisection | grid
-    search_steps: int = 10  # bisection steps, or grid points
+    eps_search: str = "adaptive"  # budget attacks: adaptive (to eps_rtol / eps_tol) | bisection | grid
+    search_steps: int = 10  # adaptive: rounds at most; bisection: halvings; grid: points
+    eps_rtol: float = 0.01  # adaptive: each distance to this fraction of itself ...
+    eps_tol: Optional[float] = None  # ... or to this absolute eps (replaces eps_rtol)
     lipschitz: bool = True  # write lipschitz.json
     # every selected attack targeted (attacks with a `targeted` option only): the attack gets a target class
     # per image and succeeds where the model predicts it; results in <attack>-targeted-<norm>/ with per_target
@@ -270,6 +272,12 @@ def check_config(cfg: Any) -> None:
 
     from robust_cli.schema import check_options
 
+    from robust_cli.errors import UserError
+
+    for key, kind in (("eps_rtol", "relative"), ("eps_tol", "absolute")):  # robust eval's search tolerances
+        value = cfg.get(key) if hasattr(cfg, "get") else None
+        if value is not None and not float(value) > 0:
+            raise UserError(f"{key}={value}: must be > 0 (the eps search's {kind} tolerance of each distance)")
     nodes = [(key, cfg.get(key)) for key in ("model", "defense")]
     attacks = cfg.get("attack")
     if isinstance(attacks, DictConfig):

@@ -25,6 +25,7 @@ import math
 from typing import Any
 
 import hydra
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -103,13 +104,31 @@ def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -
     return pairs  # a -m job whose one combination is unsupported has nothing to do: not a failed job
 
 
+def search_precision(result, cfg, thresholds: list[float]) -> dict[str, Any]:
+    """What ``summary.json`` says of a budget attack's distances: the tolerance asked, the resolution achieved
+    (``hi - lo`` per searched image: max, median, fraction within the tolerance) and ``resolution_valid``:
+    false where some image's resolution is coarser than the smallest gap between two of the norm's
+    thresholds (the robust accuracies read at them could then swap images between thresholds)."""
+    res, tol = result.resolutions, result.tolerances
+    gaps = [b - a for a, b in zip(sorted(thresholds), sorted(thresholds)[1:]) if b > a]
+    coarse = int((res > min(gaps)).sum()) if gaps and len(res) else 0
+    return {"search": {"method": cfg.eps_search, "eps_rtol": float(cfg.eps_rtol) if cfg.eps_tol is None else None,
+                       "eps_tol": None if cfg.eps_tol is None else float(cfg.eps_tol),
+                       "resolution_max": float(res.max()) if len(res) else 0.0,
+                       "resolution_median": float(np.median(res)) if len(res) else 0.0,
+                       "within_tolerance": float((res <= tol * (1 + 1e-4)).mean()) if len(res) else 1.0,
+                       "threshold_gap": min(gaps) if gaps else None, "coarser_than_gap": coarse},
+            "resolution_valid": coarse == 0}
+
+
 def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
-                 config, eval_dir, reference=None, best=None, targets=None) -> dict:
+                 config, eval_dir, reference=None, best=None, targets=None, keep_adv=True) -> dict:
     """Run one (attack, norm), write its three files under ``eval_dir``, return its summary.
 
     ``config``: ``result_config(...)``, stored for the cache. ``reference``: the training set
     ``(x [N,C,H,W], y [N])``, passed to attacks that take one. ``best``: the ``RunningBest`` of this norm
     in this call: its images are the ``x_init`` of attacks that take one, and this result updates it.
+    ``keep_adv``: the result keeps its images (some attack of this norm takes ``x_init``).
     """
     from robust_cli.evaluation.checks import curve_check, unbounded_check
     from robust_cli.evaluation.curves import error_curve
@@ -122,7 +141,9 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     result = run_attack(
         model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
-        x_init=None if best is None else best.start(), targets=targets,
+        x_init=None if best is None else best.start(), targets=targets, rtol=float(cfg.eps_rtol),
+        eps_tol=None if cfg.eps_tol is None else float(cfg.eps_tol),
+        upper=None if best is None else best.distance, keep_adv=keep_adv,
     )
     starts = best is not None and best.start() is not None and not fn.budget and takes_argument(fn, "x_init")
     started_from = list(best.sources) if starts else []
@@ -136,6 +157,8 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     eps, err = error_curve(result.frame["distance"].to_numpy())
     summary["budget"] = bool(fn.budget)
     summary["search_resolution"] = result.resolution
+    if fn.budget:
+        summary.update(search_precision(result, cfg, thresholds.get(norm, [])))
     summary["checks"] = {
         **curve_check(err, result.non_monotone),
         **unbounded_check(bool(fn.budget), summary["success_rate"], name),
@@ -167,8 +190,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     check_logger(str(cfg.logger))
     if cfg.n_examples < 1 or cfg.batch_size < 1:
         raise UserError("n_examples and batch_size must be at least 1")
-    if cfg.eps_search not in ("bisection", "grid"):
-        raise UserError(f"eps_search must be bisection or grid, got {cfg.eps_search}")
+    if cfg.eps_search not in ("adaptive", "bisection", "grid"):
+        raise UserError(f"eps_search must be adaptive, bisection or grid, got {cfg.eps_search}")
     norms = selected_norms(cfg.norm)
     attacks = with_targeted(selected_attacks(cfg.attack), bool(cfg.targeted))
     single = len(attacks) == 1 and len(norms) == 1 and not is_multirun()
@@ -213,14 +236,19 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         reference = load_split(dataset_cfg, data_cfg, "train")
 
     bests = {norm: RunningBest() for norm in norms}  # x_init of later attacks (cached results hold no images)
+    # minimal-norm attacks first: their distances are the budget attacks' first upper brackets (adaptive)
+    order = sorted(configs.items(), key=lambda item: bool(attacks[item[0][0]][0].budget))
+    # images are kept (N of them per norm) only in a norm where some attack starts from them
+    keep = {norm: any(takes_argument(attacks[a][0], "x_init") and not attacks[a][0].budget
+                      for (a, n) in configs if n == norm) for norm in norms}
     with progress:
-        for (name, norm), config in configs.items():
+        for (name, norm), config in order:
             fn, params = attacks[name]
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
             evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
                          zero_grad=zero_grad, progress=progress, config=config, eval_dir=eval_dir,
-                         reference=reference, best=bests[norm],
+                         reference=reference, best=bests[norm], keep_adv=keep[norm],
                          targets=targets if params.get("targeted") else None)
 
     with eval_dir.lock():  # concurrent -m jobs merge one after another

@@ -34,6 +34,7 @@ class BestAdversarial:
         self.x, self.y, self.norm_name, self.targeted = x, y, norm, targeted
         self.adv = x.clone()
         self.norm = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
+        self.last_norm: torch.Tensor | None = None  # ``[b]`` the norms of the points of the last ``update``
 
     def norm_of(self, xa: torch.Tensor) -> torch.Tensor:
         """``[B]``: the norm of ``xa - x`` as this tracker measures it."""
@@ -48,6 +49,7 @@ class BestAdversarial:
         ok = is_adversarial(logits, self.y[idx], self.targeted)
         dist = perturbation_norm(xa - self.x[idx], self.norm_name)
         better = ok & (dist < self.norm[idx])
+        self.last_norm = dist  # the caller's size of xa, without a second reduction
         if rows is None:
             self.norm = torch.where(better, dist, self.norm)
             self.adv = torch.where(view_as_images(better, xa), xa, self.adv)

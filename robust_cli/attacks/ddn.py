@@ -51,18 +51,20 @@ def ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
     cap = worst_norm(x, "l2")
     with frozen_eval(model):
         best = BestAdversarial(x, y, "l2", targeted)
+        # the direction where the gradient vanishes: one random unit draw per call (not one per step)
+        fallback = torch.randn_like(x) / math.sqrt(x[0].numel())
+        xa = x.clone()
         for k in range(steps):
-            xa = (x + delta).clamp(0, 1)
             grad, logits = loss_gradient(model, xa, y, "ce", targeted, scale_free=True)
             adv = best.update(xa, logits)
             gn = batch_norm(grad, "l2")
-            unit = torch.where(view_as_images(gn > 0, x), grad / view_as_images(gn.clamp_min(1e-30), x),
-                               torch.randn_like(grad) / math.sqrt(grad[0].numel()))
+            unit = torch.where(view_as_images(gn > 0, x), grad / view_as_images(gn.clamp_min(1e-30), x), fallback)
             alpha = lr * (lr_final + (1 - lr_final) * (1 + math.cos(math.pi * k / steps)) / 2)
-            delta = delta + alpha * unit
+            delta = delta.add_(unit, alpha=alpha)
             eps = torch.minimum(torch.where(adv, eps * (1 - gamma), eps * (1 + gamma)), cap)
-            delta = delta * view_as_images(eps / batch_norm(delta, "l2").clamp_min(1e-30), x)
-            delta = (x + delta).clamp(0, 1) - x
+            delta = delta.mul_(view_as_images(eps / batch_norm(delta, "l2").clamp_min(1e-30), x))
+            xa = (x + delta).clamp_(0, 1)  # the next iterate, in the box
+            delta = xa - x
     return best.adv
 
 

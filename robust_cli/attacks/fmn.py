@@ -115,7 +115,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             grad, logits = objective_gradient(model, xa, lambda z: attack_loss(z, y, "margin", targeted))
             adv = best.update(xa, logits)
             found |= adv
-            size = best.norm_of(xa)
+            size = best.last_norm  # ||xa - x||, measured by the update
             if norm == "l0":
                 eps = torch.where(adv, torch.minimum(torch.minimum(eps - 1, (eps * (1 - g)).floor()), best.norm),
                                   torch.maximum(eps + 1, (eps * (1 + g)).floor())).clamp_min(0)

@@ -35,14 +35,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import torch
 from torch import nn
 
 from robust_cli.attacks.contract import frozen_eval, register_attack
-from robust_cli.attacks.fgm import fgm
-from robust_cli.attacks.fgsm import fgsm
 from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, project, view_as_images
 from robust_cli.attacks.losses import attack_loss, is_adversarial, margin, objective_gradient
 from robust_cli.schema import Range, schema_of
@@ -149,16 +147,40 @@ def pgd_iterations(
         ``delta`` ``[B,C,H,W]`` after the last step (detached), inside ball ∩ box up to rounding.
     """
     eps_t = as_batch_eps(eps, x)
-    e = view_as_images(eps_t, x)
     x = x.detach()
+    return pgd_points(model, x, delta, objective, eps=eps_t, norm=norm, step_sizes=step_sizes, l1_top=l1_top,
+                      on_iterate=on_iterate)[1]
+
+
+def pgd_points(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, objective, *, eps: torch.Tensor, norm: str,
+               step_sizes: Sequence[float], l1_top: float, on_iterate: OnIterate | None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pgd_iterations` (``eps`` ``[B]``), returning ``(x + delta, delta)`` after the last step (detached).
+
+    linf: ball ∩ box is the box ``[max(x - eps, 0), min(x + eps, 1)]``, fixed for the whole run, so the point
+    itself is iterated and projected by one clamp against precomputed bounds (two ops a step, no
+    ``x + delta`` / ``- x`` round trips); l2/l1 step ``delta`` through the exact projection.
+    """
+    e = view_as_images(eps, x)
+    box = linf_box(x, e) if norm == "linf" else None
     delta = delta.detach()
+    xa = x + delta
     for t, size in enumerate(step_sizes):
-        grad, logits = objective_gradient(model, x + delta, objective)
-        direction = ascent_direction(grad, x + delta, norm, l1_top)
+        grad, logits = objective_gradient(model, xa, objective)
+        direction = ascent_direction(grad, xa, norm, l1_top)
         if on_iterate is not None:
-            on_iterate(t, x + delta, logits, direction)
-        delta = project(delta + size * e * direction, x, eps_t, norm)
-    return delta.detach()
+            on_iterate(t, xa, logits, direction)
+        if box is not None:
+            xa = torch.addcmul(xa, e, direction, value=size).clamp_(*box)
+        else:
+            delta = project(delta + size * e * direction, x, eps, norm)
+            xa = x + delta
+    return xa, (xa - x if box is not None else delta)
+
+
+def linf_box(x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, hi)`` ``[B,C,H,W]``: the linf ball of radius ``e`` ``[B,1,1,1]`` around ``x`` intersected with [0,1]."""
+    return (x - e).clamp_(min=0), (x + e).clamp_(max=1)
 
 
 def projected_gradient(
@@ -178,6 +200,7 @@ def projected_gradient(
     seed: int | None = 0,
     schedule: Literal["constant", "cosine"] = "constant",
     single_step: bool = True,
+    x_init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The iterative engine behind ``pgd``, ``ifgsm`` and ``bim`` (see the module docstring).
 
@@ -192,9 +215,14 @@ def projected_gradient(
             gives the same unit draws at every eps, so a start is ``eps * u``: continuous in eps, which keeps
             success close to monotone in eps for the bisection. ``None``: draw from the global RNG.
         schedule: ``constant`` or ``cosine`` step lengths (``step_schedule``).
-        single_step: also try the single-step attack's point (``fgsm`` in linf, ``fgm`` in l2, called
-            with the same ``loss`` and ``targeted``; one full step of length eps in l1), so this attack
-            succeeds wherever that one does, at the same eps.
+        single_step: also try the single-step attack's point (``fgsm`` in linf, ``fgm`` in l2, with the same
+            ``loss`` and ``targeted``; one full step of length eps in l1), so this attack succeeds wherever
+            that one does, at the same eps. It is one full step along the first run's first direction
+            (taken at ``x`` itself, so exactly theirs): one forward pass, no gradient of its own.
+        x_init: ``[B,C,H,W]`` a warm start (e.g. the adversarial an eps search found at a larger eps): its
+            projection onto ball ∩ box is a candidate (one forward pass) and the start of the second run in
+            place of its random start. The first run still starts at ``x``: started from the projection (a
+            corner of the ball in linf) PGD ended weaker than from ``x`` on 12% of MNIST images (BENCHMARKS.md).
 
     Returns:
         ``[B,C,H,W]`` in [0,1] with ``||x_adv - x|| <= eps`` per sample.
@@ -214,23 +242,24 @@ def projected_gradient(
         # Per sample the point with the lowest margin, adversarial points first: the deepest one past the
         # boundary survives the evaluation's re-run on another batch (last-bit differences), and where no
         # point is adversarial the nearest miss is returned.
-        nonlocal best, best_adv, best_score
         score = -margin(logits, y) if targeted else margin(logits, y)
         adv = is_adversarial(logits, y, targeted)
         better = (adv & ~best_adv) | ((adv == best_adv) & (score < best_score))
-        best = torch.where(view_as_images(better, x), point, best)
-        best_adv = best_adv | adv
-        best_score = torch.where(better, score, best_score)
+        torch.where(view_as_images(better, x), point, best, out=best)  # in place: no allocation per step
+        best_adv.logical_or_(adv)
+        torch.where(better, score, best_score, out=best_score)
 
     runs = max(1, restarts) if random_start else 1  # without random starts every run would be the same
-    single = {"linf": fgsm, "l2": fgm}.get(norm) if single_step else None
-    l1_candidate = single_step and single is None  # l1: one full step along the first direction
+    candidate = single_step  # still to add: the single step's point, from the first gradient of the first run
 
     def on_iterate(t: int, point: torch.Tensor, logits: torch.Tensor, direction: torch.Tensor) -> None:
-        nonlocal l1_candidate
+        nonlocal candidate
         keep(point, logits)
-        if l1_candidate:  # the very first iterate of the first run
-            l1_candidate = False
+        if candidate:
+            # The first iterate of the first run is x itself and its direction is exactly what fgsm (linf)
+            # and fgm (l2) compute (the same scale-free loss at the same point, the same unit step), so one
+            # full step along it is their point bit for bit, and no gradient is spent on it twice.
+            candidate = False
             one = enforce_budget(x + e * direction, x, eps_t, norm)
             with torch.no_grad():
                 keep(one, model(one))
@@ -239,19 +268,21 @@ def projected_gradient(
         return attack_loss(logits, y, loss, targeted, scale_free=True)  # direction only
 
     with frozen_eval(model):
-        if single is not None:
-            # the single-step attack itself, not a re-implementation: its point is a candidate bit for bit
-            one = single(model, x, y, norm=norm, eps=eps_t, targeted=targeted, loss=loss)
+        start = None
+        if x_init is not None:
+            start = project(x_init.detach().to(x).clamp(0, 1) - x, x, eps_t, norm)
             with torch.no_grad():
-                keep(one, model(one))
+                keep(x + start, model(x + start))
         for run in range(runs):
             delta = torch.zeros_like(x)
-            if run > 0:
+            if run == 1 and start is not None:
+                delta = start  # the warm start replaces the first random start (the first run stays at x)
+            elif run > 0:
                 delta = project(random_start_in_ball(x, eps_t, norm, generator), x, eps_t, norm)
-            delta = pgd_iterations(model, x, delta, objective, eps=eps_t, norm=norm, step_sizes=sizes,
-                                   l1_top=l1_top, on_iterate=on_iterate)
+            point, _ = pgd_points(model, x, delta, objective, eps=eps_t, norm=norm, step_sizes=sizes,
+                                  l1_top=l1_top, on_iterate=on_iterate)
             with torch.no_grad():
-                keep(x + delta, model(x + delta))
+                keep(point, model(point))
     return enforce_budget(best, x, eps_t, norm)
 
 
@@ -273,6 +304,7 @@ def pgd(
     seed: int | None = 0,
     schedule: Literal["constant", "cosine"] = "cosine",
     single_step: bool = True,
+    x_init: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """PGD from ``x``, then ``restarts - 1`` random starts; l1 by sparse l1 descent (thesis §5.4: 1% sparsity).
 
@@ -293,10 +325,13 @@ def pgd(
         seed: seeds the random starts, the same draws at every eps (``None``: the global RNG).
         schedule: ``cosine`` or ``constant`` step lengths.
         single_step: the ``fgsm``/``fgm`` point is a candidate (never weaker than the single step).
+        x_init: supplied by the caller (the eps search: the adversarial of its previous round), ``[B,C,H,W]``:
+            a candidate, and the second run's start (see ``projected_gradient``).
     """
     return projected_gradient(model, x, y, norm=norm, eps=eps, steps=steps, step_size=step_size,
                               random_start=random_start, restarts=restarts, targeted=targeted, loss=loss,
-                              l1_top=l1_top, seed=seed, schedule=schedule, single_step=single_step)
+                              l1_top=l1_top, seed=seed, schedule=schedule, single_step=single_step,
+                              x_init=x_init)
 
 
 SCHEMAS = {"pgd": schema_of(pgd, "pgd")}

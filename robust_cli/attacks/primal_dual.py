@@ -183,8 +183,8 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, r0: torch.Tensor, pr
             xa = xa.detach()
             dist = primal.size(r)
             better = (m < 0) & (dist < best_norm)
-            best_norm = torch.where(better, dist, best_norm)
-            best_adv = torch.where(view_as_images(better, x), xa, best_adv)
+            torch.where(better, dist, best_norm, out=best_norm)  # in place: no allocation per step
+            torch.where(view_as_images(better, x), xa, best_adv, out=best_adv)
 
             step_lr = lr_at(k, steps, lr, o.lr_final, o.lr_decay)
             if primal.optimizer == "adam":

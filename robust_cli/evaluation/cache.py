@@ -28,7 +28,7 @@ from robust_cli.rundir import ResultDir
 log = logging.getLogger("robust_cli.eval")
 
 #: what must match for a stored result to be reused ("model": model.pt retrained with force=true)
-CACHE_KEYS = ("model", "n", "params", "eps_search", "search_steps", "seed")
+CACHE_KEYS = ("model", "n", "params", "eps_search", "search_steps", "eps_rtol", "eps_tol", "seed")
 
 
 def model_identity(model: torch.nn.Module) -> str:
@@ -45,7 +45,11 @@ def result_config(fn: Any, params: dict, n: int, cfg: DictConfig, model_id: str)
     """What produced a result (stored as ``summary.json["config"]``, compared on ``CACHE_KEYS``)."""
     return {"model": model_id, "n": int(n), "params": params,
             "eps_search": cfg.eps_search if fn.budget else None,
-            "search_steps": int(cfg.search_steps) if fn.budget else None, "seed": int(cfg.seed)}
+            "search_steps": int(cfg.search_steps) if fn.budget else None,
+            "eps_rtol": float(cfg.eps_rtol) if fn.budget and cfg.eps_search == "adaptive" and cfg.eps_tol is None
+            else None,
+            "eps_tol": float(cfg.eps_tol) if fn.budget and cfg.eps_search == "adaptive" and cfg.eps_tol is not None
+            else None, "seed": int(cfg.seed)}
 
 
 def _changes(stored: dict[str, Any], expected: dict[str, Any], attack: str) -> list[str]:

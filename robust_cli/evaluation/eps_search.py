@@ -12,6 +12,10 @@ perturbation the box ``[0,1]`` allows, so a sample the attack cannot break at ``
   little).
 - ``grid``: ``steps`` equally spaced eps in ``(0, hi]``; resolution ``hi / steps``. Needs no monotonicity
   and observes it: a sample that succeeds at some eps and fails at a larger one is reported.
+- ``adaptive`` (the default of ``robust eval``, :mod:`robust_cli.evaluation.adaptive_search`): per image to a
+  relative tolerance ``rtol`` of the distance (or an absolute ``eps_tol``), the batch shrinking to the
+  unresolved images, warm-started, with the minimal-norm attacks' distances as first upper brackets;
+  ``steps`` caps its rounds. Its resolution is the achieved ``hi - lo`` per image.
 
 The attack runs on the counting model (its cost), the search's own success tests on the bare model (not its
 cost). Every success is re-verified (misclassified by the bare model, within the eps it was asked for); the
@@ -21,6 +25,7 @@ that image, which is at most the eps it was found at.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +36,9 @@ from torch import nn
 from robust_cli.attacks.contract import frozen_eval
 from robust_cli.attacks.geometry import as_batch_eps, batch_norm, view_as_images
 from robust_cli.attacks.losses import is_adversarial
+
+
+METHODS = ("adaptive", "bisection", "grid")
 
 
 @dataclass
@@ -148,6 +156,9 @@ def search_distance(
     method: str = "bisection",
     steps: int = 10,
     attack_model: nn.Module | None = None,
+    rtol: float = 0.01,
+    eps_tol: float | None = None,
+    upper: torch.Tensor | None = None,
 ) -> SearchResult:
     """Search eps per sample for the smallest adversarial of a budget attack.
 
@@ -157,20 +168,33 @@ def search_distance(
         x: ``[B,C,H,W]`` clean images in [0,1], correctly classified (the caller filters); y: ``[B]``.
         norm: the attack's norm.
         params: the attack's own options (without ``eps``).
-        method: ``bisection`` or ``grid``.
-        steps: bisection halvings, or grid points.
+        method: ``bisection``, ``grid`` or ``adaptive``.
+        steps: bisection halvings, grid points, or the adaptive search's rounds after its first bracket.
         attack_model: the model handed to the attack (a counting wrapper of ``model``); default ``model``.
+        rtol, eps_tol: ``adaptive`` only: the relative or (where given) absolute tolerance per image.
+        upper: ``adaptive`` only: ``[B]`` distances of earlier (minimal-norm) attacks, the first eps tried.
 
     Returns:
         A ``SearchResult``.
     """
-    if method not in ("bisection", "grid"):
-        raise ValueError(f"eps_search must be 'bisection' or 'grid', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"eps_search must be one of {METHODS}, got {method!r}")
     if steps < 1:
         raise ValueError(f"search_steps must be >= 1, got {steps}")
     params = dict(params or {})
     attack_model = model if attack_model is None else attack_model
     hi = box_radius(x, norm)
+    if method == "adaptive":
+        from robust_cli.evaluation.adaptive_search import adaptive_search
+
+        try:
+            warm = "x_init" in inspect.signature(attack).parameters
+        except (TypeError, ValueError):
+            warm = False
+        x_adv, eps, res = adaptive_search(attack, model, x, y, norm, params, hi0=hi, rtol=rtol, eps_tol=eps_tol,
+                                          max_rounds=steps, upper=upper, attack_model=attack_model,
+                                          warm_start=warm)
+        return SearchResult(x_adv, eps, torch.zeros_like(eps, dtype=torch.bool), res)
     if method == "bisection":
         eps, x_adv = search_eps(attack, model, x, y, norm, 0.0, hi, steps, params, attack_model=attack_model,
                                 return_adv=True)

@@ -88,6 +88,8 @@ class AttackResult:
         non_monotone: number of samples whose success was observed to be non-monotone in eps (budget only).
         x_norm: ``[N]`` ``||x||`` in the attack's norm (for rho_adv).
         resolution: the largest eps step of the budget search (0 for minimal-norm attacks).
+        resolutions, tolerances: budget attacks: per searched (correctly classified) image the achieved
+            resolution (``hi - lo``; 0 where the attack failed) and the tolerance it was asked for.
         x_adv: ``[N,C,H,W]`` on the CPU, the re-verified images (clipped; the input where the attack failed),
             from which the evaluation's running best per image (the next attacks' ``x_init``) is kept.
     """
@@ -100,6 +102,8 @@ class AttackResult:
     x_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))
     resolution: float = 0.0
     x_adv: torch.Tensor | None = None
+    resolutions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    tolerances: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def takes_argument(fn: Callable, name: str) -> bool:
@@ -118,6 +122,9 @@ class RunningBest:
     failure has distance ``inf`` and never replaces anything). Distances are the evaluation's own.
     ``sources``: the ``attack`` names of the results merged so far (what a later attack's start came from,
     recorded in its summary as ``started_from``).
+    The images are kept only where the results carry them (``run_attack(keep_adv=True)``: the evaluation
+    asks for them in a norm where some attack takes ``x_init``, for all of that norm's attacks alike);
+    ``distance`` ``[N]`` always (the budget attacks' first upper brackets).
     """
 
     def __init__(self) -> None:
@@ -129,15 +136,15 @@ class RunningBest:
         return self.x
 
     def update(self, result: AttackResult, name: str = "") -> None:
-        if result.x_adv is None:
-            return
         self.sources.append(name)
         dist = torch.tensor(result.frame["distance"].to_numpy(dtype="float64"))
-        if self.x is None:
-            self.x, self.distance = result.x_adv.clone(), dist
+        if self.distance is None:
+            self.distance = dist
+            self.x = result.x_adv  # owned from here on (the result's images are not used again): no copy
             return
         better = dist < self.distance
-        self.x[better] = result.x_adv[better]
+        if result.x_adv is not None and self.x is not None:
+            self.x[better] = result.x_adv[better]
         self.distance = torch.minimum(dist, self.distance)
 
 
@@ -173,6 +180,10 @@ def run_attack(
     on_batch: Callable[[int], None] | None = None,
     x_init: torch.Tensor | None = None,
     targets: torch.Tensor | None = None,
+    rtol: float = 0.01,
+    eps_tol: float | None = None,
+    upper: torch.Tensor | None = None,
+    keep_adv: bool = True,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -184,7 +195,11 @@ def run_attack(
         norm: one of ``attack.norms``.
         params: the attack's options (``eps`` is ignored for budget attacks: the search sets it).
         batch_size: images per attack call.
-        eps_search, search_steps: the budget-attack search (``bisection`` | ``grid``).
+        eps_search, search_steps: the budget-attack search (``adaptive`` | ``bisection`` | ``grid``).
+        rtol, eps_tol: ``adaptive``: the relative / absolute (where given) tolerance of each distance.
+        upper: ``[N]`` distances of earlier attacks (``RunningBest.distance``): ``adaptive``'s first eps.
+        keep_adv: return the re-verified images (``x_adv``); ``False`` where nothing will use them, so that
+            the memory of an evaluation does not grow with the number of images.
         device: where the model and the batches live.
         on_batch: called with the batch size after each batch (progress bars).
         x_init: ``[N,C,H,W]`` starting adversarials (e.g. ``RunningBest.start()``), passed batch by batch to a
@@ -214,10 +229,15 @@ def run_attack(
     others = [n for n in NORMS if n != norm]
     keys = ("label", *(("target",) if targeted else ()), "clean_pred", "adv_pred", "distance", *others)
     rows: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    x_norms, kept = [], []
+    x_norms = []
+    # the re-verified images, written in place (no list of batches concatenated at the end: one copy of N
+    # images at most, and none where no later attack takes them)
+    kept = torch.empty(x.shape, dtype=torch.float32) if keep_adv else None
     pass_init = x_init is not None and not budget and not targeted and takes_argument(attack, "x_init")
     non_monotone = 0
     resolution = 0.0
+    resolutions: list[np.ndarray] = []  # budget attacks: per searched image, the achieved resolution ...
+    tolerances: list[np.ndarray] = []  # ... and the one asked for
     start = time.perf_counter()
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size].to(device).float()
@@ -230,8 +250,16 @@ def run_attack(
         if idx.numel():
             xc, yc = xb[idx], tb[idx]
             if budget:
+                up = None if upper is None else upper[i:i + batch_size].to(device).to(xc.dtype)[idx]
                 found = search_distance(attack, model, xc, yc, norm, params, method=eps_search,
-                                        steps=search_steps, attack_model=counted)
+                                        steps=search_steps, attack_model=counted, rtol=rtol, eps_tol=eps_tol,
+                                        upper=up)
+                asked = found.resolution  # bisection, grid: the step is the tolerance
+                if eps_search == "adaptive":
+                    asked = rtol * found.eps if eps_tol is None else torch.full_like(found.eps, float(eps_tol))
+                    asked = torch.where(torch.isfinite(found.eps), asked, torch.zeros_like(asked))
+                resolutions.append(found.resolution.cpu().double().numpy())
+                tolerances.append(asked.cpu().double().numpy())
                 x_adv[idx] = sanitize(found.x_adv, xc)
                 non_monotone += int(found.non_monotone.sum())
                 resolution = max(resolution, float(found.resolution.max()))
@@ -251,7 +279,8 @@ def run_attack(
         for other in others:
             rows[other].append(sizes[other].cpu().double().numpy())
         x_norms.append(perturbation_norms(xb, torch.zeros_like(xb))[norm].cpu().double().numpy())
-        kept.append(x_adv.cpu())
+        if kept is not None:
+            kept[i:i + batch_size] = x_adv.cpu()
         if on_batch is not None:
             on_batch(int(xb.shape[0]))
     seconds = time.perf_counter() - start
@@ -272,5 +301,7 @@ def run_attack(
         non_monotone=non_monotone,
         x_norm=np.concatenate(x_norms) if x_norms else np.zeros(0),
         resolution=resolution,
-        x_adv=torch.cat(kept) if kept else None,
+        x_adv=kept,
+        resolutions=np.concatenate(resolutions) if resolutions else np.zeros(0),
+        tolerances=np.concatenate(tolerances) if tolerances else np.zeros(0),
     )

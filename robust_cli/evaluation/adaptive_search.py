@@ -1,0 +1,184 @@
+"""The per-image eps search of a budget attack to a stated precision, at a few attacks' cost (``adaptive``).
+
+A budget attack's distance for an image is the smallest eps at which it succeeds (Finlay et al., "Improved
+robustness to adversarial examples using Lipschitz regularization of the loss", §4, Definition 4.1). The
+plain bisection of ``eps_search.py`` attacks every image at ~11 eps over ``[0, box radius]``; this search
+keeps, per image, a bracket ``(lo, hi]``: the attack failed at ``lo`` and a re-verified adversarial of size
+``hi`` is held, and it stops per image once ``hi - lo <= tol`` (``tol = rtol * hi``, or the absolute
+``eps_tol``). What keeps it cheap:
+
+- **the batch shrinks**: every round attacks only the images still unresolved;
+- **the upper bracket comes first and is tight**: the first eps is the distance a minimal-norm attack of the
+  same evaluation found (``upper``, times ``1 + rtol``) where there is one, the box radius otherwise;
+  after every success the adversarial is pulled towards ``x`` (its projection onto smaller balls, tested
+  with forward passes only) to the smallest size at which it stays adversarial;
+- **no attack where a forward pass decides**: at each new eps the held adversarial, projected onto that
+  ball, is tested first; an image it already breaks is a success with no attack run (the early stop);
+- **warm starts**: an attack that takes ``x_init`` starts from that projection;
+- **the next eps is interpolated** from the margins ``m = f_y - max_{j!=y} f_j`` at the two ends of the
+  bracket (regula falsi with the Illinois correction, kept ``tol / 2`` inside the bracket), which on a
+  locally linear model lands on the boundary in one or two rounds where bisection needs ``log2(hi / tol)``.
+
+Every success is re-verified on the bare model (misclassified, within the eps it was asked for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from robust_cli.attacks.contract import frozen_eval
+from robust_cli.attacks.geometry import batch_norm, project, view_as_images
+from robust_cli.attacks.losses import margin
+
+#: a success needs a margin below ``-SAFETY * (1 + max |logit|)`` (float32 noise between batch layouts)
+SAFETY = 1e-5
+#: forward-only bisection rounds pulling a held adversarial towards ``x`` (its size to 2^-8 of itself)
+PULL_STEPS = 8
+
+
+def within(x: torch.Tensor, p: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
+    """``p`` ``[B,C,H,W]`` (in the box) moved into the eps-ball ``[B]`` around ``x``: clipped for linf, scaled
+    towards ``x`` for l2/l1 (inside the box, which is convex and holds ``x``)."""
+    r = p - x
+    if norm == "linf":
+        return x + project(r, x, eps, norm)
+    n = batch_norm(r, norm)
+    scale = torch.where(n > eps, eps / n.clamp_min(1e-30), torch.ones_like(n))
+    return (x + r * view_as_images(scale, r)).clamp(0, 1)
+
+
+def adaptive_search(
+    attack: Callable[..., torch.Tensor],
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    norm: str,
+    params: dict[str, Any],
+    *,
+    hi0: torch.Tensor,
+    rtol: float = 0.01,
+    eps_tol: float | None = None,
+    max_rounds: int = 10,
+    upper: torch.Tensor | None = None,
+    attack_model: nn.Module | None = None,
+    warm_start: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_adv [B,C,H,W], dist [B], resolution [B])`` of ``attack`` searched per image to ``tol``.
+
+    Args:
+        attack: a budget attack, ``attack(model, x, y, norm=, eps=[b], **params) -> x_adv``.
+        model: the bare model (``[B,C,H,W]`` in [0,1] -> logits), for every success test and margin.
+        x: ``[B,C,H,W]`` correctly classified images in [0,1]; y: ``[B]`` labels.
+        params: the attack's options. hi0: ``[B]`` the box radius (the largest eps that means anything).
+        rtol: relative tolerance (of the distance); eps_tol: absolute tolerance, replaces ``rtol``.
+        max_rounds: attack rounds after the first bracket (images unresolved then keep their bracket).
+        upper: ``[B]`` distances of a minimal-norm attack on the same images (``inf`` where none).
+        attack_model: the model handed to the attack (a counting wrapper); default ``model``.
+        warm_start: the attack takes ``x_init``.
+
+    Returns:
+        ``x_adv`` (``x`` where never adversarial), ``dist`` the size of ``x_adv`` (``inf`` where the attack
+        failed even at ``hi0``), ``resolution`` ``hi - lo`` (0 where ``inf``).
+    """
+    attack_model = model if attack_model is None else attack_model
+    B = x.shape[0]
+    inf = torch.full((B,), float("inf"), dtype=x.dtype, device=x.device)
+
+    def tol(hi: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(hi, float(eps_tol)) if eps_tol is not None else rtol * hi
+
+    def test(xs: torch.Tensor, ys: torch.Tensor, p: torch.Tensor, eps: torch.Tensor):
+        """``(adversarial [b] bool, margin [b], size [b])`` of points ``p`` asked to be within ``eps``."""
+        with torch.no_grad(), frozen_eval(model):
+            logits = model(p)
+        m = margin(logits, ys)
+        size = batch_norm(p - xs, norm)
+        # past the boundary by more than the last bits that another batch composition can change: the
+        # caller re-classifies in batches of its own, and a point it sees as clean would be a failure
+        deep = m < -SAFETY * (1 + logits.abs().amax(1))
+        return deep & (size <= eps * (1 + 1e-6)), m, size
+
+    def run(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
+        extra = {"x_init": start} if warm_start and start is not None else {}
+        out = attack(attack_model, x[idx], y[idx], norm=norm, eps=eps, **params, **extra)
+        return out.detach().clamp(0, 1)
+
+    best = x.clone()
+    hi, lo = inf.clone(), torch.zeros_like(inf)
+    with torch.no_grad(), frozen_eval(model):
+        m_lo = margin(model(x), y)  # at eps = 0: the clean point
+    m_hi = torch.zeros_like(m_lo)
+    side = torch.zeros(B, dtype=torch.long, device=x.device)  # the end moved last: -1 lo, +1 hi
+
+    def success(idx: torch.Tensor, p: torch.Tensor, m: torch.Tensor, size: torch.Tensor) -> None:
+        best[idx], hi[idx], m_hi[idx] = p, size, m
+        pull(idx)
+
+    def pull(idx: torch.Tensor) -> None:
+        """Forward-only bisection of the held adversarial's size on ``(lo, hi]``: the smallest it stays."""
+        a, b = lo[idx].clone(), hi[idx].clone()
+        p0, xs, ys = best[idx], x[idx], y[idx]
+        for _ in range(PULL_STEPS):
+            mid = (a + b) / 2
+            p = within(xs, p0, mid, norm)
+            ok, m, size = test(xs, ys, p, mid)
+            b = torch.where(ok, size, b)
+            a = torch.where(ok, a, mid)
+            keep = ok & (size < hi[idx])
+            k = idx[keep]
+            best[k], hi[k], m_hi[k] = p[keep], size[keep], m[keep]
+
+    # the first bracket: a little above the minimal-norm attack's distance where there is one (a failure
+    # there is a lower end), the box radius otherwise (a failure there: no distance)
+    first = hi0 if upper is None else torch.where(torch.isfinite(upper), torch.minimum(upper * (1 + rtol), hi0), hi0)
+    for eps0 in (first, hi0):
+        idx = (torch.isinf(hi) & (eps0 > lo)).nonzero().squeeze(1)
+        if not idx.numel():
+            break
+        p = run(idx, eps0[idx], None)
+        ok, m, size = test(x[idx], y[idx], p, eps0[idx])
+        if ok.any():
+            success(idx[ok], p[ok], m[ok], size[ok])
+        fail = idx[~ok]
+        lo[fail], m_lo[fail] = eps0[fail], m[~ok]
+    lo = torch.where(torch.isinf(hi), torch.zeros_like(lo), lo)
+
+    for _ in range(max_rounds):
+        active = torch.isfinite(hi) & (hi - lo > tol(hi))
+        idx = active.nonzero().squeeze(1)
+        if not idx.numel():
+            break
+        a, b, t_i = lo[idx], hi[idx], tol(hi[idx])
+        ma, mb = m_lo[idx].clamp_min(1e-12), m_hi[idx].clamp_max(-1e-12)
+        frac = ma / (ma - mb)  # where the margin, linear between the ends, crosses 0
+        guess = a + frac * (b - a)
+        guess = torch.minimum(torch.maximum(guess, a + t_i / 2), b - t_i / 2)
+        # the held adversarial, projected onto the new ball: a success without any attack where it still is
+        start = within(x[idx], best[idx], guess, norm)
+        ok, m, size = test(x[idx], y[idx], start, guess)
+        todo = ~ok
+        if todo.any():
+            sub = idx[todo]
+            p = run(sub, guess[todo], start[todo])
+            ok2, m2, size2 = test(x[sub], y[sub], p, guess[todo])
+            start[todo], m[todo], size[todo] = p, m2, size2
+            ok[todo] = ok2
+        if ok.any():
+            success(idx[ok], start[ok], m[ok], size[ok])
+        f = idx[~ok]
+        lo[f], m_lo[f] = guess[~ok], m[~ok]
+        # Illinois: an end that stayed put twice in a row has its margin halved, so the next guess moves
+        # towards it (plain regula falsi creeps from one side when the margin is not linear in eps)
+        moved = torch.where(ok, 1, -1)
+        stale = moved == side[idx]
+        m_lo[idx[stale & ok]] /= 2
+        m_hi[idx[stale & ~ok]] /= 2
+        side[idx] = moved
+
+    found = torch.isfinite(hi)
+    resolution = torch.where(found, hi - lo, torch.zeros_like(hi))
+    return best, hi, resolution

@@ -1,0 +1,198 @@
+"""Benchmark: one iteration of PGD-linf, FMN, DDN and PDPGD against its physical floor.
+
+An iteration of a gradient attack cannot cost less than one forward plus one input-only backward of the
+model on the batch (the *floor*, measured here on the same model and batch). For each model, one thread,
+batch ``--batch``, every timing is repeated ``--repeats`` times, interleaved (floor, attack 1, attack 2, ...,
+then again), and the median is kept:
+
+- ``ratio``: the attack's whole call (``--steps`` iterations, its setup and its final bookkeeping
+  included) divided by ``--steps`` floors: what one iteration really costs;
+- ``marginal``: ``(T(steps) - T(steps / 2)) / (steps / 2)`` over the floor: the loop body alone.
+
+``--ref DIR``: also time the attacks of another checkout's ``robust_cli`` (e.g. a ``git archive main``
+snapshot) in the same run, interleaved with ours, and print both ratios side by side. The two packages are
+imported one after the other under the same name; each function keeps its own module's globals.
+``--peers DIR``: torchattacks' ``PGD`` (a side-directory install, never a dependency of ``robust``) on the
+same model, batch and steps: images x steps per second, ours over theirs.
+
+Models: LeNet-5 (``robust_cli.models.lenet5``) on MNIST (1x28x28, the real test images when ``--mnist``
+points at a torchvision MNIST root, uniform noise otherwise) and on scikit-learn's 8x8 digits, randomly
+initialised with seed 0 and labelled with the model's own predictions, so that every image is attacked (an
+iteration's cost does not depend on the weights: no attack here stops early). Times are CPU seconds of the
+process (``time.process_time``, one thread), which on a shared machine do not count the neighbours' load.
+
+Usage: ``OMP_NUM_THREADS=1 python scripts/bench_floor.py [--ref /tmp/main_snapshot] [--peers .bench-peers]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTACKS = {  # label -> (module, function, norm, eps or None for minimal-norm attacks)
+    "pgd linf": ("pgd", "pgd", "linf", 0.3),
+    "fmn l2": ("fmn", "fmn", "l2", None),
+    "fmn linf": ("fmn", "fmn", "linf", None),
+    "ddn l2": ("ddn", "ddn", "l2", None),
+    "pdpgd l2": ("pdpgd", "pdpgd", "l2", None),
+}
+
+
+def load_attacks(root: Path | None) -> dict[str, Callable]:
+    """The attack functions of the ``robust_cli`` under ``root`` (``None``: the installed one)."""
+    saved = {k: v for k, v in sys.modules.items() if k == "robust_cli" or k.startswith("robust_cli.")}
+    if root is not None:
+        for k in saved:
+            del sys.modules[k]
+        sys.path.insert(0, str(root))
+    try:
+        out = {}
+        for label, (module, fn, _, _) in ATTACKS.items():
+            out[label] = getattr(importlib.import_module(f"robust_cli.attacks.{module}"), fn)
+        where = Path(sys.modules["robust_cli"].__file__).parent.parent
+        if root is not None and where.resolve() != root.resolve():
+            raise SystemExit(f"--ref {root}: imported robust_cli from {where} instead")
+        return out
+    finally:
+        if root is not None:
+            sys.path.remove(str(root))
+            for k in [k for k in sys.modules if k == "robust_cli" or k.startswith("robust_cli.")]:
+                del sys.modules[k]
+            sys.modules.update(saved)
+
+
+def build(name: str, mnist_root: str | None, batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """``(LeNet-5, x [batch,1,H,W] in [0,1], y [batch])`` for ``mnist`` or ``digits``."""
+    from robust_cli.data.info import DatasetInfo
+    from robust_cli.models import build_model
+
+    torch.manual_seed(0)
+    if name == "mnist":
+        info = DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,))
+        x = None
+        if mnist_root:
+            from robust_cli.data.sets.mnist import load
+
+            xs, ys = load(False, root=mnist_root, download=False)
+            x = torch.as_tensor(xs[:batch]).float().div(255).unsqueeze(1)
+            y = torch.as_tensor(ys[:batch]).long()
+        if x is None:
+            x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    else:
+        from robust_cli.data.sets.digits import load
+
+        info = DatasetInfo("digits", (1, 8, 8), 10, (0.3,), (0.4,))
+        xs, ys = load(False, root="", download=False)
+        reps = -(-batch // len(xs))
+        x = torch.as_tensor(xs).unsqueeze(1).repeat(reps, 1, 1, 1)[:batch]
+        y = torch.as_tensor(ys).repeat(reps)[:batch]
+    model = build_model({"_target_": "robust_cli.models.lenet5.LeNet5", "name": "lenet5"}, info).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():  # the labels the model predicts: every image is attacked (none is skipped as wrong)
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def floor_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> Callable[[], None]:
+    """``steps`` times: one forward and one input-only backward of the cross-entropy (nothing else)."""
+    def run() -> None:
+        for _ in range(steps):
+            xa = x.detach().requires_grad_(True)
+            loss = nn.functional.cross_entropy(model(xa), y, reduction="sum")
+            torch.autograd.grad(loss, xa)
+
+    return run
+
+
+def attack_fn(fn: Callable, model, x, y, norm: str, eps: float | None, steps: int) -> Callable[[], None]:
+    kw = {"eps": eps} if eps is not None else {}
+    return lambda: fn(model, x, y, norm=norm, steps=steps, **kw)
+
+
+def torchattacks_fn(peers: str, model, x, y, eps: float, steps: int) -> Callable[[], None]:
+    sys.path.insert(0, str(Path(peers).resolve()))
+    import torchattacks
+
+    # our pgd's first step is eps * step_size (0.25) annealed; theirs a constant alpha (2.5 eps / steps)
+    atk = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+    return lambda: atk(x, y)
+
+
+def seconds(fn: Callable[[], None]) -> float:
+    """CPU seconds of this (one-threaded) process: on a shared machine wall time measures the neighbours."""
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
+    model, x, y = build(name, args.mnist, args.batch)
+    s, h = args.steps, args.steps // 2
+    jobs: dict[str, Callable[[], None]] = {"floor": floor_fn(model, x, y, s), "floor/2": floor_fn(model, x, y, h)}
+    for label, (_, _, norm, eps) in ATTACKS.items():
+        for tag, fns in (("ours", ours), ("ref", ref)):
+            if fns is None:
+                continue
+            jobs[f"{tag} {label}"] = attack_fn(fns[label], model, x, y, norm, eps, s)
+            jobs[f"{tag} {label}/2"] = attack_fn(fns[label], model, x, y, norm, eps, h)
+    if args.peers:
+        jobs["torchattacks pgd linf"] = torchattacks_fn(args.peers, model, x, y, 0.3, s)
+    for fn in jobs.values():  # warm-up: allocator, oneDNN primitive caches
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    for _ in range(args.repeats):
+        for k, fn in jobs.items():
+            times[k].append(seconds(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    floor = med["floor"] / s
+    marginal_floor = (med["floor"] - med["floor/2"]) / (s - h)
+    lines = [f"### LeNet-5 on {name} {tuple(x.shape)}: floor {1e3 * floor:.3f} ms/iter "
+             f"(forward + input backward), {args.repeats} repeats, median", "",
+             "| attack | ratio (whole call) | marginal (loop body) |"
+             + (" main ratio | main marginal |" if ref else ""),
+             "|---|---|---|" + ("---|---|" if ref else "")]
+    for label in ATTACKS:
+        row = f"| {label} |"
+        for tag in ("ours", "ref") if ref else ("ours",):
+            whole = med[f"{tag} {label}"] / s / floor
+            marg = (med[f"{tag} {label}"] - med[f"{tag} {label}/2"]) / (s - h) / marginal_floor
+            row += f" {whole:.3f} | {marg:.3f} |"
+        lines.append(row)
+    if args.peers:
+        ta = med["torchattacks pgd linf"]
+        lines += ["", f"PGD-linf throughput, {s} steps: ours {x.shape[0] * s / med['ours pgd linf']:.0f} img-steps/s,"
+                  f" torchattacks {x.shape[0] * s / ta:.0f} img-steps/s: ours / theirs = "
+                  f"{ta / med['ours pgd linf']:.3f} (torchattacks {ta / s / floor:.3f}x the floor)"]
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--models", default="mnist,digits")
+    p.add_argument("--mnist", default="/work/shared/data", help="torchvision MNIST root ('' for noise)")
+    p.add_argument("--ref", type=Path, default=None, help="another checkout holding robust_cli/ (e.g. main)")
+    p.add_argument("--peers", default=None, help="side directory holding torchattacks")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    ref = load_attacks(args.ref) if args.ref else None
+    ours = load_attacks(None)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, batch {args.batch}, {args.steps} steps\n")
+    for name in args.models.split(","):
+        print("\n".join(bench(name, args, ours, ref)), "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
