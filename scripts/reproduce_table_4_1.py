@@ -40,7 +40,7 @@ def attack_options(thesis: bool) -> list[str]:
     or a CPU budget (fewer C&W iterations and Boundary queries; DeepFool as in the thesis)."""
     opts = ["attack.deepfool.steps=500", "attack.deepfool.max_step=0.1"]
     if not thesis:
-        opts += ["attack.cw.steps=200", "attack.cw.search_steps=5", "attack.boundary.max_queries=5000"]
+        opts += ["attack.cw.steps=100", "attack.cw.search_steps=5", "attack.boundary.max_queries=2000"]
     return opts
 
 
@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default="data", help="folder holding MNIST/ (torchvision layout)")
     p.add_argument("--out-dir", default="outputs/table_4_1")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs (the first is the critic's plain "
+    p.add_argument("--epochs", type=int, default=2, help="training epochs (the first is the critic's plain "
                    "pre-training epoch); thesis: 100")
-    p.add_argument("--batches-per-epoch", type=int, default=150, help="cap on batches of 100 per epoch "
+    p.add_argument("--batches-per-epoch", type=int, default=50, help="cap on batches of 100 per epoch "
                    "(0: full epochs of 500 batches)")
-    p.add_argument("--n", type=int, default=100, help="evaluation images (the first n test images)")
+    p.add_argument("--n", type=int, default=50, help="evaluation images (the first n test images)")
     p.add_argument("--attacks", nargs="+", default=ATTACKS)
     p.add_argument("--thesis-attacks", action="store_true", help="the thesis's attack budgets (slow on CPU)")
     p.add_argument("--device", default="cpu")
