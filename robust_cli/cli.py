@@ -17,7 +17,10 @@ APPS = {
     "eval": ("robust_cli.eval_app", "eval", "attack a trained run: distances, error curves, summaries, plots"),
     "data-lipschitz": ("robust_cli.data_lipschitz_app", "data_lipschitz",
                        "the Lipschitz constant of a data set (Finlay et al. Table 2)"),
+    "report": ("robust_cli.report_app", "report", "paper-style tables, plots and an HTML page over runs and sweeps"),
 }
+#: the list-valued keys of ``robust report``, given as ``key=a,b`` (no sweep in a report) or ``key=[a,b]``
+REPORT_LISTS = ("runs", "by", "metrics", "attacks", "format")
 # Hydra flags that print something and exit: nothing to validate
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc"}
 _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -59,6 +62,29 @@ def expand_attack_all(args: list[str]) -> list[str]:
     return out
 
 
+def _quote(item: str) -> str:
+    """``item`` as a Hydra string, quoted where it holds characters Hydra's grammar would parse (a glob)."""
+    item = item.strip()
+    if re.fullmatch(r"[A-Za-z0-9_./@+-]*", item) or (item[:1] in "'\"" and item[-1:] == item[:1]):
+        return item
+    return "'" + item.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def report_lists(args: list[str]) -> list[str]:
+    """``robust report``'s ``runs=a,b`` -> ``runs=[a,b]`` and a glob quoted (``runs='outputs/*/x'``): a report
+    sweeps nothing, so a comma there lists values, as ``by=defense,model`` reads."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in REPORT_LISTS and not value.startswith("["):
+            items = [_quote(v) for v in value.split(",")] if value else []
+            arg = f"{key}=[{','.join(items)}]" if len(items) != 1 else f"{key}={items[0]}"
+        elif sep and key in REPORT_LISTS:
+            arg = f"{key}=[{','.join(_quote(v) for v in value.strip('[]').split(',') if v.strip())}]"
+        out.append(arg)
+    return out
+
+
 def usage() -> str:
     lines = ["usage: robust <command> [hydra overrides]   (robust <command> --help for the composed config)", "",
              "commands:"]
@@ -69,7 +95,8 @@ def usage() -> str:
               "  robust train experiment=quickstart",
               "  robust train dataset=mnist model=lenet5 defense=tulip data.root=../shared/data",
               "  robust eval run=<train run dir> attack=[fgsm,pgd] norm=[l2,linf] n_examples=500",
-              "  robust train -m defense=none,at_l2,tulip hydra/launcher=slurm"]
+              "  robust train -m defense=none,at_l2,tulip hydra/launcher=slurm",
+              "  robust report runs='outputs/train/digits/*/*/*' by=defense,model"]
     return "\n".join(lines)
 
 
@@ -150,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, config_name, _ = APPS[command]
     rest = expand_attack_all(rest) if command == "eval" else rest
+    rest = report_lists(rest) if command == "report" else rest
     if not _INFO_FLAGS.intersection(rest):
         problem = validate(config_name, rest)
         if problem:

@@ -176,6 +176,22 @@ class DataLipschitzConfig:
     max_images: Optional[int] = None
 
 
+@dataclass
+class ReportConfig:
+    """``robust report``: tables and figures over several runs (``robust_cli.report_app``)."""
+
+    runs: Any = MISSING  # a run dir, a glob, a sweep dir, a folder of runs, or a list of them
+    by: Any = None  # the row columns (defense, model, defense.C, ...); null: every parameter that varies but seed
+    metrics: Any = None  # metrics of the tidy and metrics tables; null: all (tidy), the defaults (metrics table)
+    attacks: Any = None  # <attack> or <attack>-<norm> of the per-attack tables and the tidy CSV; null: all
+    format: Any = field(default_factory=lambda: ["md", "csv", "tex", "html"])
+    plots: bool = True
+    name: Optional[str] = None  # <out_dir>/reports/<name>; null: named from the command's overrides
+    out: Optional[str] = None  # the report directory itself (instead of <out_dir>/reports/<name>)
+    out_dir: str = "outputs"
+    force: bool = False  # replace a report directory that holds another report
+
+
 # ---------------------------------------------------------------- registration
 
 _GROUP_PACKAGES = {"model": "robust_cli.models", "defense": "robust_cli.defenses", "attack": "robust_cli.attacks"}
@@ -237,6 +253,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="data_lipschitz_schema", node=DataLipschitzConfig)
+    cs.store(name="report_schema", node=ReportConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
     cs.store(group="schedule", name="schedule_schema", node=ScheduleConfig)

@@ -20,7 +20,6 @@ The data set is read from the run's stored ``data.root`` (absolute), or from ``d
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from typing import Any
@@ -89,14 +88,6 @@ def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -
     return pairs  # a -m job whose one combination is unsupported has nothing to do: not a failed job
 
 
-def wants_reference(fn: Any) -> bool:
-    """The attack takes ``reference=(images, labels)`` (the data stability attack): it gets the training set."""
-    try:
-        return "reference" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
                  config, reference=None, best=None) -> dict:
     """Run one (attack, norm), write its three files, return its summary.
@@ -107,19 +98,21 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     """
     from robust_cli.evaluation.checks import curve_check, unbounded_check
     from robust_cli.evaluation.curves import error_curve
-    from robust_cli.evaluation.runner import run_attack
+    from robust_cli.evaluation.runner import run_attack, takes_argument
     from robust_cli.evaluation.summary import summarize
 
     task = progress.add_task(f"{name}-{norm}", total=int(x.shape[0]))
     torch.manual_seed(cfg.seed)
-    extra = {"reference": reference} if reference is not None and wants_reference(fn) else {}
+    extra = {"reference": reference} if reference is not None and takes_argument(fn, "reference") else {}
     result = run_attack(
         model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
         x_init=None if best is None else best.start(),
     )
+    starts = best is not None and best.start() is not None and not fn.budget and takes_argument(fn, "x_init")
+    started_from = list(best.sources) if starts else []
     if best is not None:
-        best.update(result)
+        best.update(result, name)
     summary = summarize(
         result.frame, attack=name, norm=norm, x_norm=result.x_norm, eps=float(cfg.eps.get(norm, math.nan)),
         thresholds=thresholds.get(norm, []), seconds=result.seconds,
@@ -134,6 +127,9 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
         "zero_grad_fraction": zero_grad,
     }
     summary["config"] = config
+    # a start from earlier attacks of this call makes the result depend on them; recorded, not a cache key
+    # (a stronger start only lowers the distances, and a rerun with other attacks would refuse needlessly)
+    summary["started_from"] = started_from
     RunDir(cfg.run).eval.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
     return summary
 
@@ -189,10 +185,11 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
             log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
         else:
             configs[name, norm] = config
+    from robust_cli.evaluation.runner import RunningBest, takes_argument
+
     reference = None
-    if any(wants_reference(attacks[name][0]) for name, _ in configs):
+    if any(takes_argument(attacks[name][0], "reference") for name, _ in configs):
         reference = load_split(train_cfg.dataset, data_cfg, "train")
-    from robust_cli.evaluation.runner import RunningBest
 
     bests = {norm: RunningBest() for norm in norms}  # x_init of later attacks (cached results hold no images)
     with progress:

@@ -27,7 +27,7 @@ from robust_cli.defenses.tulip import Tulip
 from robust_cli.defenses.vat import Vat, vat_direction
 from robust_cli.norms import canonicalize_config
 
-NAMES = ["none", "at_fgsm", "at_l2", "lip", "tulip", "pgd_at", "trades", "vat", "margin", "critic"]
+NAMES = ["none", "at_fgsm", "at_l2", "lip", "tulip", "pgd_at", "trades", "vat", "margin", "fgsm_mix", "critic"]
 
 
 # ---------------------------------------------------------------- tiny models
@@ -368,7 +368,8 @@ def make(name: str, **options):
 
 
 _CLASSES = {"none": "NoDefense", "at_fgsm": "AtFgsm", "at_l2": "AtL2", "lip": "Lip", "tulip": "Tulip",
-            "pgd_at": "PgdAt", "trades": "Trades", "vat": "Vat", "margin": "Margin", "critic": "Critic"}
+            "pgd_at": "PgdAt", "trades": "Trades", "vat": "Vat", "margin": "Margin",
+            "fgsm_mix": "FgsmMix", "critic": "Critic"}
 
 VARIANTS = [(n, {}) for n in NAMES] + [
     ("lip", {"method": "finite_difference"}), ("tulip", {"method": "finite_difference"}),
@@ -465,3 +466,33 @@ def test_tulip_lowers_the_max_input_gradient_norm_on_digits():
     err_tulip, grad_tulip = _train(Tulip(eps=0.1, lam=10.0))
     assert err_none < 0.2 and err_tulip < 0.2  # both learned (chance: 0.9)
     assert grad_tulip < 0.7 * grad_none, (grad_tulip, grad_none)
+
+
+# ---------------------------------------------------------------- fgsm_mix (thesis eq 2.22)
+
+
+def test_fgsm_mix_is_clean_plus_lam_times_ce_at_the_clipped_linf_fgsm_image():
+    """On a linear model the FGSM image is known in closed form: ``clip(x + eps * sign(grad_x CE))``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).double()
+    x, y = torch.rand(6, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1])
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(model(xr), y), xr)
+    x_adv = (x + 0.2 * g.sign()).clamp(0, 1)
+    want = F.cross_entropy(model(x), y) + 0.5 * F.cross_entropy(model(x_adv), y)
+    out = make("fgsm_mix", eps=0.2, lam=0.5)(model, x, y)
+    torch.testing.assert_close(out.loss, want)
+    assert out.stats["adv_loss"] > out.stats["clean_loss"]  # the step raised the loss
+
+
+def test_margin_loss_ce_replaces_the_hinge_by_cross_entropy():
+    """Thesis §3.5.2 (NIN on CIFAR-10): CE + C * margin sensitivity, the same sensitivity as with the hinge."""
+    model = smooth_mlp()
+    x, y = torch.rand(6, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1])
+    hinge = make("margin", C=0.5)(model, x, y)
+    ce = make("margin", C=0.5, loss="ce")(model, x, y)
+    want = F.cross_entropy(model(x), y) + 0.5 * ce.stats["penalty"]
+    torch.testing.assert_close(ce.loss, want)
+    assert ce.stats["penalty"] == pytest.approx(hinge.stats["penalty"])
+    with pytest.raises(ValueError, match="loss"):
+        make("margin", loss="mse")

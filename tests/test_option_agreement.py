@@ -98,7 +98,7 @@ def test_yaml_carries_only_what_differs_from_the_signature(group, hydra_compose)
 # {name: {option: (changed value, {setting in which the option matters})}}
 MODEL_CHANGES = {
     "mlp": {"widths": ([8, 6], {}), "dropout": (0.5, {"widths": [8, 6]})},
-    "lenet5": {"channels": ([4, 8], {}), "hidden": ([32, 16], {})},
+    "lenet5": {"channels": ([4, 8], {}), "hidden": ([32, 16], {}), "dropout": (0.5, {})},
     "allcnn": {"channels": ([8, 16], {}), "batchnorm": (False, {"channels": [8, 16]}),
                "dropout": (0.5, {"channels": [8, 16]}), "input_dropout": (0.5, {"channels": [8, 16]})},
     "resnet34": {"width": (8, {"blocks": [1, 1, 1, 1]}), "blocks": ([1, 1, 1, 2], {"width": 4})},
@@ -162,7 +162,8 @@ DEFENSE_CHANGES = {
     "trades": {"beta": (1.0, {}), "norm": ("l2", {}), "eps": (0.1, {}), "steps": (3, {}), "step_size": (0.5, {})},
     "vat": {"alpha": (2.0, {}), "eps": (0.5, {}), "xi": (0.1, {}), "power_iterations": (3, {}),
             "clip": (True, {"eps": 3.0})},
-    "margin": {"C": (1.0, {}), "penalty_norm": ("l1", {})},
+    "margin": {"C": (1.0, {}), "penalty_norm": ("l1", {}), "loss": ("ce", {})},
+    "fgsm_mix": {"eps": (0.1, {}), "lam": (0.5, {})},
     # every critic option is tried past the pre-training epoch (pretrain_epochs=0), where it acts
     "critic": {k: (v, {"pretrain_epochs": 0, "critic_widths": [8]}) for k, v in {
         "lam": 2.0, "lam_rec": 0.5, "lam_grad": 1.0, "steps": 2, "critic_widths": [16], "critic_lr": 0.1,
@@ -248,7 +249,9 @@ ATTACK_CHANGES = {
         "proximal_exact": (False, {"norm": "l1"}), "l0_mode": ("element", {"norm": "l0"}),
         "l0_prox": ("l23", {"norm": "l0"})}),
     # --- sparse and black-box attacks, minimal
-    "minimal": ("l2", {}, {"l0_attacks": (["jsma"], {"norm": "l0"}), "l1_attacks": (["sparsefool"], {"norm": "l1"}),
+    "minimal": ("l2", {"l0_attacks": ["sigma_zero"], "l1_attacks": ["fmn"], "l2_attacks": ["ddn"],  # cheap sets
+                       "linf_attacks": ["deepfool"]}, {
+                           "l0_attacks": (["jsma"], {"norm": "l0"}), "l1_attacks": (["sparsefool"], {"norm": "l1"}),
                            "l2_attacks": (["deepfool"], {}), "linf_attacks": (["pgd"], {"norm": "linf"}),
                            "search_steps": (2, {"norm": "linf", "linf_attacks": ["pgd"]})}),
     "sigma_zero": ("l0", {"steps": 20}, {"steps": (5, {}), "lr": (0.1, {}), "sigma": (1.0, {}),
@@ -263,8 +266,10 @@ ATTACK_CHANGES = {
     "boundary": ("l2", {"max_queries": 300}, {
         "max_queries": (100, {}), "spherical_step": (0.1, {}), "source_step": (0.1, {}),
         "step_adaptation": (3.0, {}), "init_tries": (1, {}), "search_steps": (2, {}), "seed": (1, {})}),
-    "bb": ("l2", {"steps": 3}, {"steps": (1, {"search_steps": 0}), "lr": (0.01, {"search_steps": 0}),
-                                "overshoot": (0.5, {}), "search_steps": (0, {})}),
+    "bb": ("l2", {"steps": 6}, {"steps": (1, {"search_steps": 0}), "lr": (0.01, {"search_steps": 0}),
+                                "lr_num_decay": (0, {"lr": 0.01, "search_steps": 0}), "momentum": (0.0, {}),
+                                "overshoot_frac": (0.5, {}),
+                                "search_steps": (0, {})}),
     # --- FAB, EAD, DeepFool clip, high-confidence
     **{name: ("l2", {"steps": 1}, {
         "steps": (2, {}), "restarts": (3, {"eta": 1.0}), "alpha_max": (0.5, {}), "eta": (1.5, {}),

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robust_cli.attacks.geometry import batch_norm
-from robust_cli.defenses.base import DefenseOutput, to_floats
+from robust_cli.defenses.base import DefenseOutput, check_choice, to_floats
 from robust_cli.norms import check_norm
 from robust_cli.schema import schema_of
 
@@ -71,25 +71,30 @@ class Margin:
     unweighted), ``sensitivity_max``, ``clean_loss`` (CE of the logits, for comparison with other defenses),
     ``margin_violation`` (fraction with a positive hinge)."""
 
-    def __init__(self, C: float = 0.1, penalty_norm: Literal["l2", "l1", "linf"] = "l2", batched: bool = True):
+    def __init__(self, C: float = 0.1, penalty_norm: Literal["l2", "l1", "linf"] = "l2", batched: bool = True,
+                 loss: Literal["hinge", "ce"] = "hinge"):
         """Thesis MNIST defaults: ``C = 0.1`` with ``penalty_norm=l2``; use ``C = 0.01`` with ``l1``.
 
         Args:
             C: weight of the margin sensitivity (>= 0).
             penalty_norm: norm of the logit-difference gradients (l1 bounds the l_inf margin, l2 the l2 one).
             batched: one batched VJP for all K classes (else a loop over the K classes).
+            loss: the data term: ``hinge`` (eq 3.18) or ``ce``, cross-entropy in its place, as the thesis
+                trains NIN on CIFAR-10 (§3.5.2: the hinge "is unstable and often diverges" there).
         """
         if C < 0:
             raise ValueError(f"C={C} must be >= 0")
         self.C = float(C)
         self.norm = check_norm(penalty_norm, ("l2", "l1", "linf"), who="margin")
         self.batched = bool(batched)
+        self.loss = check_choice("loss", loss, ("hinge", "ce"))
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> DefenseOutput:
         xr = x.detach().requires_grad_(True)
         logits = model(xr)
         hinge, sens = margin_terms(logits, xr, y, self.norm, self.batched)
-        loss = hinge.mean() + self.C * sens.mean()
+        data = hinge.mean() if self.loss == "hinge" else F.cross_entropy(logits, y)
+        loss = data + self.C * sens.mean()
         stats = {"hinge": hinge.mean().detach(), "penalty": sens.mean().detach(),
                  "sensitivity_max": sens.amax().detach(),
                  "clean_loss": F.cross_entropy(logits.detach(), y),

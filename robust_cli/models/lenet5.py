@@ -23,8 +23,10 @@ class LeNet5(nn.Module):
     """
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (6, 16),
-                 hidden: Sequence[int] = (120, 84)):
+                 hidden: Sequence[int] = (120, 84), dropout: float = 0.0):
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         c, h, w = check_in_shape(in_shape)
         if len(channels) != 2:
             raise ValueError(f"lenet5 has two conv layers: channels needs 2 entries, got {list(channels)}")
@@ -46,6 +48,8 @@ class LeNet5(nn.Module):
         fan_in = c2 * h2 * w2
         for width in hidden:
             layers += [nn.Linear(fan_in, int(width)), nn.ReLU()]
+            if dropout > 0:  # after each hidden layer: the thesis's "Dropout" row of Table 3.1
+                layers.append(nn.Dropout(dropout))
             fan_in = int(width)
         layers.append(nn.Linear(fan_in, num_classes))
         self.classifier = nn.Sequential(*layers)
