@@ -16,6 +16,7 @@ Type mapping (the types OmegaConf can check at compose time):
 - ``Sequence[T]``, ``tuple[T, ...]``, ``list[T]``: ``list[T]``, the default copied into a factory;
 - anything else (``object``, unions with tensors): ``Any``;
 - ``Annotated[T, Range(...)]``: ``T``, and the value must lie in the range.
+- ``Annotated[list[T], Length(ge=n)]``: ``list[T]`` with at least ``n`` entries.
 
 What OmegaConf cannot check (a choice of a ``Literal``, a ``Range``) :func:`check_options` does, when
 ``robust`` validates the command line and when an app starts (``robust_cli.config.check_config``), so a bad
@@ -66,6 +67,19 @@ class Range:
         parts = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le),
                                                        ("<", self.lt)) if bound is not None]
         return " and ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Length:
+    """The accepted number of entries of a list option: ``Annotated[list[int], Length(ge=1)]`` (non-empty)."""
+
+    ge: int = 0
+
+    def admits(self, value: collections.abc.Sized) -> bool:
+        return len(value) >= self.ge
+
+    def __str__(self) -> str:
+        return f"a list of at least {self.ge} entr{'y' if self.ge == 1 else 'ies'}"
 
 
 def _schema_type(annotation: Any) -> Any:
@@ -199,14 +213,15 @@ def defaults_of(schema: type) -> dict[str, Any]:
     return out
 
 
-def _rules(annotation: Any) -> tuple[list[Range], tuple | None, Any]:
-    """``(ranges, choices, item annotation of a list)`` an annotation states (``Optional`` looked through)."""
-    ranges: list[Range] = []
+def _rules(annotation: Any) -> tuple[list[Range | Length], tuple | None, Any]:
+    """``(ranges and lengths, choices, item annotation of a list)`` an annotation states (``Optional`` looked
+    through)."""
+    ranges: list[Range | Length] = []
     while True:
         origin = typing.get_origin(annotation)
         if origin is typing.Annotated:
             annotation, *extras = typing.get_args(annotation)
-            ranges += [e for e in extras if isinstance(e, Range)]
+            ranges += [e for e in extras if isinstance(e, (Range, Length))]
         elif origin in (typing.Union, types.UnionType):
             rest = [a for a in typing.get_args(annotation) if a is not type(None)]
             if len(rest) != 1:
@@ -228,8 +243,12 @@ def _problem(annotation: Any, value: Any) -> str | None:
     ranges, choices, item = _rules(annotation)
     if choices is not None and value not in choices:
         return "expected one of " + ", ".join(str(c) for c in choices)
+    if isinstance(value, (list, tuple)):
+        short = [r for r in ranges if isinstance(r, Length) and not r.admits(value)]
+        if short:
+            return "must be " + " and ".join(str(r) for r in short)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        bad = [r for r in ranges if not r.admits(value)]
+        bad = [r for r in ranges if isinstance(r, Range) and not r.admits(value)]
         if bad:
             return "must be " + " and ".join(str(r) for r in bad)
     if item is not None and isinstance(value, (list, tuple)):

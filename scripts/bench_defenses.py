@@ -11,6 +11,8 @@ CIFAR 3x32x32, 10 classes): the cost of a step does not depend on the pixel valu
     .venv/bin/python scripts/bench_defenses.py --device cuda --batch 128 --repeats 20 \
         --resnet-width 64 --resnet-blocks 3 4 6 3                  # ResNet-34 on a GPU
     .venv/bin/python scripts/bench_defenses.py --profile tulip     # where one defense's step spends its time
+    .venv/bin/python scripts/bench_defenses.py --models lenet5 mlp --defenses critic critic_nocycle \
+        --batch 100                                                # the adversary critic (issue 12)
 
 Targets (issue 3): at_fgsm, at_l2 <= 2.0x; tulip (double backprop) <= 3.5x; tulip (finite differences)
 <= 2.5x; pgd_at with k steps <= (k + 1.2)x. Other defenses are listed without a target.
@@ -43,6 +45,11 @@ VARIANTS: dict[str, tuple[dict, float | None]] = {
     "trades": ({"name": "trades", "_target_": "robust_cli.defenses.trades.Trades", "steps": 10}, None),
     "vat": ({"name": "vat", "_target_": "robust_cli.defenses.vat.Vat"}, None),
     "margin": ({"name": "margin", "_target_": "robust_cli.defenses.margin.Margin"}, None),
+    # the adversary critic past its pre-training epoch: 5 attack steps with their graph (second order), the
+    # critic's own step, the 5-step cycle attack; critic_nocycle leaves out the cycle term (lam_rec=0)
+    "critic": ({"name": "critic", "_target_": "robust_cli.defenses.critic.Critic", "pretrain_epochs": 0}, None),
+    "critic_nocycle": ({"name": "critic", "_target_": "robust_cli.defenses.critic.Critic", "pretrain_epochs": 0,
+                        "lam_rec": 0.0}, None),
 }
 
 
@@ -51,9 +58,10 @@ def build(kind: str, width: int, blocks: list[int]) -> tuple[nn.Module, tuple[in
     from robust_cli.data.info import DatasetInfo
     from robust_cli.models import build_model
 
-    if kind == "lenet5":
+    if kind in ("lenet5", "mlp"):
         info = DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,))
-        cfg = {"_target_": "robust_cli.models.lenet5.LeNet5", "name": "lenet5"}
+        cfg = ({"_target_": "robust_cli.models.lenet5.LeNet5", "name": "lenet5"} if kind == "lenet5" else
+               {"_target_": "robust_cli.models.mlp.MLP", "name": "mlp", "widths": [1200, 1200, 1200]})
     else:
         info = DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
         cfg = {"_target_": "robust_cli.models.resnet.ResNet34", "name": "resnet34", "width": width,
@@ -128,7 +136,7 @@ def profile(name: str, kind: str, args, device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--models", nargs="+", default=["lenet5", "resnet"], choices=["lenet5", "resnet"])
+    p.add_argument("--models", nargs="+", default=["lenet5", "resnet"], choices=["lenet5", "mlp", "resnet"])
     p.add_argument("--defenses", nargs="+", default=list(VARIANTS), help=f"subset of {list(VARIANTS)}")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5, help="round-robin rounds; the median is reported")
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             profile(args.profile, kind, args, device)
         return 0
     results = {kind: time_model(kind, args, device) for kind in args.models}
-    label = {"lenet5": "LeNet-5 (MNIST 1x28x28)",
+    label = {"lenet5": "LeNet-5 (MNIST 1x28x28)", "mlp": "MLP 3x1200 (MNIST)",
              "resnet": f"ResNet w{args.resnet_width} {args.resnet_blocks} (CIFAR 3x32x32)"}
     print("\n| defense | target | " + " | ".join(f"{label[k]}: ms / ratio" for k in args.models) + " |")
     print("|---|---|" + "---|" * len(args.models))

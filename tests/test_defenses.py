@@ -27,7 +27,7 @@ from robust_cli.defenses.tulip import Tulip
 from robust_cli.defenses.vat import Vat, vat_direction
 from robust_cli.norms import canonicalize_config
 
-NAMES = ["none", "at_fgsm", "at_l2", "lip", "tulip", "pgd_at", "trades", "vat", "margin", "fgsm_mix"]
+NAMES = ["none", "at_fgsm", "at_l2", "lip", "tulip", "pgd_at", "trades", "vat", "margin", "fgsm_mix", "critic"]
 
 
 # ---------------------------------------------------------------- tiny models
@@ -360,7 +360,8 @@ def test_vat_loss_is_ce_plus_kl_at_eps_step():
 
 
 def make(name: str, **options):
-    small = {"pgd_at": {"steps": 2}, "trades": {"steps": 2}, "lip": {}, "tulip": {}}
+    small = {"pgd_at": {"steps": 2}, "trades": {"steps": 2}, "lip": {}, "tulip": {},
+             "critic": {"pretrain_epochs": 0, "critic_widths": [8]}}
     cfg = {"_target_": f"robust_cli.defenses.{name}.{_CLASSES[name]}", "name": name, **small.get(name, {}),
            **options}
     return build_defense(cfg)
@@ -368,7 +369,7 @@ def make(name: str, **options):
 
 _CLASSES = {"none": "NoDefense", "at_fgsm": "AtFgsm", "at_l2": "AtL2", "lip": "Lip", "tulip": "Tulip",
             "pgd_at": "PgdAt", "trades": "Trades", "vat": "Vat", "margin": "Margin",
-            "fgsm_mix": "FgsmMix"}
+            "fgsm_mix": "FgsmMix", "critic": "Critic"}
 
 VARIANTS = [(n, {}) for n in NAMES] + [
     ("lip", {"method": "finite_difference"}), ("tulip", {"method": "finite_difference"}),

@@ -164,6 +164,12 @@ DEFENSE_CHANGES = {
             "clip": (True, {"eps": 3.0})},
     "margin": {"C": (1.0, {}), "penalty_norm": ("l1", {}), "loss": ("ce", {})},
     "fgsm_mix": {"eps": (0.1, {}), "lam": (0.5, {})},
+    # every critic option is tried past the pre-training epoch (pretrain_epochs=0), where it acts; a small
+    # critic, one attack step and no cycle attack unless the option under test is one of them (speed)
+    "critic": {k: (v, {"pretrain_epochs": 0, "critic_widths": [8], "steps": 1, "lam_rec": 0.0}) for k, v in {
+        "lam": 2.0, "lam_rec": 0.5, "lam_grad": 1.0, "steps": 2, "critic_widths": [16], "critic_lr": 0.1,
+        "noise_input": 0.3, "noise_hidden": 0.1, "leak": 0.01, "confidence_decay": 0.9, "seed": 1}.items()}
+    | {"pretrain_epochs": (1, {"pretrain_epochs": 0, "critic_widths": [8], "steps": 1, "lam_rec": 0.0})},
 }
 #: options that by design change no number, only how it is computed: checked to reach the object instead
 DEFENSE_SAME_RESULT = {("margin", "batched"): lambda d: not d.batched}

@@ -1,6 +1,7 @@
 """Checkpoints (resumable, atomic) and the finished model file that ``robust eval`` rebuilds.
 
-``checkpoints/last.pt`` = {model, optimizer, epoch (completed), history (list of dict rows), format}
+``checkpoints/last.pt`` = {model, optimizer, epoch (completed), history (list of dict rows), format, and
+``defense``: the state of a defense that trains a model of its own (the adversary critic), when it has one}
 ``model.pt`` = {state_dict, model_cfg, dataset_cfg, data_cfg, format}
 ``checkpoints/best.pt`` (``val_attack=``) = the same plus {epoch, val_robust_accuracy}
 Both hold tensors and plain Python only and are read with ``weights_only=True``.
@@ -22,11 +23,13 @@ from robust_cli.rundir import RunDir
 FORMAT = 1
 
 
-def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list[dict[str, Any]]) -> None:
-    io.torch_save(path, {
-        "format": FORMAT, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-        "epoch": int(epoch), "history": history,
-    })
+def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list[dict[str, Any]],
+                    defense_state: dict[str, Any] | None = None) -> None:
+    blob = {"format": FORMAT, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "epoch": int(epoch), "history": history}
+    if defense_state is not None:
+        blob["defense"] = defense_state
+    io.torch_save(path, blob)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -117,6 +117,8 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
         model = model.to(memory_format=torch.channels_last)
     defense = build_defense(cfg.defense)
     robust_val = RobustValidation.of(cfg, x_val, y_val)  # None unless val_attack=
+    if ctx.world_size > 1 and not getattr(defense, "distributed", True):
+        raise UserError(f"defense={cfg.defense.name} trains in one process only (trainer.devices=1)")
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise UserError("epochs and batch_size must be at least 1")
@@ -140,6 +142,8 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
+            if hasattr(defense, "load_state_dict") and "defense" in ckpt:
+                defense.load_state_dict(ckpt["defense"])
             if ctx.is_main:
                 log.info("resuming %s from epoch %d", run, start_epoch)
 
@@ -170,6 +174,8 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
                 lr = lr_at(epoch, cfg.optimizer.lr, cfg.schedule, cfg.epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if hasattr(defense, "begin_epoch"):  # a defense with a schedule of its own (the critic's lr)
+                    defense.begin_epoch(epoch, lr / cfg.optimizer.lr if cfg.optimizer.lr else 1.0)
                 torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout & defenses' random starts
                 gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))  # order & augmentation
                 batches = _batches(len(x_train), per_rank_batch, gen, ctx)
@@ -233,7 +239,8 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
                 if ctx.is_main:
                     if best:  # before last.pt: a crash between the two repeats this epoch and rewrites it
                         save_model(run.best_checkpoint_path, model, cfg, epoch=epoch + 1, **{COLUMN: row[COLUMN]})
-                    save_checkpoint(ckpt_path, model, optimizer, epoch + 1, history)
+                    save_checkpoint(ckpt_path, model, optimizer, epoch + 1, history,
+                                    defense.state_dict() if hasattr(defense, "state_dict") else None)
                     run.write_history(history)
                     record.update(epochs_done=epoch + 1)
                     log.info("epoch %d/%d  lr %.3g  loss %.4f  train err %.4f  test err %.4f  (%.1fs)", epoch + 1,
