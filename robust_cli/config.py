@@ -161,6 +161,10 @@ class EvalConfig:
     lipschitz: bool = True  # write lipschitz.json
     force: bool = False  # recompute attacks already evaluated, also with other settings than stored
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    # i/n: evaluate only the n-th part i of the images (whole batches); the job finishing the last shard of
+    # a set merges them into the ordinary results (robust_cli.evaluation.shards)
+    shard: Optional[str] = None
+    merge: bool = False  # merge the finished shard sets of the run (no attack runs)
     out_dir: str = "outputs"  # -m only: the sweep directory <out_dir>/sweeps/eval/<name> (results go to <run>/eval)
 
 
@@ -214,6 +218,10 @@ def check_config(cfg: Any) -> None:
 
     from robust_cli.schema import check_options
 
+    if cfg.get("shard") is not None:
+        from robust_cli.evaluation.shards import parse_shard
+
+        parse_shard(cfg.shard)
     nodes = [(key, cfg.get(key)) for key in ("model", "defense")]
     attacks = cfg.get("attack")
     if isinstance(attacks, DictConfig):

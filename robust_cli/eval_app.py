@@ -35,7 +35,7 @@ from robust_cli.norms import NORMS
 from robust_cli.config import register_configs
 from robust_cli.data import with_root
 from robust_cli.errors import UserError
-from robust_cli.evaluation.cache import cached_summary, lipschitz_stale, model_identity, result_config
+from robust_cli.evaluation.cache import cached_summary, model_identity, result_config
 from robust_cli.rundir import RunDir
 
 register_configs()
@@ -97,18 +97,15 @@ def wants_reference(fn: Any) -> bool:
         return False
 
 
-def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
-                 config, reference=None, best=None) -> dict:
-    """Run one (attack, norm), write its three files, return its summary.
+def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, reference=None, best=None,
+                index_offset: int = 0):
+    """Run one (attack, norm) on ``x`` ``[N,C,H,W]`` / ``y`` ``[N]`` and return its ``AttackResult``.
 
-    ``config``: ``result_config(...)``, stored for the cache. ``reference``: the training set
-    ``(x [N,C,H,W], y [N])``, passed to attacks that take one. ``best``: the ``RunningBest`` of this norm
-    in this call: its images are the ``x_init`` of attacks that take one, and this result updates it.
+    ``reference``: the training set ``(x [M,C,H,W], y [M])``, passed to attacks that take one. ``best``:
+    the ``RunningBest`` of this norm in this call: its images are the ``x_init`` of attacks that take one,
+    and this result updates it. ``index_offset``: the index of ``x[0]`` among the evaluated images (shards).
     """
-    from robust_cli.evaluation.checks import curve_check, unbounded_check
-    from robust_cli.evaluation.curves import error_curve
     from robust_cli.evaluation.runner import run_attack
-    from robust_cli.evaluation.summary import summarize
 
     task = progress.add_task(f"{name}-{norm}", total=int(x.shape[0]))
     torch.manual_seed(cfg.seed)
@@ -116,40 +113,24 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     result = run_attack(
         model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
-        x_init=None if best is None else best.start(),
+        x_init=None if best is None else best.start(), seed=int(cfg.seed), index_offset=index_offset,
     )
     if best is not None:
         best.update(result)
-    summary = summarize(
-        result.frame, attack=name, norm=norm, x_norm=result.x_norm, eps=float(cfg.eps.get(norm, math.nan)),
-        thresholds=thresholds.get(norm, []), seconds=result.seconds,
-        forward_per_sample=result.forward_per_sample, backward_per_sample=result.backward_per_sample,
-    )
-    eps, err = error_curve(result.frame["distance"].to_numpy())
-    summary["budget"] = bool(fn.budget)
-    summary["search_resolution"] = result.resolution
-    summary["checks"] = {
-        **curve_check(err, result.non_monotone),
-        **unbounded_check(bool(fn.budget), summary["success_rate"], name),
-        "zero_grad_fraction": zero_grad,
-    }
-    summary["config"] = config
-    RunDir(cfg.run).eval.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
-    return summary
+    return result
 
 
 def evaluate(cfg: DictConfig) -> pd.DataFrame:
-    """Everything ``robust eval`` does; returns the merged summary table."""
+    """Everything ``robust eval`` does; returns the merged summary table (empty for a shard whose set is
+    not finished yet)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from robust_cli.data import load_split
     from robust_cli.data.sets import thresholds_of
-    from robust_cli.evaluation.lipschitz import lipschitz_statistics, zero_gradient_fraction
-    from robust_cli.device import resolve_device
+    from robust_cli.evaluation.lipschitz import zero_gradient_fraction
+    from robust_cli.evaluation.results import eps_of, write_merged, write_result
+    from robust_cli.evaluation.shards import missing_shards, parse_shard, shard_done, shard_range, write_shard
     from robust_cli.reporting.console import print_summary
-    from robust_cli.reporting.plots import plot_error_curves
-    from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
-    from robust_cli.training.checkpoint import load_trained_model
+    from robust_cli.rundir.shards import ShardsDir
 
     run_dir = RunDir(cfg.run)
     if not run_dir.is_dir():
@@ -158,6 +139,11 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         raise UserError("n_examples and batch_size must be at least 1")
     if cfg.eps_search not in ("bisection", "grid"):
         raise UserError(f"eps_search must be bisection or grid, got {cfg.eps_search}")
+    shard = parse_shard(cfg.get("shard"))
+    if cfg.get("merge"):
+        if shard is not None:
+            raise UserError(f"merge=true merges the finished shards of the run; give it without shard={cfg.shard}")
+        return merge_command(cfg)
     norms = selected_norms(cfg.norm)
     attacks = selected_attacks(cfg.attack)
     single = len(attacks) == 1 and len(norms) == 1 and not is_multirun()
@@ -165,59 +151,116 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     if not pairs:
         return pd.DataFrame()
 
-    device = resolve_device(cfg.device)
-    model, train_cfg = load_trained_model(run_dir, device=device)
-    data_cfg = with_root(train_cfg.get("data"), cfg.data.root)  # data.root= / $ROBUST_DATA over the stored one
-    x, y = load_split(train_cfg.dataset, data_cfg, "test")
-    n = min(int(cfg.n_examples), int(x.shape[0]))
-    x, y = x[:n], y[:n]
+    model, x, y, train_cfg, device = load_evaluated(cfg, run_dir)
+    n = int(x.shape[0])
+    lo, hi = (0, n) if shard is None else shard_range(n, int(cfg.batch_size), *shard)
     thresholds = thresholds_of(train_cfg.dataset, cfg.get("thresholds"))
     eval_dir = run_dir.eval
-
-    x, y = x.to(device), y.to(device)
+    shards = ShardsDir.of(eval_dir)
     model_id = model_identity(model)
     zero_grad = None  # computed on the first pair that is not reused
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), transient=False)
     configs = {}  # every pair's stored result is checked before any attack runs: a refusal changes nothing
+    sharded = []  # (attack, norm, config) of the pairs this shard contributes to
     for name, norm in pairs:
         fn, params = attacks[name]
         config = result_config(fn, params, n, cfg, model_id)
-        eps = float(cfg.eps.get(norm, math.nan))
-        if cached_summary(eval_dir.result(name, norm), config, eps, thresholds.get(norm, []), attack=name,
-                          force=bool(cfg.force)) is not None:
+        if cached_summary(eval_dir.result(name, norm), config, eps_of(cfg.eps, norm), thresholds.get(norm, []),
+                          attack=name, force=bool(cfg.force)) is not None:
             log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
-        else:
-            configs[name, norm] = config
+            continue
+        if shard is not None:
+            sharded.append((name, norm, config))
+            if not cfg.force and shard_done(shards.result(shard[1], shard[0], name, norm), config):
+                log.info("%s-%s: shard %s already evaluated, reusing", name, norm, cfg.shard)
+                continue
+        configs[name, norm] = config
     reference = None
     if any(wants_reference(attacks[name][0]) for name, _ in configs):
-        reference = load_split(train_cfg.dataset, data_cfg, "train")
+        from robust_cli.data import load_split
+
+        reference = load_split(train_cfg.dataset, with_root(train_cfg.get("data"), cfg.data.root), "train")
     from robust_cli.evaluation.runner import RunningBest
 
     bests = {norm: RunningBest() for norm in norms}  # x_init of later attacks (cached results hold no images)
     with progress:
         for (name, norm), config in configs.items():
             fn, params = attacks[name]
+            result = attack_pair(model, x[lo:hi], y[lo:hi], name, fn, params, norm, cfg, device=device,
+                                 progress=progress, reference=reference, best=bests[norm], index_offset=lo)
+            if shard is not None:
+                settings = {"eps": eps_of(cfg.eps, norm), "thresholds": list(thresholds.get(norm) or []),
+                            "batch_size": int(cfg.batch_size), "lipschitz": bool(cfg.lipschitz)}
+                write_shard(shards.result(shard[1], shard[0], name, norm), result, attack=name, norm=norm,
+                            budget=fn.budget, config=config, settings=settings, index=shard[0], count=shard[1],
+                            start=lo, stop=hi)
+                continue
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
-            evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
-                         zero_grad=zero_grad, progress=progress, config=config, reference=reference,
-                         best=bests[norm])
+            write_result(eval_dir.result(name, norm), result, attack=name, norm=norm, budget=fn.budget,
+                         eps=eps_of(cfg.eps, norm), thresholds=thresholds.get(norm, []), zero_grad=zero_grad,
+                         config=config)
 
-    with eval_dir.lock():  # concurrent -m jobs merge one after another
-        stale = lipschitz_stale(eval_dir.read_lipschitz(), n, model_id)  # n_examples changed, or retrained
-        if cfg.lipschitz and (cfg.force or stale):
-            stats = {**lipschitz_statistics(model, x, y, cfg.batch_size), "model": model_id}
-            eval_dir.write_lipschitz(stats)
-            log.info("lipschitz: max |grad loss| %.4g, max |J| %.4g, prod |W| %.4g",
-                     stats["max_grad_norm"], stats["max_jacobian_norm"], stats["weight_norm_product"])
-        update_cross_checks(eval_dir)
-        summary, curves = merge(eval_dir)
-        plot_error_curves(curves, eval_dir.plot_path, title=str(run_dir))
-        checks = {f"{s['attack']}-{s['norm']}": s.get("checks", {}) for _, s in evaluated(eval_dir)}
+    if shard is not None and sharded:
+        waiting = {f"{a}-{m}": missing_shards(shards, shard[1], a, m, c) for a, m, c in sharded}
+        waiting = {k: v for k, v in waiting.items() if v}
+        if waiting:
+            log.info("shard %s done; still to run: %s (the job finishing the last shard merges them, or robust "
+                     "eval run=%s merge=true)", cfg.shard, "; ".join(
+                         f"{k} {' '.join(f'{i}/{shard[1]}' for i in v)}" for k, v in waiting.items()), run_dir)
+            frame = pd.DataFrame()
+            frame.attrs["pairs"] = pairs
+            return frame
+        from robust_cli.evaluation.shards import merge_pairs
+
+        summary, checks = merge_pairs(run_dir, model, x, y, shard[1], sharded, force=bool(cfg.force))
+    else:
+        summary, checks = write_merged(run_dir, model, x, y, batch_size=int(cfg.batch_size),
+                                       lipschitz=bool(cfg.lipschitz), force=bool(cfg.force), model_id=model_id)
     print_summary(summary, checks)
     log.info("wrote %s", eval_dir)
     summary.attrs["pairs"] = pairs  # what this call evaluated or reused (job_result)
+    return summary
+
+
+def load_evaluated(cfg: DictConfig, run_dir: RunDir, n_examples: int | None = None):
+    """``(model, x [N,C,H,W], y [N], train config, device)``: the run's model and its first ``N =
+    min(n_examples, test set)`` test images, on the device of ``cfg.device``."""
+    from robust_cli.data import load_split
+    from robust_cli.device import resolve_device
+    from robust_cli.training.checkpoint import load_trained_model
+
+    device = resolve_device(cfg.device)
+    model, train_cfg = load_trained_model(run_dir, device=device)
+    data_cfg = with_root(train_cfg.get("data"), cfg.data.root)  # data.root= / $ROBUST_DATA over the stored one
+    x, y = load_split(train_cfg.dataset, data_cfg, "test")
+    n = min(int(cfg.n_examples if n_examples is None else n_examples), int(x.shape[0]))
+    return model, x[:n].to(device), y[:n].to(device), train_cfg, device
+
+
+def merge_command(cfg: DictConfig) -> pd.DataFrame:
+    """``robust eval run=<dir> merge=true``: merge every finished shard set of the run (the settings are the
+    shards' own; ``device`` and ``data.root`` are this command's)."""
+    from robust_cli.evaluation.shards import finished_sets, merge_pairs
+    from robust_cli.reporting.console import print_summary
+
+    run_dir = RunDir(cfg.run)
+    done, unfinished = finished_sets(run_dir)
+    for line in unfinished:
+        log.warning("not merged: %s", line)
+    if not done:
+        raise UserError(f"{run_dir} has no finished shard set to merge"
+                        + (f" ({'; '.join(unfinished)})" if unfinished else " (robust eval ... shard=i/n writes one)"))
+    summary = pd.DataFrame()
+    merged = []
+    for count, triples in done.items():
+        n = int(triples[0][2]["n"])
+        model, x, y, _, _ = load_evaluated(cfg, run_dir, n_examples=n)
+        summary, checks = merge_pairs(run_dir, model, x, y, count, triples)
+        merged += [(a, m) for a, m, _ in triples]
+    print_summary(summary, checks)
+    summary.attrs["pairs"] = merged
     return summary
 
 

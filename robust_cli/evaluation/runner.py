@@ -90,6 +90,7 @@ class AttackResult:
         resolution: the largest eps step of the budget search (0 for minimal-norm attacks).
         x_adv: ``[N,C,H,W]`` on the CPU, the re-verified images (clipped; the input where the attack failed),
             from which the evaluation's running best per image (the next attacks' ``x_init``) is kept.
+        forward_samples, backward_samples: the passes' totals (shards add them up exactly).
     """
 
     frame: pd.DataFrame
@@ -100,6 +101,13 @@ class AttackResult:
     x_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))
     resolution: float = 0.0
     x_adv: torch.Tensor | None = None
+    forward_samples: int = 0
+    backward_samples: int = 0
+
+
+def batch_seed(seed: int, first_index: int) -> int:
+    """The global generator's seed for the batch whose first image has index ``first_index``."""
+    return int(seed) * 1_000_003 + int(first_index)
 
 
 def takes_argument(fn: Callable, name: str) -> bool:
@@ -151,6 +159,8 @@ def run_attack(
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
     x_init: torch.Tensor | None = None,
+    seed: int | None = None,
+    index_offset: int = 0,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -167,6 +177,11 @@ def run_attack(
         on_batch: called with the batch size after each batch (progress bars).
         x_init: ``[N,C,H,W]`` starting adversarials (e.g. ``RunningBest.start()``), passed batch by batch to a
             minimal-norm attack whose signature takes ``x_init``; ignored otherwise.
+        seed: where given, the global generator is reseeded before every batch from ``(seed, index of the
+            batch's first image)``, so an image's result depends on its batch only, not on the batches run
+            before it: a shard (``robust eval shard=i/n``, robust_cli.evaluation.shards) reproduces its
+            images' rows of the unsharded run exactly.
+        index_offset: the index of ``x[0]`` in the evaluated set (the ``index`` column; shards).
 
     Returns:
         An ``AttackResult``.
@@ -194,6 +209,8 @@ def run_attack(
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size].to(device).float()
         yb = y[i:i + batch_size].to(device)
+        if seed is not None:
+            torch.manual_seed(batch_seed(seed, index_offset + i))
         clean_pred = predict(model, xb)
         correct = clean_pred == yb
         x_adv = xb.clone()
@@ -232,7 +249,7 @@ def run_attack(
         raise RuntimeError(f"attack {getattr(attack, '__name__', attack)} left gradients on the parameters")
     n = max(int(x.shape[0]), 1)
     columns = {k: np.concatenate(v) if v else [] for k, v in rows.items()}
-    frame = pd.DataFrame({"index": np.arange(x.shape[0]), **columns})
+    frame = pd.DataFrame({"index": np.arange(index_offset, index_offset + x.shape[0]), **columns})
     return AttackResult(
         frame=frame,
         seconds=seconds,
@@ -242,4 +259,6 @@ def run_attack(
         x_norm=np.concatenate(x_norms) if x_norms else np.zeros(0),
         resolution=resolution,
         x_adv=torch.cat(kept) if kept else None,
+        forward_samples=int(counted.forward_samples),
+        backward_samples=int(counted.backward_samples),
     )

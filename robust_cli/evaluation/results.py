@@ -1,0 +1,83 @@
+"""From attack results to the files of ``<run>/eval/``: one pair's three files, then the run's merged files.
+
+Shared by ``robust eval`` (one result per (attack, norm) pair) and by the merge of a sharded evaluation
+(robust_cli.evaluation.shards), so that a merged evaluation writes exactly what an unsharded one writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import pandas as pd
+import torch
+
+from robust_cli.evaluation.runner import AttackResult
+from robust_cli.rundir import ResultDir, RunDir
+
+log = logging.getLogger("robust_cli.eval")
+
+
+def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, norm: str, budget: bool, eps: float,
+                 thresholds: list[float], zero_grad: float | None, config: dict[str, Any]) -> dict[str, Any]:
+    """Write ``per_sample.csv``, ``curve.csv`` and ``summary.json`` of one (attack, norm); return the summary.
+
+    ``eps``: the configured eps of ``norm`` (``error_at_eps``); ``thresholds``: its robust-accuracy
+    thresholds; ``zero_grad``: the fraction of images with a zero input gradient (a check); ``config``:
+    ``cache.result_config(...)``, stored for the cache.
+    """
+    from robust_cli.evaluation.checks import curve_check, unbounded_check
+    from robust_cli.evaluation.curves import error_curve
+    from robust_cli.evaluation.summary import summarize
+
+    summary = summarize(
+        result.frame, attack=attack, norm=norm, x_norm=result.x_norm, eps=eps, thresholds=thresholds,
+        seconds=result.seconds, forward_per_sample=result.forward_per_sample,
+        backward_per_sample=result.backward_per_sample,
+    )
+    curve_eps, err = error_curve(result.frame["distance"].to_numpy())
+    summary["budget"] = bool(budget)
+    summary["search_resolution"] = result.resolution
+    summary["checks"] = {
+        **curve_check(err, result.non_monotone),
+        **unbounded_check(bool(budget), summary["success_rate"], attack),
+        "zero_grad_fraction": zero_grad,
+    }
+    summary["config"] = config
+    result_dir.write(result.frame, pd.DataFrame({"eps": curve_eps, "error": err}), summary)
+    return summary
+
+
+def write_merged(run_dir: RunDir, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int,
+                 lipschitz: bool, force: bool, model_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Under the eval lock: ``lipschitz.json`` (where asked for and stale), the cross checks, ``summary.csv``,
+    ``error_curves.csv`` and ``error_curves.png`` over everything evaluated on the run.
+
+    ``x`` ``[N,C,H,W]``, ``y`` ``[N]``: the evaluated images (the Lipschitz statistics are theirs).
+    Returns the merged summary table and the checks per ``<attack>-<norm>``.
+    """
+    from robust_cli.evaluation.cache import lipschitz_stale
+    from robust_cli.evaluation.lipschitz import lipschitz_statistics
+    from robust_cli.reporting.plots import plot_error_curves
+    from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
+
+    eval_dir = run_dir.eval
+    n = int(x.shape[0])
+    with eval_dir.lock():  # concurrent -m jobs merge one after another
+        stale = lipschitz_stale(eval_dir.read_lipschitz(), n, model_id)  # n_examples changed, or retrained
+        if lipschitz and (force or stale):
+            stats = {**lipschitz_statistics(model, x, y, batch_size), "model": model_id}
+            eval_dir.write_lipschitz(stats)
+            log.info("lipschitz: max |grad loss| %.4g, max |J| %.4g, prod |W| %.4g",
+                     stats["max_grad_norm"], stats["max_jacobian_norm"], stats["weight_norm_product"])
+        update_cross_checks(eval_dir)
+        summary, curves = merge(eval_dir)
+        plot_error_curves(curves, eval_dir.plot_path, title=str(run_dir))
+        checks = {f"{s['attack']}-{s['norm']}": s.get("checks", {}) for _, s in evaluated(eval_dir)}
+    return summary, checks
+
+
+def eps_of(eps_cfg: Any, norm: str) -> float:
+    """``eps.<norm>`` of an eval config (NaN where none is set)."""
+    return float(eps_cfg.get(norm, math.nan))
