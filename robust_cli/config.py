@@ -126,7 +126,8 @@ class TrainConfig:
     deterministic: bool = False  # torch deterministic algorithms; bit-exact resume on CPU
     device: str = "auto"  # auto = cuda when present, else cpu
     amp: bool = False  # autocast (bf16 on CUDA)
-    channels_last: bool = False
+    channels_last: bool = False  # NHWC activations (faster convolutions with amp on recent GPUs)
+    compile: bool = False  # torch.compile the model (not with double-backprop defenses: tulip, lip, margin)
     tikhonov: float = 0.0  # the papers' weight decay: tikhonov * sum of squared non-bias weights
     max_batches_per_epoch: Optional[int] = None  # cap for smoke runs
     force: bool = False  # retrain even if the run directory holds a finished run
@@ -164,6 +165,10 @@ class EvalConfig:
     # i/n: evaluate only the n-th part i of the images (whole batches); the job finishing the last shard of
     # a set merges them into the ordinary results (robust_cli.evaluation.shards)
     shard: Optional[str] = None
+    # the attacks' forward passes: fp32, or bf16 / fp16 autocast; the verification of every returned image is
+    # always fp32 (robust_cli.acceleration)
+    precision: str = "fp32"
+    compile: bool = False  # torch.compile the model the attacks query (the verification uses the bare model)
     merge: bool = False  # merge the finished shard sets of the run (no attack runs)
     out_dir: str = "outputs"  # -m only: the sweep directory <out_dir>/sweeps/eval/<name> (results go to <run>/eval)
 
@@ -222,6 +227,10 @@ def check_config(cfg: Any) -> None:
         from robust_cli.evaluation.shards import parse_shard
 
         parse_shard(cfg.shard)
+    if isinstance(cfg.get("precision"), str):
+        from robust_cli.acceleration import check_precision
+
+        check_precision(cfg.precision)
     nodes = [(key, cfg.get(key)) for key in ("model", "defense")]
     attacks = cfg.get("attack")
     if isinstance(attacks, DictConfig):

@@ -98,12 +98,13 @@ def wants_reference(fn: Any) -> bool:
 
 
 def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, reference=None, best=None,
-                index_offset: int = 0):
+                index_offset: int = 0, queried=None):
     """Run one (attack, norm) on ``x`` ``[N,C,H,W]`` / ``y`` ``[N]`` and return its ``AttackResult``.
 
     ``reference``: the training set ``(x [M,C,H,W], y [M])``, passed to attacks that take one. ``best``:
     the ``RunningBest`` of this norm in this call: its images are the ``x_init`` of attacks that take one,
     and this result updates it. ``index_offset``: the index of ``x[0]`` among the evaluated images (shards).
+    ``queried``: the model the attack queries (compiled / low precision; ``model`` by default).
     """
     from robust_cli.evaluation.runner import run_attack
 
@@ -114,6 +115,7 @@ def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, r
         model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
         x_init=None if best is None else best.start(), seed=int(cfg.seed), index_offset=index_offset,
+        attack_model=queried,
     )
     if best is not None:
         best.update(result)
@@ -151,7 +153,11 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     if not pairs:
         return pd.DataFrame()
 
+    from robust_cli.acceleration import attack_model, check_precision
+
+    check_precision(str(cfg.precision))
     model, x, y, train_cfg, device = load_evaluated(cfg, run_dir)
+    queried = attack_model(model, device, precision=str(cfg.precision), compile=bool(cfg.compile))
     n = int(x.shape[0])
     lo, hi = (0, n) if shard is None else shard_range(n, int(cfg.batch_size), *shard)
     thresholds = thresholds_of(train_cfg.dataset, cfg.get("thresholds"))
@@ -188,7 +194,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         for (name, norm), config in configs.items():
             fn, params = attacks[name]
             result = attack_pair(model, x[lo:hi], y[lo:hi], name, fn, params, norm, cfg, device=device,
-                                 progress=progress, reference=reference, best=bests[norm], index_offset=lo)
+                                 progress=progress, reference=reference, best=bests[norm], index_offset=lo,
+                                 queried=queried)
             if shard is not None:
                 settings = {"eps": eps_of(cfg.eps, norm), "thresholds": list(thresholds.get(norm) or []),
                             "batch_size": int(cfg.batch_size), "lipschitz": bool(cfg.lipschitz)}

@@ -24,7 +24,9 @@ from torch import nn
 from robust_cli.norms import NORMS
 from robust_cli.evaluation.distances import adversarial_distance, perturbation_norms
 from robust_cli.errors import UserError
+from robust_cli.acceleration import LowPrecision
 from robust_cli.evaluation.eps_search import search_distance
+from robust_cli.evaluation.precision import cross_in_fp32
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,7 @@ def run_attack(
     x_init: torch.Tensor | None = None,
     seed: int | None = None,
     index_offset: int = 0,
+    attack_model: nn.Module | None = None,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -182,6 +185,9 @@ def run_attack(
             before it: a shard (``robust eval shard=i/n``, robust_cli.evaluation.shards) reproduces its
             images' rows of the unsharded run exactly.
         index_offset: the index of ``x[0]`` in the evaluated set (the ``index`` column; shards).
+        attack_model: what the attack queries instead of ``model`` (sharing its parameters: compiled, or
+            under low-precision autocast, robust_cli.acceleration.attack_model); the clean predictions, the
+            eps search's success tests and the verification always use ``model`` in fp32.
 
     Returns:
         An ``AttackResult``.
@@ -197,7 +203,8 @@ def run_attack(
     if budget:
         params.pop("eps", None)
     was_training = model.training
-    counted = CountingModel(model).eval()
+    counted = CountingModel(model if attack_model is None else attack_model).eval()
+    low_precision = isinstance(attack_model, LowPrecision)
     had_grad = [p.grad is not None for p in model.parameters()]
     others = [n for n in NORMS if n != norm]
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "clean_pred", "adv_pred", "distance", *others)}
@@ -225,7 +232,19 @@ def run_attack(
                 resolution = max(resolution, float(found.resolution.max()))
             else:
                 init = {"x_init": x_init[i:i + batch_size].to(device).float()[idx]} if pass_init else {}
-                x_adv[idx] = sanitize(attack(counted, xc, yc, norm=norm, **params, **init), xc)
+                found = sanitize(attack(counted, xc, yc, norm=norm, **params, **init), xc)
+                if low_precision:  # the attack stopped at the low-precision boundary: cross the fp32 one
+                    found, spent = cross_in_fp32(model, xc, yc, found)
+                    counted.forward_samples += spent
+                    missed = (predict(model, found) == yc).nonzero().squeeze(1)
+                    if missed.numel():  # what low precision could not break is attacked again in fp32
+                        again = CountingModel(model).eval()
+                        init = {k: v[missed] for k, v in init.items()}
+                        found[missed] = sanitize(attack(again, xc[missed], yc[missed], norm=norm, **params, **init),
+                                                 xc[missed])
+                        counted.forward_samples += again.forward_samples
+                        counted.backward_samples += again.backward_samples
+                x_adv[idx] = found
         adv_pred = predict(model, x_adv)
         success = adv_pred != yb
         sizes = perturbation_norms(x_adv, xb)
