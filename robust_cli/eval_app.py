@@ -14,6 +14,13 @@ lock after writing its own directory, so the merged files end up holding every j
 ``robust eval -m run=<dir1>,<dir2> ...`` evaluates several runs; the sweep's ``jobs.csv`` (in
 ``<out_dir>/sweeps/eval/<name from the overrides>``) lists each job's status, pairs and median distances.
 
+``robust eval run=<dir> shard=i/n`` attacks only the i-th of n slices of the images (whole batches) into
+``eval/shards/<n>/<i>/``; the job finishing the last shard of a set merges them into the files above, exactly
+as one unsharded run writes them (``robust eval -m run=<dir> shard=0/8,...,7/8 hydra/launcher=slurm``);
+``robust eval run=<dir> merge=true`` merges finished sets on demand (robust_cli.evaluation.shards).
+``precision=bf16|fp16`` runs the attacks' forward passes under autocast and ``compile=true`` through
+torch.compile; the verification of every returned image stays fp32 (robust_cli.acceleration).
+
 The data set is read from the run's stored ``data.root`` (absolute), or from ``data.root=<dir>`` /
 ``$ROBUST_DATA`` where given (a moved data folder).
 """
