@@ -27,7 +27,6 @@ The data set is read from the run's stored ``data.root`` (absolute), or from ``d
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from typing import Any
@@ -96,37 +95,32 @@ def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -
     return pairs  # a -m job whose one combination is unsupported has nothing to do: not a failed job
 
 
-def wants_reference(fn: Any) -> bool:
-    """The attack takes ``reference=(images, labels)`` (the data stability attack): it gets the training set."""
-    try:
-        return "reference" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, reference=None, best=None,
                 index_offset: int = 0, queried=None):
-    """Run one (attack, norm) on ``x`` ``[N,C,H,W]`` / ``y`` ``[N]`` and return its ``AttackResult``.
+    """Run one (attack, norm) on ``x`` ``[N,C,H,W]`` / ``y`` ``[N]``; returns ``(AttackResult, started_from)``
+    (the attacks whose images were this one's ``x_init``, recorded in its summary).
 
     ``reference``: the training set ``(x [M,C,H,W], y [M])``, passed to attacks that take one. ``best``:
     the ``RunningBest`` of this norm in this call: its images are the ``x_init`` of attacks that take one,
     and this result updates it. ``index_offset``: the index of ``x[0]`` among the evaluated images (shards).
     ``queried``: the model the attack queries (compiled / low precision; ``model`` by default).
     """
-    from robust_cli.evaluation.runner import run_attack
+    from robust_cli.evaluation.runner import run_attack, takes_argument
 
     task = progress.add_task(f"{name}-{norm}", total=int(x.shape[0]))
     torch.manual_seed(cfg.seed)
-    extra = {"reference": reference} if reference is not None and wants_reference(fn) else {}
+    extra = {"reference": reference} if reference is not None and takes_argument(fn, "reference") else {}
     result = run_attack(
         model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
         x_init=None if best is None else best.start(), seed=int(cfg.seed), index_offset=index_offset,
         attack_model=queried,
     )
+    starts = best is not None and best.start() is not None and not fn.budget and takes_argument(fn, "x_init")
+    started_from = list(best.sources) if starts else []
     if best is not None:
-        best.update(result)
-    return result
+        best.update(result, name)
+    return result, started_from
 
 
 def evaluate(cfg: DictConfig) -> pd.DataFrame:
@@ -189,32 +183,33 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                 log.info("%s-%s: shard %s already evaluated, reusing", name, norm, cfg.shard)
                 continue
         configs[name, norm] = config
+    from robust_cli.evaluation.runner import RunningBest, takes_argument
+
     reference = None
-    if any(wants_reference(attacks[name][0]) for name, _ in configs):
+    if any(takes_argument(attacks[name][0], "reference") for name, _ in configs):
         from robust_cli.data import load_split
 
         reference = load_split(train_cfg.dataset, with_root(train_cfg.get("data"), cfg.data.root), "train")
-    from robust_cli.evaluation.runner import RunningBest
 
     bests = {norm: RunningBest() for norm in norms}  # x_init of later attacks (cached results hold no images)
     with progress:
         for (name, norm), config in configs.items():
             fn, params = attacks[name]
-            result = attack_pair(model, x[lo:hi], y[lo:hi], name, fn, params, norm, cfg, device=device,
-                                 progress=progress, reference=reference, best=bests[norm], index_offset=lo,
-                                 queried=queried)
+            result, started_from = attack_pair(model, x[lo:hi], y[lo:hi], name, fn, params, norm, cfg,
+                                               device=device, progress=progress, reference=reference,
+                                               best=bests[norm], index_offset=lo, queried=queried)
             if shard is not None:
                 settings = {"eps": eps_of(cfg.eps, norm), "thresholds": list(thresholds.get(norm) or []),
                             "batch_size": int(cfg.batch_size), "lipschitz": bool(cfg.lipschitz)}
                 write_shard(shards.result(shard[1], shard[0], name, norm), result, attack=name, norm=norm,
                             budget=fn.budget, config=config, settings=settings, index=shard[0], count=shard[1],
-                            start=lo, stop=hi)
+                            start=lo, stop=hi, started_from=started_from)
                 continue
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
             write_result(eval_dir.result(name, norm), result, attack=name, norm=norm, budget=fn.budget,
                          eps=eps_of(cfg.eps, norm), thresholds=thresholds.get(norm, []), zero_grad=zero_grad,
-                         config=config)
+                         config=config, started_from=started_from)
 
     if shard is not None and sharded:
         waiting = {f"{a}-{m}": missing_shards(shards, shard[1], a, m, c) for a, m, c in sharded}

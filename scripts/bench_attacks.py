@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-import types
 from pathlib import Path
 
 import torch
-from torch import nn
+from _bench import Counter, load_advlib
+from _bench import verified_sizes as verified_norms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,40 +43,6 @@ def attacks(steps: int, rounds: int) -> list[tuple[str, str, str, dict, str, dic
         ("alma l2", "alma", "l2", {"steps": steps}, "alma", {"distance": "l2", "num_steps": steps}),
         ("alma l1", "alma", "l1", {"steps": steps}, "alma", {"distance": "l1", "num_steps": steps}),
     ]
-
-
-class Counter(nn.Module):
-    """The model, counting the images it is run on (forward passes, summed over the batch)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.rows = model, 0
-
-    def forward(self, x):
-        self.rows += x.shape[0]
-        return self.model(x)
-
-
-def load_advlib(path: str | None):
-    """adv-lib's attacks module from ``path`` (None if unset); ``visdom`` gets an empty stub."""
-    if not path:
-        return None
-    sys.path.insert(0, str(Path(path).resolve()))
-    sys.modules.setdefault("visdom", types.ModuleType("visdom"))
-    import adv_lib.attacks as lib
-
-    return lib
-
-
-def verified_norms(model, x, y, adv, norm):
-    """``[B]`` norms of the returned images, ``inf`` where not in [0,1] or not misclassified (re-run here)."""
-    from robust_cli.evaluation.distances import perturbation_norms
-
-    with torch.no_grad():
-        inside = (adv >= 0).flatten(1).all(1) & (adv <= 1).flatten(1).all(1)
-        ok = inside & (model(adv).argmax(1) != y)
-    dist = perturbation_norms(adv, x)[norm]
-    return torch.where(ok, dist, torch.full_like(dist, float("inf")))
 
 
 def main() -> None:

@@ -16,28 +16,18 @@ Peers are never dependencies of ``robust``; install them into side directories:
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
-import sys
 import time
-import types
 from pathlib import Path
 
 import torch
+from _bench import add_peers
+from _bench import verified_sizes as verify
 
 
 def load_advlib_fab(path: str | None):
-    """adv-lib's ``fab`` loaded from its own files (the package would import every attack); None if unset."""
-    if not path:
+    """adv-lib's ``fab`` loaded from its own module (the package would import every attack); None if unset."""
+    if not add_peers(path):
         return None
-    root = Path(path).resolve()
-    sys.path.insert(0, str(root))
-    sys.modules.setdefault("visdom", types.ModuleType("visdom"))
-    if importlib.util.find_spec("tqdm") is None:  # imported by adv-lib's utilities, unused by fab
-        stub = types.ModuleType("tqdm")
-        stub.__spec__ = importlib.machinery.ModuleSpec("tqdm", None)
-        stub.tqdm = lambda it=None, *a, **k: it
-        sys.modules["tqdm"] = stub
     from adv_lib.attacks.fast_adaptive_boundary import fab as advlib_fab  # noqa: PLC0415
 
     return advlib_fab
@@ -45,27 +35,14 @@ def load_advlib_fab(path: str | None):
 
 def load_torchattacks(path: str | None):
     """The ``torchattacks`` module from ``path``; None if unset or not importable."""
-    if not path:
+    if not add_peers(path):
         return None
-    sys.path.insert(0, str(Path(path).resolve()))
     try:
         import torchattacks  # noqa: PLC0415
     except ImportError as err:
         print(f"torchattacks not importable: {err}")
         return None
     return torchattacks
-
-
-def verify(model, x, y, adv, norm):
-    """Distances ``[B]`` recomputed from the returned images: inf where not in [0,1] or not misclassified."""
-    from robust_cli.attacks.geometry import batch_norm
-
-    adv = adv.detach()
-    with torch.no_grad():
-        inside = (adv >= 0).flatten(1).all(1) & (adv <= 1).flatten(1).all(1)
-        ok = inside & (model(adv).argmax(1) != y)
-    d = batch_norm(adv - x, norm)
-    return torch.where(ok, d, torch.full_like(d, float("inf")))
 
 
 def main() -> None:

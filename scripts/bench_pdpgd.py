@@ -22,10 +22,10 @@ import importlib.util
 import os
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
+from _bench import add_peers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,11 +55,9 @@ def load_advlib(path: str | None):
     The module file is loaded by itself: the ``adv_lib.attacks`` package would import every other attack
     and their extra requirements (tqdm, ...). Its optional ``visdom`` import gets an empty stub module.
     """
-    if not path:
+    if not add_peers(path):
         return None
     root = Path(path).resolve()
-    sys.path.insert(0, str(root))
-    sys.modules.setdefault("visdom", types.ModuleType("visdom"))
     spec = importlib.util.spec_from_file_location(
         "advlib_primal_dual", root / "adv_lib" / "attacks" / "primal_dual_gradient_descent.py")
     module = importlib.util.module_from_spec(spec)

@@ -17,40 +17,13 @@ Usage: ``python scripts/bench_sparse_attacks.py --run RUN_DIR [--n 100] [--peers
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
 import torch
+from _bench import add_peers, timed
+from _bench import verified_sizes as verify
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Counter(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.samples = model, 0
-
-    def forward(self, x):
-        self.samples += int(x.shape[0])
-        return self.model(x)
-
-
-def verify(model, x, y, x_adv, norm):
-    from robust_cli.attacks.best import perturbation_size
-
-    x_adv = x_adv.detach().float().clamp(0, 1)
-    with torch.no_grad():
-        ok = model(x_adv).argmax(1) != y
-    size = perturbation_size(x_adv, x, norm).double()
-    return torch.where(ok, size, torch.full_like(size, float("inf")))
-
-
-def timed(model, fn):
-    counted = Counter(model).eval()
-    t = time.perf_counter()
-    out = fn(counted)
-    return out, time.perf_counter() - t, counted.samples
 
 
 def main() -> None:
@@ -59,10 +32,10 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--peers", default=None, help="directory holding torchattacks, foolbox, eagerpy")
     p.add_argument("--queries", type=int, default=5000, help="query budget of the black-box attacks per image")
+    p.add_argument("--only", default="", help="comma-separated labels to run (default: all)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    if args.peers:
-        sys.path.insert(0, str(Path(args.peers).resolve()))
+    add_peers(args.peers)
     from robust_cli.attacks import list_attacks
     from robust_cli.data import load_split
     from robust_cli.training.checkpoint import load_trained_model
@@ -76,7 +49,10 @@ def main() -> None:
     x, y = x[correct], y[correct]
     ours = list_attacks()
     q = args.queries
-    start = ours["deepfool"](model, x, y, norm="l2")  # the common start of both B&B runs
+    starts = {  # the common start of both B&B runs, per norm
+        "l2": ours["deepfool"](model, x, y, norm="l2"), "linf": ours["deepfool"](model, x, y, norm="linf"),
+        "l1": ours["sparsefool"](model, x, y, norm="l1"), "l0": ours["jsma"](model, x, y, norm="l0")}
+    start = starts["l2"]
     rows = [  # (label, norm, ours, peer name, peer)
         ("jsma", "l0", lambda m: ours["jsma"](m, x, y, norm="l0"), "torchattacks JSMA", "ta_jsma"),
         ("sparsefool", "l0", lambda m: ours["sparsefool"](m, x, y, norm="l0"), "torchattacks SparseFool", "ta_sf"),
@@ -88,7 +64,13 @@ def main() -> None:
         ("bb (deepfool start)", "l2", lambda m: ours["bb"](m, x, y, norm="l2", x_init=start),
          "foolbox L2BrendelBethge", "fb_bb"),
         ("minimal l2", "l2", lambda m: ours["minimal"](m, x, y, norm="l2"), None, None),
+        *[(f"bb ({first} start)", nm, lambda m, nm=nm: ours["bb"](m, x, y, norm=nm, x_init=starts[nm]),
+           f"foolbox {nm.capitalize()}BrendelBethge", f"fb_bb_{nm}")
+          for nm, first in (("linf", "deepfool linf"), ("l1", "sparsefool"), ("l0", "jsma"))],
     ]
+    if args.only:
+        keep = {s.strip() for s in args.only.split(",")}
+        rows = [r for r in rows if r[0] in keep or r[0].split(" (")[0] + " " + r[1] in keep]
 
     def peer(kind, m):
         if kind.startswith("ta_"):
@@ -101,6 +83,11 @@ def main() -> None:
         fm = fb.PyTorchModel(m, bounds=(0, 1))
         if kind == "fb_ba":
             return fb.attacks.BoundaryAttack(steps=q // 2)(fm, x, y, epsilons=None)[1]
+        if kind.startswith("fb_bb_"):
+            nm = kind[len("fb_bb_"):]
+            cls = {"linf": fb.attacks.LinfinityBrendelBethgeAttack, "l1": fb.attacks.L1BrendelBethgeAttack,
+                   "l0": fb.attacks.L0BrendelBethgeAttack}[nm]
+            return cls(steps=200).run(fm, x, y, starting_points=starts[nm])
         return fb.attacks.L2BrendelBethgeAttack(steps=200).run(fm, x, y, starting_points=start)
 
     print(f"model {args.run}; {int(correct.sum())}/{len(correct)} correctly classified images attacked")

@@ -258,8 +258,10 @@ ATTACK_CHANGES = {
     "boundary": ("l2", {"max_queries": 300}, {
         "max_queries": (100, {}), "spherical_step": (0.1, {}), "source_step": (0.1, {}),
         "step_adaptation": (3.0, {}), "init_tries": (1, {}), "search_steps": (2, {}), "seed": (1, {})}),
-    "bb": ("l2", {"steps": 3}, {"steps": (1, {"search_steps": 0}), "lr": (0.01, {"search_steps": 0}),
-                                "overshoot": (0.5, {}), "search_steps": (0, {})}),
+    "bb": ("l2", {"steps": 6}, {"steps": (1, {"search_steps": 0}), "lr": (0.01, {"search_steps": 0}),
+                                "lr_num_decay": (0, {"lr": 0.01, "search_steps": 0}), "momentum": (0.0, {}),
+                                "overshoot_frac": (0.5, {}),
+                                "search_steps": (0, {})}),
     # --- FAB, EAD, DeepFool clip, high-confidence
     **{name: ("l2", {"steps": 1}, {
         "steps": (2, {}), "restarts": (3, {"eta": 1.0}), "alpha_max": (0.5, {}), "eta": (1.5, {}),

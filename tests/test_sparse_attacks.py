@@ -25,6 +25,9 @@ CASES = [  # (attack, norm, options, tolerance)
     ("one_pixel", "l0", {"max_pixels": 3, "popsize": 40, "steps": 30, "max_queries": 4000}, 1.2),
     ("boundary", "l2", {"max_queries": 3000, "x_init": "deepfool"}, 1.2),
     ("bb", "l2", {}, 1.05),
+    ("bb", "linf", {}, 1.05),
+    ("bb", "l1", {"x_init": "sparsefool"}, 1.05),
+    ("bb", "l0", {"x_init": "jsma"}, 1.2),
     ("minimal", "l0", {"l0_attacks": ["jsma", "sigma_zero"]}, 1.2),
     ("minimal", "l1", {"l1_attacks": ["sparsefool", "pgd"]}, 1.05),
     ("minimal", "l2", {"l2_attacks": ["deepfool", "bb"]}, 1.05),
@@ -36,6 +39,9 @@ def _run(name, norm, options, model, x, y):
     options = dict(options)
     if options.get("x_init") == "deepfool":
         options["x_init"] = list_attacks()["deepfool"](model, x, y, norm="l2")
+    elif options.get("x_init") in ("sparsefool", "jsma"):
+        start = options["x_init"]
+        options["x_init"] = list_attacks()[start](model, x, y, norm="l1" if start == "sparsefool" else "l0")
     return list_attacks()[name](model, x, y, norm=norm, **options)
 
 
@@ -130,3 +136,8 @@ def test_eval_minimal_end_to_end_and_later_attacks_start_from_the_running_best(t
     # 30 queries cannot find a start from noise and walk far: boundary's numbers come from deepfool's points
     assert (later["distance"] <= first["distance"] + 1e-5).all()
     assert (ens["distance"] <= first["distance"] + 1e-5).all()  # deepfool is a member of minimal's l2 set
+    import json
+
+    started = {name: json.loads((run / "eval" / f"{name}-l2" / "summary.json").read_text())["started_from"]
+               for name in ("deepfool", "boundary")}
+    assert started == {"deepfool": [], "boundary": ["deepfool"]}  # where a result's start came from

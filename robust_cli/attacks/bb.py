@@ -1,18 +1,25 @@
 """The Brendel & Bethge attack (Brendel et al. 2019, "Accurate, reliable and fast robustness evaluation", §3,
-Algorithm 1), l2, minimal-norm, refining a starting adversarial along the decision boundary.
+Algorithm 1), minimal-norm in l2, linf, l1 and l0, refining a starting adversarial along the decision boundary.
 
-Start: ``x_init`` where misclassified, else the l2 DeepFool point (a cheap attack); a bisection on the
-segment to ``x`` (``search_steps`` rounds) brings it to the boundary. At the current adversarial ``x_k``,
-with ``c(z) = max_{j != y} f_j(z) - f_y(z)`` (``> 0``: adversarial) and ``g = grad c(x_k)``, each step solves
-the trust-region problem of §3 (eq. 2)::
+Start: ``x_init`` where misclassified, else the DeepFool point of the same norm family (l2 DeepFool for l2/l1/l0,
+linf DeepFool for linf); a bisection on the segment to ``x`` (``search_steps`` rounds) brings it to the
+boundary. At the iterate ``x_k``, with ``c(z) = max_{j != y} f_j(z) - f_y(z)`` (``> 0``: adversarial), the
+boundary normal ``b_k`` is the momentum average of ``grad c`` (§3, "we average the boundary normal over the
+last steps"; ``momentum``), and each step solves the problem of §3 (eq. 2) in two parts::
 
-    min_z ||z - x||_2   s.t.   c(x_k) + g . (z - x_k) = margin,   z in [0,1],   ||z - x_k||_2 <= r
+    z = argmin_z ||z - x||_p   s.t.   c(x_k) + b_k . (z - x_k) = c*,   z in [0,1]
+    x_{k+1} = x_k + min(1, r_k / ||z - x_k||_2) (z - x_k)
 
-Without the trust region its solution is ``z(mu) = clip(x - mu g, 0, 1)`` with the multiplier ``mu`` set by
-the linear constraint (monotone: a bisection), the closed form of the l2 case; the trust region then scales
-the step back to length ``r = lr * ||x_k - x||`` (the paper's step-size control, ``lr`` halved on a step that
-leaves the adversarial region and grown by 1.5 on an accepted one). The smallest misclassified iterate is
-kept. One forward and backward per step.
+``c* = overshoot_frac * |c(x_k)|``: an adversarial iterate aims at a tenth of its margin (moving towards the
+boundary and staying on the adversarial side), a non-adversarial one at a tenth beyond it (the paper's
+overshoot, 1.1). The first part has a closed form per norm (``project_on_plane``: l2 a bisection on the
+multiplier, linf a bisection on the radius, l1 the fractional knapsack — move the coordinates of largest
+``|b_i|`` to their bound first — l0 the same ranking by what a whole pixel can contribute); the trust
+region ``r_k`` starts at ``lr`` times the starting distance and halves ``lr_num_decay`` times over the run,
+as the paper's step-size schedule. Unlike an exact joint solution of the trust-region problem, the step is the
+minimiser scaled back into the region (exact for l2 without the box when ``x_k`` lies on the plane). Every
+iterate is accepted (the linear constraint pulls a point that crossed back to the boundary); the smallest
+misclassified iterate is kept. One forward and backward per step.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.deepfool import deepfool
 from robust_cli.attacks.geometry import view_as_images
 from robust_cli.attacks.line_search import first_crossing
+from robust_cli.norms import check_norm
 from robust_cli.schema import Range, schema_of
 
 
@@ -40,12 +48,9 @@ def _boundary_logit(model: nn.Module, z: torch.Tensor, y: torch.Tensor) -> tuple
     return c.detach(), g
 
 
-def project_on_plane(x: torch.Tensor, g: torch.Tensor, level: torch.Tensor, iters: int = 40) -> torch.Tensor:
-    """``argmin ||z - x||_2`` over ``z`` in [0,1] with ``g . z = level`` ``[b]`` (as near as the box allows)."""
-    gf, xf = g.flatten(1), x.flatten(1)
+def _project_l2(xf, gf, level, iters):
     scale = 1.0 / gf.norm(dim=1).clamp_min(1e-12) ** 2
-    lo = torch.full_like(level, -1.0)
-    hi = torch.ones_like(level)
+    lo, hi = torch.full_like(level, -1.0), torch.ones_like(level)
     for _ in range(60):  # widen until the bracket holds the level (g . z(mu) is increasing in mu)
         hi_ok = ((xf + (hi * scale)[:, None] * gf).clamp(0, 1) * gf).sum(1) >= level
         lo_ok = ((xf + (lo * scale)[:, None] * gf).clamp(0, 1) * gf).sum(1) <= level
@@ -56,10 +61,57 @@ def project_on_plane(x: torch.Tensor, g: torch.Tensor, level: torch.Tensor, iter
         mid = (lo + hi) / 2
         above = ((xf + (mid * scale)[:, None] * gf).clamp(0, 1) * gf).sum(1) >= level
         hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
-    return (xf + (hi * scale)[:, None] * gf).clamp(0, 1).view_as(x)
+    return (xf + (hi * scale)[:, None] * gf).clamp(0, 1)
 
 
-@register_attack(norms=("l2",), budget=False)
+def _project_linf(xf, gf, level, iters):
+    # move every coordinate by t in the direction that raises (or lowers) g . z; g . z(t) is monotone in t
+    up = (level >= (gf * xf).sum(1)).to(xf.dtype) * 2 - 1
+    d = up[:, None] * gf.sign()
+    lo, hi = torch.zeros_like(level), torch.ones_like(level)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        reached = up * (((xf + mid[:, None] * d).clamp(0, 1) * gf).sum(1) - level) >= 0
+        hi, lo = torch.where(reached, mid, hi), torch.where(reached, lo, mid)
+    return (xf + hi[:, None] * d).clamp(0, 1)
+
+
+def _project_sparse(x, g, level, norm):
+    """l1 / l0: a fractional knapsack. Each unit (a value for l1; a pixel, all its channels, for l0) moves
+    to the bound that changes ``g . z`` towards ``level``; units are taken in the order of the change they
+    buy per unit of norm (l1: ``|g_i|``; l0: what the whole pixel can contribute), the last one partly."""
+    b, ch = x.shape[0], x.shape[1] if x.dim() == 4 else 1
+    xf, gf = x.reshape(b, ch, -1), g.reshape(b, ch, -1)
+    need = level - (gf * xf).sum((1, 2))  # [b] the change of g . z to buy
+    up = (need >= 0).to(x.dtype) * 2 - 1
+    target = torch.where(up[:, None, None] * gf > 0, torch.ones_like(xf), torch.zeros_like(xf))
+    gain = (gf * (target - xf)) * up[:, None, None]  # >= 0: what moving each value fully buys
+    if norm == "l1":
+        gain, target, xf = gain.reshape(b, 1, -1), target.reshape(b, 1, -1), xf.reshape(b, 1, -1)
+        order = gf.abs().reshape(b, -1).argsort(dim=1, descending=True)
+    else:
+        order = gain.sum(1).argsort(dim=1, descending=True)
+    unit_gain = gain.sum(1)  # [b, U]
+    sorted_gain = unit_gain.gather(1, order)
+    before = sorted_gain.cumsum(1) - sorted_gain  # bought by the units ranked before
+    frac_sorted = ((need.abs()[:, None] - before) / sorted_gain.clamp_min(1e-30)).clamp(0, 1)
+    frac = torch.zeros_like(frac_sorted).scatter_(1, order, frac_sorted)  # [b, U] in [0, 1]
+    z = xf + frac[:, None, :] * (target - xf)
+    return z.reshape(x.shape)
+
+
+def project_on_plane(x: torch.Tensor, g: torch.Tensor, level: torch.Tensor, norm: str = "l2",
+                     iters: int = 40) -> torch.Tensor:
+    """``argmin ||z - x||_norm`` over ``z`` in [0,1] with ``g . z = level`` ``[b]`` (as near as the box
+    allows); ``x``, ``g`` ``[b,C,H,W]``. l0 counts pixels (any channel), as the evaluation does."""
+    if norm in ("l1", "l0"):
+        return _project_sparse(x, g, level, norm)
+    xf, gf = x.flatten(1), g.flatten(1)
+    out = _project_l2(xf, gf, level, iters) if norm == "l2" else _project_linf(xf, gf, level, iters)
+    return out.view_as(x)
+
+
+@register_attack(norms=("l2", "linf", "l1", "l0"), budget=False)
 def bb(
     model: nn.Module,
     x: torch.Tensor,
@@ -68,31 +120,36 @@ def bb(
     norm: str = "l2",
     x_init: torch.Tensor | None = None,
     steps: Annotated[int, Range(ge=1)] = 200,
-    lr: Annotated[float, Range(gt=0)] = 0.5,
-    overshoot: Annotated[float, Range(ge=0)] = 1e-4,
+    lr: Annotated[float, Range(gt=0)] = 0.3,
+    lr_num_decay: Annotated[int, Range(ge=0)] = 20,
+    momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9,
+    overshoot_frac: Annotated[float, Range(ge=0, lt=1)] = 0.1,
     search_steps: Annotated[int, Range(ge=0)] = 10,
 ) -> torch.Tensor:
-    """Brendel & Bethge l2 on ``x`` ``[B,C,H,W]`` in [0,1], true labels ``y`` ``[B]``.
+    """Brendel & Bethge on ``x`` ``[B,C,H,W]`` in [0,1], true labels ``y`` ``[B]``.
 
     Args:
         x_init: ``[B,C,H,W]`` or None: starting adversarials (DeepFool's point where none is misclassified).
         steps: trust-region steps (one forward and backward each).
-        lr: the initial trust-region radius as a fraction of the current distance.
-        overshoot: the logit margin ``c`` aimed at on the adversarial side of the linearised boundary.
+        lr: the first trust-region radius (l2) as a fraction of the starting distance.
+        lr_num_decay: how many times the radius halves over the ``steps`` (the paper: 20).
+        momentum: weight of the past in the boundary normal's running average (the paper: 0.8; 0.9 was
+            better on LeNet-5, BENCHMARKS.md).
+        overshoot_frac: the margin aimed at, as a fraction of the current ``|c|`` (the paper's overshoot - 1).
         search_steps: bisection rounds from the start towards ``x``.
 
     Returns:
         ``[B,C,H,W]``: the smallest misclassified point per image, ``x`` where no start was found.
     """
-    if norm != "l2":
-        raise ValueError(f"bb supports l2 only, got norm={norm!r}")
+    check_norm(norm, bb.norms, who="bb")
     x = x.detach()
     with frozen_eval(model):
-        best = Best(x, "l2")
+        best = Best(x, norm)
         best.start(model, y, x_init)
         missing = (~best.found).nonzero().squeeze(1)
         if missing.numel():
-            best.check(model, deepfool(model, x[missing], y[missing], norm="l2"), y[missing], missing)
+            start = deepfool(model, x[missing], y[missing], norm="linf" if norm == "linf" else "l2")
+            best.check(model, start, y[missing], missing)
         rows = best.found.nonzero().squeeze(1)
         if rows.numel() == 0:
             return best.x_adv
@@ -103,22 +160,21 @@ def bb(
         x0, yr = x[rows], y[rows]
         cur = best.x_adv[rows].clone()
         c, g = _boundary_logit(model, cur, yr)
-        radius = torch.full((len(rows),), lr, dtype=x.dtype, device=x.device)
-        for _ in range(steps):
-            level = (g * cur).flatten(1).sum(1) - c + overshoot
-            z = project_on_plane(x0, g, level)
-            step = z - cur
-            dist = (cur - x0).flatten(1).norm(dim=1)
+        normal = g
+        radius = lr * (cur - x0).flatten(1).norm(dim=1)
+        every = max(1, steps // lr_num_decay) if lr_num_decay else steps + 1
+        for k in range(1, steps + 1):
+            if k > 1:
+                normal = (1 - momentum) * g + momentum * normal
+            if (k + 1) % every == 0:
+                radius = radius / 2
+            level = (normal * cur).flatten(1).sum(1) - c + overshoot_frac * c.abs()
+            step = project_on_plane(x0, normal, level, norm) - cur
             length = step.flatten(1).norm(dim=1).clamp_min(1e-12)
-            shrink = torch.minimum(torch.ones_like(length), radius * dist / length)
-            prop = (cur + view_as_images(shrink, step) * step).clamp(0, 1)
-            c_new, g_new = _boundary_logit(model, prop, yr)
-            ok = c_new > 0
-            best.offer(prop, ok, rows)
-            keep = view_as_images(ok, cur)
-            cur, g = torch.where(keep, prop, cur), torch.where(keep, g_new, g)
-            c = torch.where(ok, c_new, c)
-            radius = torch.where(ok, (radius * 1.5).clamp_max(1.0), radius / 2).clamp_min(1e-6)
+            shrink = torch.minimum(torch.ones_like(length), radius / length)
+            cur = (cur + view_as_images(shrink, step) * step).clamp(0, 1)
+            c, g = _boundary_logit(model, cur, yr)
+            best.offer(cur, c > 0, rows)
     return best.x_adv
 
 

@@ -14,7 +14,8 @@ classified points (logits in the thousands), where a float32 cross-entropy gradi
   ``tau`` shrinking: a round that finds an adversarial sets ``tau = tau_decrease * min(tau, ||best||_inf)``,
   a round that does not multiplies ``c`` by ``const_factor``; each round warm-starts from the last ``w``
   (as the paper's code does). The paper loops until ``tau < 1/256`` or ``c > 20``; here a fixed number of
-  rounds, ``search_steps``, makes the work (``search_steps * steps`` passes at most) known in advance.
+  rounds, ``search_steps``, makes the work (``search_steps * steps`` passes) known in advance; rounds are
+  per sample (one that met its goal ends early and the next begins), so that budget goes where it is needed.
 
 Per sample the smallest-norm point classified as adversarial (with ``confidence`` to spare) over all
 iterations of all rounds is returned (``robust_cli.attacks.minimal``); ``x`` itself where none was found.
@@ -107,31 +108,46 @@ def _cw_l2(model, x, y, best, *, steps, search_steps, lr, const, confidence, abo
 
 def _cw_linf(model, x, y, best, *, steps, search_steps, lr, const, confidence, abort_early, targeted,
              tau_decrease, const_factor) -> None:
+    """The §V-C loop with rounds kept per sample: a sample whose round met its goal (the paper's early
+    stop, ``loss < 1e-4 c``) starts its next round at once, so the budget of ``search_steps * steps``
+    iterations per sample goes to the images that need many tau/c updates rather than waiting for the
+    slowest image of the batch (without ``abort_early`` every round lasts ``steps`` iterations)."""
     B = x.shape[0]
     tx = _to_tanh(x)
     w = torch.zeros_like(x)
     c = torch.full((B,), const, device=x.device, dtype=x.dtype)
     tau = torch.ones_like(c)
-    for _ in range(search_steps):
-        t = view_as_images(tau, x)
-        adam = _Adam(w, lr)
-        found = torch.zeros(B, dtype=torch.bool, device=x.device)
-        for _ in range(steps):
-            with torch.enable_grad():
-                w.requires_grad_(True)
-                xa = _from_tanh(tx + w)
-                logits = model(xa)
-                over = ((xa - x).abs() - t).clamp_min(0).flatten(1).sum(1)
-                loss = over + c * _f6(logits, y, targeted, confidence).clamp_min(0)
-                (grad,) = torch.autograd.grad(loss.sum(), w)
-            found |= best.update(xa, _confident_logits(logits, y, targeted, confidence))
-            if abort_early and bool((loss.detach() < 1e-4 * c).all()):  # the paper's early stop
-                break
-            w = adam.step(w.detach(), grad)
+    m, v = torch.zeros_like(x), torch.zeros_like(x)  # Adam's moments, reset per sample at its round's start
+    t = torch.zeros_like(c)  # iterations into the sample's current round (Adam's bias correction)
+    found = torch.zeros(B, dtype=torch.bool, device=x.device)
+    b1, b2 = 0.9, 0.999
+    for _ in range(search_steps * steps):
+        with torch.enable_grad():
+            w.requires_grad_(True)
+            xa = _from_tanh(tx + w)
+            logits = model(xa)
+            over = ((xa - x).abs() - view_as_images(tau, x)).clamp_min(0).flatten(1).sum(1)
+            loss = over + c * _f6(logits, y, targeted, confidence).clamp_min(0)
+            (grad,) = torch.autograd.grad(loss.sum(), w)
+        found |= best.update(xa, _confident_logits(logits, y, targeted, confidence))
+        t += 1
         w = w.detach()
-        # the paper's schedule: a success tightens tau below the best found, a failure weighs f more
-        tau = torch.where(found, tau_decrease * torch.minimum(tau, best.norm.clamp_max(1)), tau)
-        c = torch.where(found, c, c * const_factor)
+        m.lerp_(grad, 1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        step = lr / (1 - b1**t)
+        denom = (v / view_as_images(1 - b2**t, x)).sqrt_().add_(1e-8)
+        w = w - view_as_images(step, x) * m / denom
+        met = (loss.detach() < 1e-4 * c) if abort_early else torch.zeros_like(found)
+        ends = met | (t >= steps)
+        if bool(ends.any()):
+            # the paper's schedule: a success tightens tau below the best found, a failure weighs f more
+            tau = torch.where(ends & found, tau_decrease * torch.minimum(tau, best.norm.clamp_max(1)), tau)
+            c = torch.where(ends & ~found, c * const_factor, c)
+            reset = view_as_images(ends, x)
+            m.masked_fill_(reset, 0)
+            v.masked_fill_(reset, 0)
+            t = torch.where(ends, torch.zeros_like(t), t)
+            found = found & ~ends
 
 
 @register_attack(norms=("l2", "linf"), budget=False)

@@ -20,12 +20,14 @@ log = logging.getLogger("robust_cli.eval")
 
 
 def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, norm: str, budget: bool, eps: float,
-                 thresholds: list[float], zero_grad: float | None, config: dict[str, Any]) -> dict[str, Any]:
+                 thresholds: list[float], zero_grad: float | None, config: dict[str, Any],
+                 started_from: list[str] | None = None) -> dict[str, Any]:
     """Write ``per_sample.csv``, ``curve.csv`` and ``summary.json`` of one (attack, norm); return the summary.
 
     ``eps``: the configured eps of ``norm`` (``error_at_eps``); ``thresholds``: its robust-accuracy
     thresholds; ``zero_grad``: the fraction of images with a zero input gradient (a check); ``config``:
-    ``cache.result_config(...)``, stored for the cache.
+    ``cache.result_config(...)``, stored for the cache; ``started_from``: the attacks whose images were this
+    one's ``x_init`` in this call.
     """
     from robust_cli.evaluation.checks import curve_check, unbounded_check
     from robust_cli.evaluation.curves import error_curve
@@ -45,6 +47,9 @@ def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, no
         "zero_grad_fraction": zero_grad,
     }
     summary["config"] = config
+    # a start from earlier attacks of this call makes the result depend on them; recorded, not a cache key
+    # (a stronger start only lowers the distances, and a rerun with other attacks would refuse needlessly)
+    summary["started_from"] = list(started_from or [])
     result_dir.write(result.frame, pd.DataFrame({"eps": curve_eps, "error": err}), summary)
     return summary
 

@@ -126,18 +126,22 @@ class RunningBest:
     ``start()`` is the ``x_init`` ``[N,C,H,W]`` handed to the next attack that takes one (``None`` before the
     first result); ``update(result)`` keeps, per image, the re-verified image of smaller distance (a
     failure has distance ``inf`` and never replaces anything). Distances are the evaluation's own.
+    ``sources``: the ``attack`` names of the results merged so far (what a later attack's start came from,
+    recorded in its summary as ``started_from``).
     """
 
     def __init__(self) -> None:
         self.x: torch.Tensor | None = None
         self.distance: torch.Tensor | None = None
+        self.sources: list[str] = []
 
     def start(self) -> torch.Tensor | None:
         return self.x
 
-    def update(self, result: AttackResult) -> None:
+    def update(self, result: AttackResult, name: str = "") -> None:
         if result.x_adv is None:
             return
+        self.sources.append(name)
         dist = torch.tensor(result.frame["distance"].to_numpy(dtype="float64"))
         if self.x is None:
             self.x, self.distance = result.x_adv.clone(), dist

@@ -59,7 +59,7 @@ def shard_range(n_images: int, batch_size: int, index: int, count: int) -> tuple
 
 def write_shard(shard_dir: ShardResultDir, result: AttackResult, *, attack: str, norm: str, budget: bool,
                 config: dict[str, Any], settings: dict[str, Any], index: int, count: int, start: int,
-                stop: int) -> None:
+                stop: int, started_from: list[str] | None = None) -> None:
     """One shard of one pair: its rows and ``shard.json`` (what the merge adds up, and what produced it)."""
     shard_dir.write(result.frame, {
         "attack": attack, "norm": norm, "budget": bool(budget), "shard": [int(index), int(count)],
@@ -67,6 +67,7 @@ def write_shard(shard_dir: ShardResultDir, result: AttackResult, *, attack: str,
         "forward_samples": result.forward_samples, "backward_samples": result.backward_samples,
         "non_monotone": int(result.non_monotone), "resolution": float(result.resolution),
         "seconds": float(result.seconds), "x_norm": [float(v) for v in result.x_norm],
+        "started_from": list(started_from or []),
     })
 
 
@@ -134,7 +135,7 @@ def merge_pairs(run_dir: RunDir, model: torch.nn.Module, x: torch.Tensor, y: tor
         result = assemble(records, int(x.shape[0]))
         write_result(run_dir.eval.result(attack, norm), result, attack=attack, norm=norm, budget=rec["budget"],
                      eps=float(rec["settings"]["eps"]), thresholds=list(rec["settings"]["thresholds"]),
-                     zero_grad=zero_grad, config=config)
+                     zero_grad=zero_grad, config=config, started_from=rec.get("started_from", []))
         log.info("merged %d shards of %s-%s into %s", count, attack, norm, run_dir.eval.result(attack, norm))
     return write_merged(run_dir, model, x, y, batch_size=int(settings["batch_size"]),
                         lipschitz=bool(settings["lipschitz"]), force=force, model_id=model_id)
