@@ -126,7 +126,8 @@ class TrainConfig:
     deterministic: bool = False  # torch deterministic algorithms; bit-exact resume on CPU
     device: str = "auto"  # auto = cuda when present, else cpu
     amp: bool = False  # autocast (bf16 on CUDA)
-    channels_last: bool = False
+    channels_last: bool = False  # NHWC activations (faster convolutions with amp on recent GPUs)
+    compile: bool = False  # torch.compile the model (not with double-backprop defenses: tulip, lip, margin)
     tikhonov: float = 0.0  # the papers' weight decay: tikhonov * sum of squared non-bias weights
     max_batches_per_epoch: Optional[int] = None  # cap for smoke runs
     # robust validation (robust_cli.training.robust_val): every val_every epochs the first val_n validation
@@ -200,6 +201,14 @@ class EvalConfig:
     targets: str = "random"  # random (uniform over the other classes, from seed) | next ((y + 1) mod K)
     force: bool = False  # recompute attacks already evaluated, also with other settings than stored
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    # i/n: evaluate only the n-th part i of the images (whole batches); the job finishing the last shard of
+    # a set merges them into the ordinary results (robust_cli.evaluation.shards)
+    shard: Optional[str] = None
+    # the attacks' forward passes: fp32, or bf16 / fp16 autocast; the verification of every returned image is
+    # always fp32 (robust_cli.acceleration)
+    precision: str = "fp32"
+    compile: bool = False  # torch.compile the model the attacks query (the verification uses the bare model)
+    merge: bool = False  # merge the finished shard sets of the run (no attack runs)
     # -m: the sweep directory <out_dir>/sweeps/eval/<name>; model=<kind>: <out_dir>/eval/external/...
     out_dir: str = "outputs"
     logger: str = "csv"  # csv | tensorboard | mlflow: the summaries and the error-curve figure logged there too
@@ -278,6 +287,14 @@ def check_config(cfg: Any) -> None:
         value = cfg.get(key) if hasattr(cfg, "get") else None
         if value is not None and not float(value) > 0:
             raise UserError(f"{key}={value}: must be > 0 (the eps search's {kind} tolerance of each distance)")
+    if cfg.get("shard") is not None:
+        from robust_cli.evaluation.shards import parse_shard
+
+        parse_shard(cfg.shard)
+    if isinstance(cfg.get("precision"), str):
+        from robust_cli.acceleration import check_precision
+
+        check_precision(cfg.precision)
     nodes = [(key, cfg.get(key)) for key in ("model", "defense")]
     attacks = cfg.get("attack")
     if isinstance(attacks, DictConfig):

@@ -16,6 +16,16 @@ lock after writing its own directory, so the merged files end up holding every j
 
 The data set is read from the run's stored ``data.root`` (absolute), or from ``data.root=<dir>`` /
 ``$ROBUST_DATA`` where given (a moved data folder).
+
+``robust eval run=<dir> shard=i/n`` attacks only the i-th of n slices of the images (whole batches) into
+``eval/shards/<n>/<i>/``; the job finishing the last shard of a set merges them into the files above, exactly
+as one unsharded run writes them (``robust eval -m run=<dir> shard=0/8,...,7/8 hydra/launcher=slurm``);
+``robust eval run=<dir> merge=true`` merges finished sets on demand (robust_cli.evaluation.shards).
+``precision=bf16|fp16`` runs the attacks' forward passes under autocast and ``compile=true`` through
+torch.compile; the verification of every returned image stays fp32 (robust_cli.acceleration).
+
+The data set is read from the run's stored ``data.root`` (absolute), or from ``data.root=<dir>`` /
+``$ROBUST_DATA`` where given (a moved data folder).
 """
 
 from __future__ import annotations
@@ -25,7 +35,6 @@ import math
 from typing import Any
 
 import hydra
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -33,8 +42,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from robust_cli.apps import is_multirun, user_errors
 from robust_cli.norms import NORMS
 from robust_cli.config import register_configs
+from robust_cli.data import with_root
 from robust_cli.errors import UserError
-from robust_cli.evaluation.cache import cached_summary, lipschitz_stale, model_identity, result_config
+from robust_cli.evaluation.cache import cached_summary, model_identity, result_config
+from robust_cli.rundir import RunDir
 
 register_configs()
 log = logging.getLogger("robust_cli.eval")
@@ -104,36 +115,19 @@ def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -
     return pairs  # a -m job whose one combination is unsupported has nothing to do: not a failed job
 
 
-def search_precision(result, cfg, thresholds: list[float]) -> dict[str, Any]:
-    """What ``summary.json`` says of a budget attack's distances: the tolerance asked, the resolution achieved
-    (``hi - lo`` per searched image: max, median, fraction within the tolerance) and ``resolution_valid``:
-    false where some image's resolution is coarser than the smallest gap between two of the norm's
-    thresholds (the robust accuracies read at them could then swap images between thresholds)."""
-    res, tol = result.resolutions, result.tolerances
-    gaps = [b - a for a, b in zip(sorted(thresholds), sorted(thresholds)[1:]) if b > a]
-    coarse = int((res > min(gaps)).sum()) if gaps and len(res) else 0
-    return {"search": {"method": cfg.eps_search, "eps_rtol": float(cfg.eps_rtol) if cfg.eps_tol is None else None,
-                       "eps_tol": None if cfg.eps_tol is None else float(cfg.eps_tol),
-                       "resolution_max": float(res.max()) if len(res) else 0.0,
-                       "resolution_median": float(np.median(res)) if len(res) else 0.0,
-                       "within_tolerance": float((res <= tol * (1 + 1e-4)).mean()) if len(res) else 1.0,
-                       "threshold_gap": min(gaps) if gaps else None, "coarser_than_gap": coarse},
-            "resolution_valid": coarse == 0}
+def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, reference=None, best=None,
+                index_offset: int = 0, queried=None, targets=None, keep_adv: bool = True):
+    """Run one (attack, norm) on ``x`` ``[N,C,H,W]`` / ``y`` ``[N]``; returns ``(AttackResult, started_from)``
+    (the attacks whose images were this one's ``x_init``, recorded in its summary).
 
-
-def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
-                 config, eval_dir, reference=None, best=None, targets=None, keep_adv=True) -> dict:
-    """Run one (attack, norm), write its three files under ``eval_dir``, return its summary.
-
-    ``config``: ``result_config(...)``, stored for the cache. ``reference``: the training set
-    ``(x [N,C,H,W], y [N])``, passed to attacks that take one. ``best``: the ``RunningBest`` of this norm
-    in this call: its images are the ``x_init`` of attacks that take one, and this result updates it.
-    ``keep_adv``: the result keeps its images (some attack of this norm takes ``x_init``).
+    ``reference``: the training set ``(x [M,C,H,W], y [M])``, passed to attacks that take one. ``best``:
+    the ``RunningBest`` of this norm in this call: its images are the ``x_init`` of attacks that take one,
+    its distances the budget attacks' first upper brackets, and this result updates it. ``index_offset``:
+    the index of ``x[0]`` among the evaluated images (shards). ``queried``: the model the attack queries
+    (compiled / low precision; ``model`` by default). ``targets``: ``[N]`` target classes of a targeted
+    attack. ``keep_adv``: the result keeps its images (some attack of this norm takes ``x_init``).
     """
-    from robust_cli.evaluation.checks import curve_check, unbounded_check
-    from robust_cli.evaluation.curves import error_curve
     from robust_cli.evaluation.runner import run_attack, takes_argument
-    from robust_cli.evaluation.summary import summarize
 
     task = progress.add_task(f"{name}-{norm}", total=int(x.shape[0]))
     torch.manual_seed(cfg.seed)
@@ -144,56 +138,50 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
         x_init=None if best is None else best.start(), targets=targets, rtol=float(cfg.eps_rtol),
         eps_tol=None if cfg.eps_tol is None else float(cfg.eps_tol),
         upper=None if best is None else best.distance, keep_adv=keep_adv,
+        seed=int(cfg.seed), index_offset=index_offset, attack_model=queried,
     )
     starts = best is not None and best.start() is not None and not fn.budget and takes_argument(fn, "x_init")
     started_from = list(best.sources) if starts else []
     if best is not None:
         best.update(result, name)
-    summary = summarize(
-        result.frame, attack=name, norm=norm, x_norm=result.x_norm, eps=float(cfg.eps.get(norm, math.nan)),
-        thresholds=thresholds.get(norm, []), seconds=result.seconds,
-        forward_per_sample=result.forward_per_sample, backward_per_sample=result.backward_per_sample,
-    )
-    eps, err = error_curve(result.frame["distance"].to_numpy())
-    summary["budget"] = bool(fn.budget)
-    summary["search_resolution"] = result.resolution
-    if fn.budget:
-        summary.update(search_precision(result, cfg, thresholds.get(norm, [])))
-    summary["checks"] = {
-        **curve_check(err, result.non_monotone),
-        **unbounded_check(bool(fn.budget), summary["success_rate"], name),
-        "zero_grad_fraction": zero_grad,
-    }
-    summary["config"] = config
-    # a start from earlier attacks of this call makes the result depend on them; recorded, not a cache key
-    # (a stronger start only lowers the distances, and a rerun with other attacks would refuse needlessly)
-    summary["started_from"] = started_from
-    eval_dir.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
-    return summary
+    return result, started_from
 
 
 def evaluate(cfg: DictConfig) -> pd.DataFrame:
-    """Everything ``robust eval`` does; returns the merged summary table."""
+    """Everything ``robust eval`` does; returns the merged summary table (empty for a shard whose set is
+    not finished yet)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from robust_cli.acceleration import attack_model, check_precision
     from robust_cli.data import load_split
     from robust_cli.data.sets import thresholds_of
-    from robust_cli.evaluation.lipschitz import lipschitz_statistics, zero_gradient_fraction
     from robust_cli.device import resolve_device
-    from robust_cli.reporting.console import print_summary
-    from robust_cli.reporting.plots import plot_error_curves
-    from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
     from robust_cli.eval_target import resolve_target
-
+    from robust_cli.evaluation.lipschitz import zero_gradient_fraction
+    from robust_cli.evaluation.results import eps_of, search_settings, write_merged, write_result
+    from robust_cli.evaluation.shards import missing_shards, parse_shard, shard_done, shard_range, write_shard
+    from robust_cli.reporting.console import print_summary
     from robust_cli.reporting.tracking import check_logger, log_evaluation
+    from robust_cli.rundir.shards import ShardsDir
 
     check_logger(str(cfg.logger))
     if cfg.n_examples < 1 or cfg.batch_size < 1:
         raise UserError("n_examples and batch_size must be at least 1")
     if cfg.eps_search not in ("adaptive", "bisection", "grid"):
         raise UserError(f"eps_search must be adaptive, bisection or grid, got {cfg.eps_search}")
+    shard = parse_shard(cfg.get("shard"))
+    if shard is not None and cfg.get("model") is not None and cfg.model.get("kind"):
+        raise UserError(f"shard={cfg.shard} shards the evaluation of a train run (run=<dir>), not of model=")
+    if cfg.get("merge"):
+        if shard is not None:
+            raise UserError(f"merge=true merges the finished shards of the run; give it without shard={cfg.shard}")
+        return merge_command(cfg)
+    check_precision(str(cfg.precision))
     norms = selected_norms(cfg.norm)
     attacks = with_targeted(selected_attacks(cfg.attack), bool(cfg.targeted))
+    if str(cfg.precision) != "fp32" and any(params.get("targeted") for _, params in attacks.values()):
+        raise UserError(f"precision={cfg.precision} finishes untargeted attacks in fp32 only; targeted "
+                        "attacks run with precision=fp32")
     single = len(attacks) == 1 and len(norms) == 1 and not is_multirun()
     pairs = plan(attacks, norms, single)
     if not pairs:
@@ -211,24 +199,31 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         from robust_cli.evaluation.runner import choose_targets
 
         targets = choose_targets(y, int(dataset_cfg.num_classes), str(cfg.targets), int(cfg.seed))
-
     x, y = x.to(device), y.to(device)
+    queried = attack_model(model, device, precision=str(cfg.precision), compile=bool(cfg.compile))
+    lo, hi = (0, n) if shard is None else shard_range(n, int(cfg.batch_size), *shard)
+    shards = ShardsDir.of(eval_dir) if shard is not None else None
     model_id = model_identity(model)
     zero_grad = None  # computed on the first pair that is not reused
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), transient=False)
     configs = {}  # every pair's stored result is checked before any attack runs: a refusal changes nothing
+    sharded = []  # (attack, norm, config) of the pairs this shard contributes to
     for name, norm in pairs:
         fn, params = attacks[name]
         # targeted: which targets were drawn is part of what produced the result
         config = result_config(fn, {**params, "targets": str(cfg.targets)} if params.get("targeted") else params,
                                n, cfg, model_id)
-        eps = float(cfg.eps.get(norm, math.nan))
-        if cached_summary(eval_dir.result(name, norm), config, eps, thresholds.get(norm, []), attack=name,
-                          force=bool(cfg.force)) is not None:
+        if cached_summary(eval_dir.result(name, norm), config, eps_of(cfg.eps, norm), thresholds.get(norm, []),
+                          attack=name, force=bool(cfg.force)) is not None:
             log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
-        else:
-            configs[name, norm] = config
+            continue
+        if shard is not None:
+            sharded.append((name, norm, config))
+            if not cfg.force and shard_done(shards.result(shard[1], shard[0], name, norm), config):
+                log.info("%s-%s: shard %s already evaluated, reusing", name, norm, cfg.shard)
+                continue
+        configs[name, norm] = config
     from robust_cli.evaluation.runner import RunningBest, takes_argument
 
     reference = None
@@ -240,35 +235,98 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     order = sorted(configs.items(), key=lambda item: bool(attacks[item[0][0]][0].budget))
     # images are kept (N of them per norm) only in a norm where some attack starts from them
     keep = {norm: any(takes_argument(attacks[a][0], "x_init") and not attacks[a][0].budget
-                      for (a, n) in configs if n == norm) for norm in norms}
+                      for (a, m) in configs if m == norm) for norm in norms}
     with progress:
         for (name, norm), config in order:
             fn, params = attacks[name]
+            result, started_from = attack_pair(
+                model, x[lo:hi], y[lo:hi], name, fn, params, norm, cfg, device=device, progress=progress,
+                reference=reference, best=bests[norm], index_offset=lo, queried=queried,
+                targets=targets[lo:hi] if targets is not None and params.get("targeted") else None,
+                keep_adv=keep[norm])
+            if shard is not None:
+                settings = {"eps": eps_of(cfg.eps, norm), "thresholds": list(thresholds.get(norm) or []),
+                            "batch_size": int(cfg.batch_size), "lipschitz": bool(cfg.lipschitz),
+                            "search": search_settings(cfg)}
+                write_shard(shards.result(shard[1], shard[0], name, norm), result, attack=name, norm=norm,
+                            budget=fn.budget, config=config, settings=settings, index=shard[0], count=shard[1],
+                            start=lo, stop=hi, started_from=started_from)
+                continue
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
-            evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
-                         zero_grad=zero_grad, progress=progress, config=config, eval_dir=eval_dir,
-                         reference=reference, best=bests[norm], keep_adv=keep[norm],
-                         targets=targets if params.get("targeted") else None)
+            write_result(eval_dir.result(name, norm), result, attack=name, norm=norm, budget=fn.budget,
+                         eps=eps_of(cfg.eps, norm), thresholds=thresholds.get(norm, []), zero_grad=zero_grad,
+                         config=config, started_from=started_from, search=search_settings(cfg))
 
-    with eval_dir.lock():  # concurrent -m jobs merge one after another
-        if target.record is not None and eval_dir.read_spec() != target.record:
-            eval_dir.write_spec(target.record)  # an external model: what it is and where it was read last
-        stale = lipschitz_stale(eval_dir.read_lipschitz(), n, model_id)  # n_examples changed, or retrained
-        if cfg.lipschitz and (cfg.force or stale):
-            stats = {**lipschitz_statistics(model, x, y, cfg.batch_size), "model": model_id}
-            eval_dir.write_lipschitz(stats)
-            log.info("lipschitz: max |grad loss| %.4g, max |J| %.4g, prod |W| %.4g",
-                     stats["max_grad_norm"], stats["max_jacobian_norm"], stats["weight_norm_product"])
-        update_cross_checks(eval_dir)
-        summary, curves = merge(eval_dir)
-        plot_error_curves(curves, eval_dir.plot_path, title=target.title)
-        checks = {f"{s['attack']}-{s['norm']}": s.get("checks", {}) for _, s in evaluated(eval_dir)}
+    if shard is not None and sharded:
+        run_dir = RunDir(cfg.run)
+        waiting = {f"{a}-{m}": missing_shards(shards, shard[1], a, m, c) for a, m, c in sharded}
+        waiting = {k: v for k, v in waiting.items() if v}
+        if waiting:
+            log.info("shard %s done; still to run: %s (the job finishing the last shard merges them, or robust "
+                     "eval run=%s merge=true)", cfg.shard, "; ".join(
+                         f"{k} {' '.join(f'{i}/{shard[1]}' for i in v)}" for k, v in waiting.items()), run_dir)
+            frame = pd.DataFrame()
+            frame.attrs["pairs"] = pairs
+            return frame
+        from robust_cli.evaluation.shards import merge_pairs
+
+        summary, checks = merge_pairs(run_dir, model, x, y, shard[1], sharded, force=bool(cfg.force))
+    else:
+        if target.record is not None:
+            with eval_dir.lock():
+                if eval_dir.read_spec() != target.record:
+                    eval_dir.write_spec(target.record)  # an external model: what it is and where it was read last
+        summary, checks = write_merged(eval_dir, model, x, y, batch_size=int(cfg.batch_size),
+                                       lipschitz=bool(cfg.lipschitz), force=bool(cfg.force), model_id=model_id,
+                                       title=target.title)
+    from robust_cli.reporting.tables import evaluated
+
     log_evaluation(cfg, eval_dir, evaluated(eval_dir), eval_dir.plot_path, [eval_dir.summary_path,
                                                                             eval_dir.curves_path])
     print_summary(summary, checks)
     log.info("wrote %s", eval_dir)
     summary.attrs["pairs"] = pairs  # what this call evaluated or reused (job_result)
+    return summary
+
+
+def load_evaluated(cfg: DictConfig, run_dir: RunDir, n_examples: int | None = None):
+    """``(model, x [N,C,H,W], y [N], train config, device)``: the run's model and its first ``N =
+    min(n_examples, test set)`` test images, on the device of ``cfg.device``."""
+    from robust_cli.data import load_split
+    from robust_cli.device import resolve_device
+    from robust_cli.training.checkpoint import load_trained_model
+
+    device = resolve_device(cfg.device)
+    model, train_cfg = load_trained_model(run_dir, device=device)
+    data_cfg = with_root(train_cfg.get("data"), cfg.data.root)  # data.root= / $ROBUST_DATA over the stored one
+    x, y = load_split(train_cfg.dataset, data_cfg, "test")
+    n = min(int(cfg.n_examples if n_examples is None else n_examples), int(x.shape[0]))
+    return model, x[:n].to(device), y[:n].to(device), train_cfg, device
+
+
+def merge_command(cfg: DictConfig) -> pd.DataFrame:
+    """``robust eval run=<dir> merge=true``: merge every finished shard set of the run (the settings are the
+    shards' own; ``device`` and ``data.root`` are this command's)."""
+    from robust_cli.evaluation.shards import finished_sets, merge_pairs
+    from robust_cli.reporting.console import print_summary
+
+    run_dir = RunDir(cfg.run)
+    done, unfinished = finished_sets(run_dir)
+    for line in unfinished:
+        log.warning("not merged: %s", line)
+    if not done:
+        raise UserError(f"{run_dir} has no finished shard set to merge"
+                        + (f" ({'; '.join(unfinished)})" if unfinished else " (robust eval ... shard=i/n writes one)"))
+    summary = pd.DataFrame()
+    merged = []
+    for count, triples in done.items():
+        n = int(triples[0][2]["n"])
+        model, x, y, _, _ = load_evaluated(cfg, run_dir, n_examples=n)
+        summary, checks = merge_pairs(run_dir, model, x, y, count, triples)
+        merged += [(a, m) for a, m, _ in triples]
+    print_summary(summary, checks)
+    summary.attrs["pairs"] = merged
     return summary
 
 

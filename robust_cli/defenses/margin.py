@@ -71,6 +71,8 @@ class Margin:
     unweighted), ``sensitivity_max``, ``clean_loss`` (CE of the logits, for comparison with other defenses),
     ``margin_violation`` (fraction with a positive hinge)."""
 
+    double_backward = True  # its penalty differentiates input gradients: no torch.compile (acceleration.py)
+
     def __init__(self, C: float = 0.1, penalty_norm: Literal["l2", "l1", "linf"] = "l2", batched: bool = True,
                  loss: Literal["hinge", "ce"] = "hinge"):
         """Thesis MNIST defaults: ``C = 0.1`` with ``penalty_norm=l2``; use ``C = 0.01`` with ``l1``.

@@ -42,14 +42,16 @@ def model_identity(model: torch.nn.Module) -> str:
 
 
 def result_config(fn: Any, params: dict, n: int, cfg: DictConfig, model_id: str) -> dict[str, Any]:
-    """What produced a result (stored as ``summary.json["config"]``, compared on ``CACHE_KEYS``)."""
+    """What produced a result (stored as ``summary.json["config"]``, compared on ``CACHE_KEYS``; the attacks'
+    ``precision`` and ``compile`` are recorded, not compared: they change the numbers within a tolerance)."""
     return {"model": model_id, "n": int(n), "params": params,
             "eps_search": cfg.eps_search if fn.budget else None,
             "search_steps": int(cfg.search_steps) if fn.budget else None,
             "eps_rtol": float(cfg.eps_rtol) if fn.budget and cfg.eps_search == "adaptive" and cfg.eps_tol is None
             else None,
             "eps_tol": float(cfg.eps_tol) if fn.budget and cfg.eps_search == "adaptive" and cfg.eps_tol is not None
-            else None, "seed": int(cfg.seed)}
+            else None, "seed": int(cfg.seed),
+            "precision": str(cfg.get("precision", "fp32")), "compile": bool(cfg.get("compile", False))}
 
 
 def _changes(stored: dict[str, Any], expected: dict[str, Any], attack: str) -> list[str]:

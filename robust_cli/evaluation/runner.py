@@ -24,7 +24,9 @@ from torch import nn
 from robust_cli.norms import NORMS
 from robust_cli.evaluation.distances import adversarial_distance, perturbation_norms
 from robust_cli.errors import UserError
+from robust_cli.acceleration import LowPrecision
 from robust_cli.evaluation.eps_search import search_distance
+from robust_cli.evaluation.precision import cross_in_fp32
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class AttackResult:
             resolution (``hi - lo``; 0 where the attack failed) and the tolerance it was asked for.
         x_adv: ``[N,C,H,W]`` on the CPU, the re-verified images (clipped; the input where the attack failed),
             from which the evaluation's running best per image (the next attacks' ``x_init``) is kept.
+        forward_samples, backward_samples: the passes' totals (shards add them up exactly).
     """
 
     frame: pd.DataFrame
@@ -104,6 +107,13 @@ class AttackResult:
     x_adv: torch.Tensor | None = None
     resolutions: np.ndarray = field(default_factory=lambda: np.zeros(0))
     tolerances: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    forward_samples: int = 0
+    backward_samples: int = 0
+
+
+def batch_seed(seed: int, first_index: int) -> int:
+    """The global generator's seed for the batch whose first image has index ``first_index``."""
+    return int(seed) * 1_000_003 + int(first_index)
 
 
 def takes_argument(fn: Callable, name: str) -> bool:
@@ -184,6 +194,9 @@ def run_attack(
     eps_tol: float | None = None,
     upper: torch.Tensor | None = None,
     keep_adv: bool = True,
+    seed: int | None = None,
+    index_offset: int = 0,
+    attack_model: nn.Module | None = None,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -207,6 +220,14 @@ def run_attack(
         targets: ``[N]`` int64 target classes (``!= y``), required with ``params["targeted"]``: the attack gets
             them as its ``y`` and succeeds only where the model predicts the target; the distance is then the
             distance to the target class, and the frame gains a ``target`` column.
+        seed: where given, the global generator is reseeded before every batch from ``(seed, index of the
+            batch's first image)``, so an image's result depends on its batch only, not on the batches run
+            before it: a shard (``robust eval shard=i/n``, robust_cli.evaluation.shards) reproduces its
+            images' rows of the unsharded run exactly.
+        index_offset: the index of ``x[0]`` in the evaluated set (the ``index`` column; shards).
+        attack_model: what the attack queries instead of ``model`` (sharing its parameters: compiled, or
+            under low-precision autocast, robust_cli.acceleration.attack_model); the clean predictions, the
+            eps search's success tests and the verification always use ``model`` in fp32.
 
     Returns:
         An ``AttackResult``.
@@ -224,7 +245,8 @@ def run_attack(
     if budget:
         params.pop("eps", None)
     was_training = model.training
-    counted = CountingModel(model).eval()
+    counted = CountingModel(model if attack_model is None else attack_model).eval()
+    low_precision = isinstance(attack_model, LowPrecision)
     had_grad = [p.grad is not None for p in model.parameters()]
     others = [n for n in NORMS if n != norm]
     keys = ("label", *(("target",) if targeted else ()), "clean_pred", "adv_pred", "distance", *others)
@@ -243,6 +265,8 @@ def run_attack(
         xb = x[i:i + batch_size].to(device).float()
         yb = y[i:i + batch_size].to(device)
         tb = targets[i:i + batch_size].to(device) if targeted else yb  # what the attack is given as y
+        if seed is not None:
+            torch.manual_seed(batch_seed(seed, index_offset + i))
         clean_pred = predict(model, xb)
         correct = clean_pred == yb
         x_adv = xb.clone()
@@ -265,7 +289,20 @@ def run_attack(
                 resolution = max(resolution, float(found.resolution.max()))
             else:
                 init = {"x_init": x_init[i:i + batch_size].to(device).float()[idx]} if pass_init else {}
-                x_adv[idx] = sanitize(attack(counted, xc, yc, norm=norm, **params, **init), xc)
+                found = sanitize(attack(counted, xc, yc, norm=norm, **params, **init), xc)
+                if low_precision:  # the attack stopped at the low-precision boundary: cross the fp32 one
+                    found, spent = cross_in_fp32(model, xc, yc, found)
+                    counted.forward_samples += spent
+                    missed = ((predict(model, found) != yc) if targeted else (predict(model, found) == yc)
+                              ).nonzero().squeeze(1)
+                    if missed.numel():  # what low precision could not break is attacked again in fp32
+                        again = CountingModel(model).eval()
+                        init = {k: v[missed] for k, v in init.items()}
+                        found[missed] = sanitize(attack(again, xc[missed], yc[missed], norm=norm, **params, **init),
+                                                 xc[missed])
+                        counted.forward_samples += again.forward_samples
+                        counted.backward_samples += again.backward_samples
+                x_adv[idx] = found
         adv_pred = predict(model, x_adv)
         success = adv_pred == tb if targeted else adv_pred != yb  # the model's own verdict, never the attack's
         sizes = perturbation_norms(x_adv, xb)
@@ -292,7 +329,7 @@ def run_attack(
         raise RuntimeError(f"attack {getattr(attack, '__name__', attack)} left gradients on the parameters")
     n = max(int(x.shape[0]), 1)
     columns = {k: np.concatenate(v) if v else [] for k, v in rows.items()}
-    frame = pd.DataFrame({"index": np.arange(x.shape[0]), **columns})
+    frame = pd.DataFrame({"index": np.arange(index_offset, index_offset + x.shape[0]), **columns})
     return AttackResult(
         frame=frame,
         seconds=seconds,
@@ -304,4 +341,6 @@ def run_attack(
         x_adv=kept,
         resolutions=np.concatenate(resolutions) if resolutions else np.zeros(0),
         tolerances=np.concatenate(tolerances) if tolerances else np.zeros(0),
+        forward_samples=int(counted.forward_samples),
+        backward_samples=int(counted.backward_samples),
     )

@@ -7,6 +7,7 @@ Train run directory (``RunDir``)::
     eval/  [eval-best/: checkpoint=best]  (``EvalDir``)
       <attack>-<norm>/per_sample.csv  curve.csv  summary.json     (``ResultDir``)
       summary.csv  error_curves.csv  error_curves.png  lipschitz.json  .lock
+      shards/<n>/<i>/<attack>-<norm>/per_sample.csv  shard.json   (robust_cli.rundir.shards)
 
 External model (``ExternalEvalDir``, ``robust eval model=<kind>``)::
 

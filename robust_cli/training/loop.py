@@ -27,13 +27,13 @@ from omegaconf import DictConfig
 
 from robust_cli.apps import add_file_log
 from robust_cli.data import info_of, load_split
-from robust_cli.data.augment import augment
 from robust_cli.defenses import build_defense
 from robust_cli.device import resolve_device
 from robust_cli.errors import UserError
 from robust_cli.models import build_model
 from robust_cli.rundir import RunDir
 from robust_cli.training import distributed
+from robust_cli.training.batches import Batches, count_wrong, fits_on_device
 from robust_cli.training.checkpoint import load_checkpoint, save_checkpoint, save_model
 from robust_cli.training.divergence import check_epoch, check_step, loss_bound
 from robust_cli.training.lifecycle import acquire_owner_lock, interruption, start_record
@@ -65,21 +65,22 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(seed) * 100_003 + epoch
 
 
-@torch.no_grad()
 def clean_error(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, device, channels_last: bool) -> float:
     """Fraction of ``x`` the model misclassifies, in eval mode (restores the mode it found)."""
     if len(x) == 0:
         return float("nan")
     was_training = model.training
     model.eval()
-    wrong = 0
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device, non_blocking=True)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        wrong += (model(xb).argmax(1).cpu() != y[i:i + batch_size]).sum().item()
+    wrong = count_wrong(model, x, y, batch_size, device, channels_last)
     model.train(was_training)
     return wrong / len(x)
+
+
+def _placed(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """An evaluation split on the device when it fits there (robust_cli.training.batches), else where it is."""
+    if fits_on_device(x.numel() * x.element_size(), device):
+        return x.to(device), y.to(device)
+    return x, y
 
 
 def _batches(n: int, per_rank: int, generator: torch.Generator, ctx: DistContext):
@@ -148,6 +149,16 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
                 log.info("resuming %s from epoch %d", run, start_epoch)
 
     train_model = distributed.wrap(model, ctx)  # the model itself in a single process
+    if cfg.compile:
+        from robust_cli.acceleration import compile_model, needs_double_backward
+
+        if needs_double_backward(defense):
+            raise UserError(f"compile=true: defense={cfg.defense.name} differentiates input gradients (double "
+                            "backprop), which torch.compile cannot; use compile=false (or the defense's "
+                            "method=finite_difference where it has one)")
+        train_model = compile_model(train_model, device)  # compiles at the first step
+    train_set = Batches(x_train, y_train, device, channels_last=bool(cfg.channels_last))
+    (x_val, y_val), (x_test, y_test) = _placed(x_val, y_val, device), _placed(x_test, y_test, device)
 
     use_amp = bool(cfg.amp) and device.type == "cuda"
     if cfg.amp and not use_amp and ctx.is_main:
@@ -190,10 +201,7 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
                     step_lr = lr_at(at, cfg.optimizer.lr, cfg.schedule, cfg.epochs)
                     for group in optimizer.param_groups:
                         group["lr"] = step_lr
-                    xb = augment(x_train[idx], cfg.dataset.augment, gen).to(device, non_blocking=True)
-                    yb = y_train[idx].to(device, non_blocking=True)
-                    if cfg.channels_last:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    xb, yb = train_set.batch(idx, cfg.dataset.augment, gen)
                     with autocast():
                         out = defense(train_model, xb, yb)
                         loss = out.loss
