@@ -41,6 +41,25 @@ from robust_cli.rundir import RunDir
 register_configs()
 log = logging.getLogger("robust_cli.eval")
 
+def eps_of(cfg: DictConfig, norm: str) -> float:
+    """The eps ``error_at_eps`` is read at: ``eps.<norm>``, or the first of its list (``mode=fixed``)."""
+    value = cfg.eps.get(norm, math.nan)
+    return float(value[0]) if isinstance(value, (list, tuple, ListConfig)) else float(value)
+
+
+def fixed_budgets(cfg: DictConfig, norms: list[str]) -> dict[str, list[float]]:
+    """``mode=fixed``: ``{norm: the eps.<norm> list}`` for the selected norms; ``{}`` in ``mode=distance``."""
+    from robust_cli.config import check_eval_mode, eps_values
+
+    check_eval_mode(cfg)
+    if str(cfg.mode) != "fixed":
+        return {}
+    missing = [n for n in norms if n not in cfg.eps]
+    if missing:
+        raise UserError(f"mode=fixed needs eps.{missing[0]}=[...] (the budgets to attack at)")
+    return {n: eps_values(cfg.eps[n], f"eps.{n}") for n in norms}
+
+
 def selected_norms(norm: Any) -> list[str]:
     norms = list(norm) if isinstance(norm, (list, tuple, ListConfig)) else [norm]
     norms = [str(n) for n in norms]
@@ -98,12 +117,14 @@ def wants_reference(fn: Any) -> bool:
 
 
 def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
-                 config, reference=None, best=None) -> dict:
+                 config, reference=None, best=None, budgets=None, model_checks=None) -> dict:
     """Run one (attack, norm), write its three files, return its summary.
 
     ``config``: ``result_config(...)``, stored for the cache. ``reference``: the training set
     ``(x [N,C,H,W], y [N])``, passed to attacks that take one. ``best``: the ``RunningBest`` of this norm
     in this call: its images are the ``x_init`` of attacks that take one, and this result updates it.
+    ``budgets``: ``mode=fixed``, the eps of this norm a budget attack runs at (no search).
+    ``model_checks``: ``checks.model_output_checks`` of the model, stored with this result's checks.
     """
     from robust_cli.evaluation.checks import curve_check, unbounded_check
     from robust_cli.evaluation.curves import error_curve
@@ -116,22 +137,26 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     result = run_attack(
         model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
-        x_init=None if best is None else best.start(),
+        x_init=None if best is None else best.start(), budgets=budgets,
     )
     if best is not None:
         best.update(result)
     summary = summarize(
-        result.frame, attack=name, norm=norm, x_norm=result.x_norm, eps=float(cfg.eps.get(norm, math.nan)),
+        result.frame, attack=name, norm=norm, x_norm=result.x_norm, eps=eps_of(cfg, norm),
         thresholds=thresholds.get(norm, []), seconds=result.seconds,
         forward_per_sample=result.forward_per_sample, backward_per_sample=result.backward_per_sample,
     )
     eps, err = error_curve(result.frame["distance"].to_numpy())
     summary["budget"] = bool(fn.budget)
+    summary["mode"] = str(cfg.mode)
+    if budgets is not None:
+        summary["fixed_eps"] = list(budgets)
     summary["search_resolution"] = result.resolution
     summary["checks"] = {
         **curve_check(err, result.non_monotone),
         **unbounded_check(bool(fn.budget), summary["success_rate"], name),
         "zero_grad_fraction": zero_grad,
+        **(model_checks or {}),
     }
     summary["config"] = config
     RunDir(cfg.run).eval.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
@@ -144,6 +169,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
 
     from robust_cli.data import load_split
     from robust_cli.data.sets import thresholds_of
+    from robust_cli.evaluation.checks import model_output_checks
     from robust_cli.evaluation.lipschitz import lipschitz_statistics, zero_gradient_fraction
     from robust_cli.device import resolve_device
     from robust_cli.reporting.console import print_summary
@@ -172,18 +198,24 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     n = min(int(cfg.n_examples), int(x.shape[0]))
     x, y = x[:n], y[:n]
     thresholds = thresholds_of(train_cfg.dataset, cfg.get("thresholds"))
+    budgets = fixed_budgets(cfg, norms)
+    if budgets:  # mode=fixed: robust accuracy at exactly the budgets attacked
+        thresholds = {**thresholds, **budgets}
     eval_dir = run_dir.eval
 
     x, y = x.to(device), y.to(device)
     model_id = model_identity(model)
     zero_grad = None  # computed on the first pair that is not reused
+    model_checks = None
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), transient=False)
     configs = {}  # every pair's stored result is checked before any attack runs: a refusal changes nothing
     for name, norm in pairs:
         fn, params = attacks[name]
         config = result_config(fn, params, n, cfg, model_id)
-        eps = float(cfg.eps.get(norm, math.nan))
+        if budgets and fn.budget:  # attacked at the listed eps, no search: a result of its own
+            config.update(eps_search=f"fixed {budgets[norm]}", search_steps=None)
+        eps = eps_of(cfg, norm)
         if cached_summary(eval_dir.result(name, norm), config, eps, thresholds.get(norm, []), attack=name,
                           force=bool(cfg.force)) is not None:
             log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
@@ -200,9 +232,12 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
             fn, params = attacks[name]
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
+            if model_checks is None:
+                model_checks = model_output_checks(model, x[:cfg.batch_size])
             evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
                          zero_grad=zero_grad, progress=progress, config=config, reference=reference,
-                         best=bests[norm])
+                         best=bests[norm], budgets=budgets.get(norm) if budgets else None,
+                         model_checks=model_checks)
 
     with eval_dir.lock():  # concurrent -m jobs merge one after another
         stale = lipschitz_stale(eval_dir.read_lipschitz(), n, model_id)  # n_examples changed, or retrained

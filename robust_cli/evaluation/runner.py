@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from robust_cli.norms import NORMS
 from robust_cli.evaluation.distances import adversarial_distance, perturbation_norms
 from robust_cli.errors import UserError
 from robust_cli.evaluation.eps_search import search_distance
+from robust_cli.evaluation.fixed_eps import attack_at_budgets
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ def run_attack(
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
     x_init: torch.Tensor | None = None,
+    budgets: Sequence[float] | None = None,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -167,6 +169,9 @@ def run_attack(
         on_batch: called with the batch size after each batch (progress bars).
         x_init: ``[N,C,H,W]`` starting adversarials (e.g. ``RunningBest.start()``), passed batch by batch to a
             minimal-norm attack whose signature takes ``x_init``; ignored otherwise.
+        budgets: ``mode=fixed``: a budget attack runs at exactly these eps (``fixed_eps.attack_at_budgets``)
+            instead of the eps search; its distance is then the size of the adversarial found at the smallest
+            breaking budget. Minimal-norm attacks ignore it.
 
     Returns:
         An ``AttackResult``.
@@ -200,7 +205,10 @@ def run_attack(
         idx = correct.nonzero().squeeze(1)
         if idx.numel():
             xc, yc = xb[idx], yb[idx]
-            if budget:
+            if budget and budgets is not None:
+                found = attack_at_budgets(attack, model, xc, yc, norm, budgets, params, attack_model=counted)
+                x_adv[idx] = sanitize(found.x_adv, xc)
+            elif budget:
                 found = search_distance(attack, model, xc, yc, norm, params, method=eps_search,
                                         steps=search_steps, attack_model=counted)
                 x_adv[idx] = sanitize(found.x_adv, xc)
