@@ -43,9 +43,10 @@ def robust_accuracy(model, x, y, adv, eps, norm, rtol=0.0) -> float:
     return float((~(wrong & inside)).float().mean())
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs) detached, seconds)``."""
     t0 = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return out.detach(), time.perf_counter() - t0
 
 
@@ -87,11 +88,11 @@ def main() -> None:
         for eps in budgets:
             peer_aa = torchattacks.AutoAttack(model, norm=PEER_NORM[norm], eps=eps, version="standard",
                                               n_classes=10, seed=0)
-            peer_adv, peer_s = timed(lambda: peer_aa(x, y))
+            peer_adv, peer_s = timed(peer_aa, x, y)
             peer_acc = robust_accuracy(model, x, y, peer_adv, eps, norm, rtol=1e-5)
             for steps in (args.peer_steps, args.steps):
-                ours_adv, ours_s = timed(lambda steps=steps: autoattack(model, x, y, norm=norm, eps=eps, steps=steps,
-                                                                        n_queries=args.n_queries))
+                ours_adv, ours_s = timed(autoattack, model, x, y, norm=norm, eps=eps, steps=steps,
+                                         n_queries=args.n_queries)
                 ours_acc = robust_accuracy(model, x, y, ours_adv, eps, norm)
                 worst_gap = max(worst_gap, 100 * (ours_acc - peer_acc))
                 print(f"| {norm} | {eps:g} | AutoAttack standard (ours {steps} steps, peer {args.peer_steps}) | "
@@ -99,8 +100,8 @@ def main() -> None:
                       f"{peer_s:.1f} |", flush=True)
             peer_apgd = torchattacks.APGD(model, norm=PEER_NORM[norm], eps=eps, steps=args.apgd_steps, n_restarts=1,
                                           loss="ce", seed=0)
-            peer_adv, peer_s = timed(lambda: peer_apgd(x, y))
-            ours_adv, ours_s = timed(lambda: apgd(model, x, y, norm=norm, eps=eps, steps=args.apgd_steps))
+            peer_adv, peer_s = timed(peer_apgd, x, y)
+            ours_adv, ours_s = timed(apgd, model, x, y, norm=norm, eps=eps, steps=args.apgd_steps)
             peer_acc = robust_accuracy(model, x, y, peer_adv, eps, norm, rtol=1e-5)
             ours_acc = robust_accuracy(model, x, y, ours_adv, eps, norm)
             print(f"| {norm} | {eps:g} | APGD-CE ({args.apgd_steps} steps) | {ours_acc:.3f} | {peer_acc:.3f} | "

@@ -233,3 +233,30 @@ def test_a_bad_mode_is_one_line_from_the_command_line(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == ["robust: error: mode=search: expected one of distance, fixed"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_square_stays_within_its_query_budget_and_takes_no_gradient():
+    from robust_cli.attacks.square import square
+    from robust_cli.evaluation.runner import CountingModel
+
+    model, x, y = make_problem(n=6, in_shape=(3, 4, 4), num_classes=3, seed=1)
+    opt = minimal_distance(model, x, y, "linf").float()
+    for norm in ("linf", "l2"):
+        counted = CountingModel(model)
+        square(counted, x, y, norm=norm, eps=opt * 0.9, n_queries=40)  # below the optimum: all 40 queries run
+        assert counted.forward_samples == 40 * x.shape[0] and counted.backward_samples == 0
+
+
+@pytest.mark.parametrize("name", ["apgd", "apgd_t", "square", "autoattack"])
+def test_the_new_attacks_keep_the_attack_contract(name):
+    """``model.training`` untouched, no parameter gradient, output in [0,1] within eps (CONTRIBUTING.md)."""
+    from robust_cli.attacks import list_attacks
+
+    fn = list_attacks()[name]
+    model, x, y = make_problem(n=5, in_shape=(3, 4, 4), num_classes=5, seed=2)
+    model.train()
+    eps = minimal_distance(model, x, y, "l2").float() * 1.2
+    small = {"square": {"n_queries": 20}, "autoattack": {"steps": 3, "n_queries": 20}}.get(name, {"steps": 5})
+    out = fn(model, x, y, norm="l2", eps=eps, **small)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert out.min() >= 0 and out.max() <= 1 and bool((batch_norm(out - x, "l2") <= eps).all())
