@@ -7,9 +7,10 @@ misclassifies it and its perturbation is within eps (ours exactly, the peer's wi
 float rounding). ``ours - peer`` is in percentage points; ours must be at most the peer's (and never more
 than 0.2 points above).
 
-torchattacks' AutoAttack runs its members at torchattacks' own defaults (APGD/APGD-T/FAB ``steps=10``,
-Square 5000 queries, 1 restart each); ours is run twice: at the same iteration counts (``--peer-steps``)
-and at the published 100 (``--steps``). APGD-CE is compared alone at ``--apgd-steps`` on both sides.
+Both AutoAttacks run twice, with the same iterations for APGD, APGD-T and FAB-T on both sides: at
+torchattacks' default ``--peer-steps`` (10) and at the published ``--steps`` (100), 1 restart each, and
+Square's ``--n-queries`` on both sides (published: 5000; set on torchattacks' Square member). APGD-CE is
+also compared alone at ``--apgd-steps`` on both sides.
 
 torchattacks is never a dependency of ``robust``: it lives in a side directory (``.bench-peers``), put on
 ``sys.path`` here only.
@@ -54,8 +55,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a robust train run directory")
     ap.add_argument("--n", type=int, default=200, help="first N test images")
-    ap.add_argument("--steps", type=int, default=100, help="our AutoAttack's APGD/FAB iterations (published)")
-    ap.add_argument("--peer-steps", type=int, default=10, help="torchattacks' default iterations")
+    ap.add_argument("--steps", type=int, default=100, help="APGD/FAB iterations, the published count")
+    ap.add_argument("--peer-steps", type=int, default=10, help="APGD/FAB iterations, torchattacks' default")
     ap.add_argument("--apgd-steps", type=int, default=100, help="APGD-CE alone, both sides")
     ap.add_argument("--n-queries", type=int, default=5000, help="Square's queries, both sides")
     ap.add_argument("--peers", default=str(ROOT / ".bench-peers"), help="directory holding torchattacks")
@@ -86,16 +87,21 @@ def main() -> None:
         if args.only and norm != args.only:
             continue
         for eps in budgets:
-            peer_aa = torchattacks.AutoAttack(model, norm=PEER_NORM[norm], eps=eps, version="standard",
-                                              n_classes=10, seed=0)
-            peer_adv, peer_s = timed(peer_aa, x, y)
-            peer_acc = robust_accuracy(model, x, y, peer_adv, eps, norm, rtol=1e-5)
-            for steps in (args.peer_steps, args.steps):
+            for steps in sorted({args.peer_steps, args.steps}):
+                peer_aa = torchattacks.AutoAttack(model, norm=PEER_NORM[norm], eps=eps, version="standard",
+                                                  n_classes=10, seed=0)
+                for member in peer_aa._autoattack.attacks:  # the same iterations and queries on both sides
+                    if isinstance(member, torchattacks.Square):
+                        member.n_queries = args.n_queries
+                    else:
+                        member.steps = steps
+                peer_adv, peer_s = timed(peer_aa, x, y)
+                peer_acc = robust_accuracy(model, x, y, peer_adv, eps, norm, rtol=1e-5)
                 ours_adv, ours_s = timed(autoattack, model, x, y, norm=norm, eps=eps, steps=steps,
                                          n_queries=args.n_queries)
                 ours_acc = robust_accuracy(model, x, y, ours_adv, eps, norm)
                 worst_gap = max(worst_gap, 100 * (ours_acc - peer_acc))
-                print(f"| {norm} | {eps:g} | AutoAttack standard (ours {steps} steps, peer {args.peer_steps}) | "
+                print(f"| {norm} | {eps:g} | AutoAttack standard ({steps} steps) | "
                       f"{ours_acc:.3f} | {peer_acc:.3f} | {100 * (ours_acc - peer_acc):+.1f} | {ours_s:.1f} | "
                       f"{peer_s:.1f} |", flush=True)
             peer_apgd = torchattacks.APGD(model, norm=PEER_NORM[norm], eps=eps, steps=args.apgd_steps, n_restarts=1,
