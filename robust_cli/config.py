@@ -182,9 +182,14 @@ class EvalConfig:
     batch_size: int = 250
     device: str = "auto"
     seed: int = 0
-    eps: dict[str, float] = field(
+    # distance | fixed: per-image distances (budget attacks: an eps search), or robust accuracy at exactly
+    # the eps listed in eps.<norm> (AutoAttack's protocol, no search)
+    mode: str = "distance"
+    # the error reported "at eps" for each norm (the error curve of Finlay et al. Def. 4.1 read at one eps);
+    # mode=fixed: a list per norm, eps.linf=[0.1,0.2,0.3], the budgets the attacks run at
+    eps: dict[str, Any] = field(
         default_factory=lambda: {"l0": 10.0, "l1": 10.0, "l2": 1.0, "linf": 0.1}
-    )  # the error reported "at eps" for each norm (the error curve of Finlay et al. Def. 4.1 read at one eps)
+    )
     # robust-accuracy thresholds per norm, merged over the run's dataset.thresholds: thresholds.l2=[0.5,1.0]
     # replaces the data set's l2 list, thresholds.l0=[] drops l0's; a norm left null keeps the data set's
     thresholds: dict[str, Optional[list[float]]] = field(
@@ -271,6 +276,38 @@ def _registered_objects() -> dict[str, Any]:
     return found
 
 
+EVAL_MODES = ("distance", "fixed")
+
+
+def eps_values(value: Any, where: str) -> list[float]:
+    """``eps.<norm>`` as a list of budgets (a number is a list of one); ``UserError`` unless numbers >= 0."""
+    from omegaconf import ListConfig
+
+    from robust_cli.errors import UserError
+
+    values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise UserError(f"{where}={value}: expected a number or a list of numbers") from None
+    if not out or any(not v >= 0 for v in out):
+        raise UserError(f"{where}={value}: expected numbers >= 0 (a list only with mode=fixed)")
+    return out
+
+
+def check_eval_mode(cfg: Any) -> None:
+    """``mode`` is ``distance`` or ``fixed``; every ``eps.<norm>`` a number (distance) or numbers (fixed)."""
+    from robust_cli.errors import UserError
+
+    mode = str(cfg.mode)
+    if mode not in EVAL_MODES:
+        raise UserError(f"mode={mode}: expected one of {', '.join(EVAL_MODES)}")
+    for norm, value in cfg.eps.items():
+        values = eps_values(value, f"eps.{norm}")
+        if mode == "distance" and not isinstance(value, (int, float)):
+            raise UserError(f"eps.{norm}={values}: a list of eps needs mode=fixed (mode=distance reads one eps)")
+
+
 def check_config(cfg: Any) -> None:
     """Check every model, defense and attack node of a composed config against what its code's signature
     states beyond types (``Literal`` choices, ``Range`` bounds; ``robust_cli.schema.check_options``).
@@ -295,6 +332,8 @@ def check_config(cfg: Any) -> None:
         from robust_cli.acceleration import check_precision
 
         check_precision(cfg.precision)
+    if "mode" in cfg and "eps" in cfg:
+        check_eval_mode(cfg)
     nodes = [(key, cfg.get(key)) for key in ("model", "defense")]
     attacks = cfg.get("attack")
     if isinstance(attacks, DictConfig):

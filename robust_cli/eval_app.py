@@ -50,6 +50,19 @@ from robust_cli.rundir import RunDir
 register_configs()
 log = logging.getLogger("robust_cli.eval")
 
+def fixed_budgets(cfg: DictConfig, norms: list[str]) -> dict[str, list[float]]:
+    """``mode=fixed``: ``{norm: the eps.<norm> list}`` for the selected norms; ``{}`` in ``mode=distance``."""
+    from robust_cli.config import check_eval_mode, eps_values
+
+    check_eval_mode(cfg)
+    if str(cfg.mode) != "fixed":
+        return {}
+    missing = [n for n in norms if n not in cfg.eps]
+    if missing:
+        raise UserError(f"mode=fixed needs eps.{missing[0]}=[...] (the budgets to attack at)")
+    return {n: eps_values(cfg.eps[n], f"eps.{n}") for n in norms}
+
+
 def selected_norms(norm: Any) -> list[str]:
     norms = list(norm) if isinstance(norm, (list, tuple, ListConfig)) else [norm]
     norms = [str(n) for n in norms]
@@ -116,7 +129,7 @@ def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -
 
 
 def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, reference=None, best=None,
-                index_offset: int = 0, queried=None, targets=None, keep_adv: bool = True):
+                index_offset: int = 0, queried=None, targets=None, keep_adv: bool = True, budgets=None):
     """Run one (attack, norm) on ``x`` ``[N,C,H,W]`` / ``y`` ``[N]``; returns ``(AttackResult, started_from)``
     (the attacks whose images were this one's ``x_init``, recorded in its summary).
 
@@ -126,6 +139,7 @@ def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, r
     the index of ``x[0]`` among the evaluated images (shards). ``queried``: the model the attack queries
     (compiled / low precision; ``model`` by default). ``targets``: ``[N]`` target classes of a targeted
     attack. ``keep_adv``: the result keeps its images (some attack of this norm takes ``x_init``).
+    ``budgets``: ``mode=fixed``, the eps of this norm a budget attack runs at (no search).
     """
     from robust_cli.evaluation.runner import run_attack, takes_argument
 
@@ -138,7 +152,7 @@ def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, r
         x_init=None if best is None else best.start(), targets=targets, rtol=float(cfg.eps_rtol),
         eps_tol=None if cfg.eps_tol is None else float(cfg.eps_tol),
         upper=None if best is None else best.distance, keep_adv=keep_adv,
-        seed=int(cfg.seed), index_offset=index_offset, attack_model=queried,
+        seed=int(cfg.seed), index_offset=index_offset, attack_model=queried, budgets=budgets,
     )
     starts = best is not None and best.start() is not None and not fn.budget and takes_argument(fn, "x_init")
     started_from = list(best.sources) if starts else []
@@ -155,6 +169,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     from robust_cli.acceleration import attack_model, check_precision
     from robust_cli.data import load_split
     from robust_cli.data.sets import thresholds_of
+    from robust_cli.evaluation.checks import model_output_checks
     from robust_cli.device import resolve_device
     from robust_cli.eval_target import resolve_target
     from robust_cli.evaluation.lipschitz import zero_gradient_fraction
@@ -194,6 +209,9 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     n = min(int(cfg.n_examples), int(x.shape[0]))
     x, y = x[:n], y[:n]
     thresholds = thresholds_of(dataset_cfg, cfg.get("thresholds"))
+    budgets = fixed_budgets(cfg, norms)
+    if budgets:  # mode=fixed: robust accuracy at exactly the budgets attacked
+        thresholds = {**thresholds, **budgets}
     targets = None
     if any(params.get("targeted") for _, params in attacks.values()):
         from robust_cli.evaluation.runner import choose_targets
@@ -205,6 +223,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     shards = ShardsDir.of(eval_dir) if shard is not None else None
     model_id = model_identity(model)
     zero_grad = None  # computed on the first pair that is not reused
+    model_checks = None  # likewise (randomised model, softmax output: checks.model_output_checks)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), transient=False)
     configs = {}  # every pair's stored result is checked before any attack runs: a refusal changes nothing
@@ -214,6 +233,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         # targeted: which targets were drawn is part of what produced the result
         config = result_config(fn, {**params, "targets": str(cfg.targets)} if params.get("targeted") else params,
                                n, cfg, model_id)
+        if budgets and fn.budget:  # attacked at the listed eps, no search: a result of its own
+            config.update(eps_search=f"fixed {budgets[norm]}", search_steps=None, eps_rtol=None, eps_tol=None)
         if cached_summary(eval_dir.result(name, norm), config, eps_of(cfg.eps, norm), thresholds.get(norm, []),
                           attack=name, force=bool(cfg.force)) is not None:
             log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
@@ -243,11 +264,14 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                 model, x[lo:hi], y[lo:hi], name, fn, params, norm, cfg, device=device, progress=progress,
                 reference=reference, best=bests[norm], index_offset=lo, queried=queried,
                 targets=targets[lo:hi] if targets is not None and params.get("targeted") else None,
-                keep_adv=keep[norm])
+                keep_adv=keep[norm], budgets=budgets.get(norm) if budgets else None)
+            if model_checks is None:
+                model_checks = model_output_checks(model, x[:cfg.batch_size])
             if shard is not None:
                 settings = {"eps": eps_of(cfg.eps, norm), "thresholds": list(thresholds.get(norm) or []),
                             "batch_size": int(cfg.batch_size), "lipschitz": bool(cfg.lipschitz),
-                            "search": search_settings(cfg)}
+                            "search": search_settings(cfg), "mode": str(cfg.mode),
+                            "budgets": budgets.get(norm) if budgets else None, "model_checks": model_checks}
                 write_shard(shards.result(shard[1], shard[0], name, norm), result, attack=name, norm=norm,
                             budget=fn.budget, config=config, settings=settings, index=shard[0], count=shard[1],
                             start=lo, stop=hi, started_from=started_from)
@@ -256,7 +280,9 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
             write_result(eval_dir.result(name, norm), result, attack=name, norm=norm, budget=fn.budget,
                          eps=eps_of(cfg.eps, norm), thresholds=thresholds.get(norm, []), zero_grad=zero_grad,
-                         config=config, started_from=started_from, search=search_settings(cfg))
+                         config=config, started_from=started_from, search=search_settings(cfg),
+                         mode=str(cfg.mode), budgets=budgets.get(norm) if budgets else None,
+                         model_checks=model_checks)
 
     if shard is not None and sharded:
         run_dir = RunDir(cfg.run)

@@ -282,6 +282,21 @@ ATTACK_CHANGES = {
         "confidence": (1.0, {}), "decision": ("en", {}), "fista": (False, {}), "targeted": (True, {})}),
     "high_confidence": ("l2", {}, {"steps": (1, {}), "confidence": (0.99, {}), "max_step": (0.05, {}),
                                    "targeted": (True, {})}),
+    # --- APGD, APGD-T, Square, AutoAttack (budget attacks: run at 0.8 x the optimum, so the output is the
+    # nearest miss, which every option moves)
+    "apgd": ("l2", {"steps": 4}, {
+        "steps": (3, {}), "restarts": (2, {}), "loss": ("dlr", {}), "momentum": (0.5, {}),
+        "rho": (0.3, {"steps": 10}),
+        "random_start": (False, {}), "seed": (1, {})}),
+    "apgd_t": ("l2", {"steps": 4, "target_classes": 2}, {
+        "steps": (3, {}), "target_classes": (1, {}), "restarts": (2, {}), "momentum": (0.5, {}),
+        "rho": (0.3, {"steps": 10}),
+        "random_start": (False, {}), "seed": (1, {})}),
+    "square": ("linf", {"n_queries": 50}, {"n_queries": (20, {}), "p_init": (0.3, {}), "seed": (1, {})}),
+    "autoattack": ("linf", {"steps": 5, "n_queries": 20}, {
+        "version": ("plus", {"steps": 1, "n_queries": 2}), "steps": (3, {}), "n_queries": (200, {"steps": 1}),
+        "restarts": (2, {"steps": 1}),
+        "target_classes": (1, {}), "seed": (1, {"steps": 1})}),
     # --- C&W, DDN, FMN, ALMA
     # (_SLOW: alma's rho schedule acts only while a sample is neither adversarial nor improving)
     "cw": ("l2", {"steps": 30, "search_steps": 3}, {
@@ -298,7 +313,9 @@ ATTACK_CHANGES = {
         "alpha": (0.5, {}), "logit_tolerance": (0.5, {}), "targeted": (True, {})}),
 }
 #: options that by design change no number (how the work is split), checked to reach the call instead
-ATTACK_SAME_RESULT = {("stability", "chunk_size"): 2}
+ATTACK_SAME_RESULT = {("stability", "chunk_size"): 2,
+                      # EOT averages passes of a randomised model; on a deterministic one they are all equal
+                      ("apgd", "eot"): 2, ("apgd_t", "eot"): 2}
 
 
 def _attack_output(name: str, norm: str, options: dict) -> torch.Tensor:
@@ -350,6 +367,8 @@ def test_options_that_change_no_number_reach_the_call(monkeypatch):
 
     real = stability_module.nearest_other_label
     for (name, option), value in ATTACK_SAME_RESULT.items():
+        if name != "stability":
+            continue  # the EOT passes: test_eot_reaches_the_gradient_passes
         calls: list = []
 
         def spy(*args, calls=calls):
@@ -361,6 +380,28 @@ def test_options_that_change_no_number_reach_the_call(monkeypatch):
         out1 = _attack_output(name, "l2", {option: value})
         assert torch.equal(out0, out1), f"{name}.{option} is documented as result-neutral"
         assert calls[-1][-1] == value and calls[0][-1] != value, f"{name}.{option} did not reach the scan"
+
+
+def test_eot_reaches_the_gradient_passes(monkeypatch):
+    """``apgd.eot`` / ``apgd_t.eot``: the same result on the deterministic linear model, and every gradient
+    evaluation gets it (``value_and_gradient`` averages that many passes)."""
+    from robust_cli.attacks import apgd as apgd_module
+
+    real = apgd_module.value_and_gradient
+    for (name, option), value in ATTACK_SAME_RESULT.items():
+        if name == "stability":
+            continue
+        seen: list[int] = []
+
+        def spy(model, z, objective, eot=1, seen=seen):
+            seen.append(eot)
+            return real(model, z, objective, eot)
+
+        monkeypatch.setattr(apgd_module, "value_and_gradient", spy)
+        out0 = _attack_output(name, "l2", {"steps": 3})
+        out1 = _attack_output(name, "l2", {"steps": 3, option: value})
+        assert torch.equal(out0, out1), f"{name}.{option}: passes of a deterministic model are all equal"
+        assert set(seen[:len(seen) // 2]) == {1} and set(seen[len(seen) // 2:]) == {value}
 
 
 def test_primal_dual_wrappers_pass_every_option_to_the_engine_by_name(monkeypatch):

@@ -89,3 +89,22 @@ def loss_gradient(
     users).
     """
     return objective_gradient(model, x, lambda logits: attack_loss(logits, y, loss, targeted, scale_free=scale_free))
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """The Difference of Logits Ratio ``[B]`` of Croce & Hein 2020 ("Reliable evaluation of adversarial
+    robustness with an ensemble of diverse parameter-free attacks", §4, eq. 6 and the targeted eq. 7), to be
+    ascended; ``logits`` ``[B,K]`` (``K >= 3``, targeted ``K >= 4``), ``y`` ``[B]`` true labels::
+
+        DLR(z, y)      = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)
+        DLR-T(z, y, t) = -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)
+
+    with ``z_pi1 >= z_pi2 >= ...`` the sorted logits. Invariant to shifting and rescaling the logits, so a
+    model cannot hide behind saturated softmax scores.
+    """
+    top = logits.sort(dim=1, descending=True).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    if target is None:
+        return -margin(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
+    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)

@@ -14,15 +14,34 @@ attack (wrong hyper-parameters), gradient masking, or a bug:
   baseline's distance;
 - ``zero_grad_fraction``: the fraction of images whose input gradient of the loss is exactly zero
   (a large value means the gradient attacks are blind: gradient masking).
+
+In the spirit of AutoAttack's checks (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with
+an ensemble of diverse parameter-free attacks", §5 and their flags for randomised and softmax models), on the
+model's outputs in eval mode (``model_output_checks``):
+
+- ``deterministic_model``: two clean passes give the same logits (a randomised model, e.g. dropout left
+  on, needs ``autoattack version=rand`` or EOT: a single-pass evaluation overstates its robustness);
+- ``logit_output``: the outputs are not probabilities (rows in [0,1] summing to 1: a softmax output layer
+  flattens the cross-entropy gradient; attack the logits instead).
+
+``at_least_single_step`` also covers the AutoAttack family (``apgd``, ``apgd_t``, ``autoattack``): a worst
+case that FGSM (or FGM) beats on some image is a weak one.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
-ITERATIVE = ("ifgsm", "bim", "pgd")
+from robust_cli.attacks.contract import frozen_eval
+
+log = logging.getLogger(__name__)
+
+ITERATIVE = ("ifgsm", "bim", "pgd", "apgd", "apgd_t", "autoattack")
 SINGLE_STEP = {"linf": "fgsm", "l2": "fgm"}
 # attacks that are not white-box gradient attacks: kept out of the worst case compared with noise
 BASELINES = ("noise", "stability")
@@ -93,3 +112,27 @@ def failed_checks(checks: dict[str, Any]) -> list[str]:
         if isinstance(value, dict) and value.get("ok") is False or value is False:
             failed.append(name)
     return failed
+
+
+def model_output_checks(model: nn.Module, x: torch.Tensor, atol: float = 1e-5) -> dict[str, Any]:
+    """``deterministic_model`` and ``logit_output`` (module docstring) on images ``x`` ``[B,C,H,W]`` in [0,1].
+
+    Two passes in eval mode (as the attacks see the model) disagree where some logit differs by more than
+    ``atol * (1 + |logit|)``; the outputs are probabilities where every row lies in [0,1] and sums to 1 within
+    ``1e-4``. Failed checks are also logged as warnings.
+    """
+    with torch.no_grad(), frozen_eval(model):
+        first, second = model(x).float(), model(x).float()
+    differs = ((first - second).abs() > atol * (1 + first.abs())).any(1)
+    frac = float(differs.float().mean()) if len(differs) else 0.0
+    in_unit = bool(((first >= 0) & (first <= 1)).all())
+    sums_to_one = bool(((first.sum(1) - 1).abs() < 1e-4).all())
+    probabilities = len(first) > 0 and in_unit and sums_to_one
+    if frac > 0:
+        log.warning("the model is randomised: two clean passes disagree on %.1f%% of the images; "
+                    "evaluate it with autoattack version=rand (EOT)", 100 * frac)
+    if probabilities:
+        log.warning("the model outputs probabilities (rows sum to 1), not logits: gradients through the "
+                    "softmax are flattened; evaluate the logits")
+    return {"deterministic_model": {"ok": frac == 0.0, "disagreeing_fraction": frac},
+            "logit_output": {"ok": not probabilities}}

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import ListConfig
 
 from robust_cli.evaluation.runner import AttackResult
 from robust_cli.rundir import ResultDir
@@ -22,14 +23,18 @@ log = logging.getLogger("robust_cli.eval")
 
 def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, norm: str, budget: bool, eps: float,
                  thresholds: list[float], zero_grad: float | None, config: dict[str, Any],
-                 started_from: list[str] | None = None, search: dict[str, Any] | None = None) -> dict[str, Any]:
+                 started_from: list[str] | None = None, search: dict[str, Any] | None = None,
+                 mode: str = "distance", budgets: list[float] | None = None,
+                 model_checks: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``per_sample.csv``, ``curve.csv`` and ``summary.json`` of one (attack, norm); return the summary.
 
     ``eps``: the configured eps of ``norm`` (``error_at_eps``); ``thresholds``: its robust-accuracy
     thresholds; ``zero_grad``: the fraction of images with a zero input gradient (a check); ``config``:
     ``cache.result_config(...)``, stored for the cache; ``started_from``: the attacks whose images were this
     one's ``x_init`` in this call; ``search``: ``search_settings(cfg)``, the eps search a budget attack's
-    distances came from (its precision is recorded, ``search_precision``).
+    distances came from (its precision is recorded, ``search_precision``); ``mode``: ``distance`` or
+    ``fixed`` (``budgets``: the eps a budget attack ran at, no search); ``model_checks``:
+    ``checks.model_output_checks`` of the model, stored with this result's checks.
     """
     from robust_cli.evaluation.checks import curve_check, unbounded_check
     from robust_cli.evaluation.curves import error_curve
@@ -42,13 +47,17 @@ def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, no
     )
     curve_eps, err = error_curve(result.frame["distance"].to_numpy())
     summary["budget"] = bool(budget)
+    summary["mode"] = str(mode)
+    if budgets is not None:
+        summary["fixed_eps"] = list(budgets)
     summary["search_resolution"] = result.resolution
-    if budget and search is not None:
+    if budget and search is not None and budgets is None:
         summary.update(search_precision(result, search, thresholds))
     summary["checks"] = {
         **curve_check(err, result.non_monotone),
         **unbounded_check(bool(budget), summary["success_rate"], attack),
         "zero_grad_fraction": zero_grad,
+        **(model_checks or {}),
     }
     summary["config"] = config
     # a start from earlier attacks of this call makes the result depend on them; recorded, not a cache key
@@ -111,5 +120,7 @@ def write_merged(eval_dir: Any, model: torch.nn.Module, x: torch.Tensor, y: torc
 
 
 def eps_of(eps_cfg: Any, norm: str) -> float:
-    """``eps.<norm>`` of an eval config (NaN where none is set)."""
-    return float(eps_cfg.get(norm, math.nan))
+    """The eps ``error_at_eps`` is read at: ``eps.<norm>`` of an eval config, or the first of its list
+    (``mode=fixed``); NaN where none is set."""
+    value = eps_cfg.get(norm, math.nan)
+    return float(value[0]) if isinstance(value, (list, tuple, ListConfig)) else float(value)

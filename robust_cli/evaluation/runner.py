@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from robust_cli.errors import UserError
 from robust_cli.acceleration import LowPrecision
 from robust_cli.evaluation.eps_search import search_distance
 from robust_cli.evaluation.precision import cross_in_fp32
+from robust_cli.evaluation.fixed_eps import attack_at_budgets
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,7 @@ def run_attack(
     seed: int | None = None,
     index_offset: int = 0,
     attack_model: nn.Module | None = None,
+    budgets: Sequence[float] | None = None,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -228,6 +230,9 @@ def run_attack(
         attack_model: what the attack queries instead of ``model`` (sharing its parameters: compiled, or
             under low-precision autocast, robust_cli.acceleration.attack_model); the clean predictions, the
             eps search's success tests and the verification always use ``model`` in fp32.
+        budgets: ``mode=fixed``: a budget attack runs at exactly these eps (``fixed_eps.attack_at_budgets``)
+            instead of the eps search; its distance is then the size of the adversarial found at the smallest
+            breaking budget. Minimal-norm attacks ignore it.
 
     Returns:
         An ``AttackResult``.
@@ -273,7 +278,10 @@ def run_attack(
         idx = correct.nonzero().squeeze(1)
         if idx.numel():
             xc, yc = xb[idx], tb[idx]
-            if budget:
+            if budget and budgets is not None:
+                found = attack_at_budgets(attack, model, xc, yc, norm, budgets, params, attack_model=counted)
+                x_adv[idx] = sanitize(found.x_adv, xc)
+            elif budget:
                 up = None if upper is None else upper[i:i + batch_size].to(device).to(xc.dtype)[idx]
                 found = search_distance(attack, model, xc, yc, norm, params, method=eps_search,
                                         steps=search_steps, attack_model=counted, rtol=rtol, eps_tol=eps_tol,

@@ -139,7 +139,8 @@ def merge_pairs(run_dir: RunDir, model: torch.nn.Module, x: torch.Tensor, y: tor
         write_result(run_dir.eval.result(attack, norm), result, attack=attack, norm=norm, budget=rec["budget"],
                      eps=float(rec["settings"]["eps"]), thresholds=list(rec["settings"]["thresholds"]),
                      zero_grad=zero_grad, config=config, started_from=rec.get("started_from", []),
-                     search=rec["settings"].get("search"))
+                     search=rec["settings"].get("search"), mode=rec["settings"].get("mode", "distance"),
+                     budgets=rec["settings"].get("budgets"), model_checks=rec["settings"].get("model_checks"))
         log.info("merged %d shards of %s-%s into %s", count, attack, norm, run_dir.eval.result(attack, norm))
     return write_merged(run_dir.eval, model, x, y, batch_size=int(settings["batch_size"]),
                         lipschitz=bool(settings["lipschitz"]), force=force, model_id=model_id, title=str(run_dir))
