@@ -85,6 +85,9 @@ def adaptive_search(
         failed even at ``hi0``), ``resolution`` ``hi - lo`` (0 where ``inf``).
     """
     attack_model = model if attack_model is None else attack_model
+    # the margin left to cross, < 0 once adversarial: ``y`` holds targets when targeted, and success is then
+    # the target on top (the sign of ``losses.margin`` flipped)
+    sign = -1.0 if params.get("targeted") else 1.0
     B = x.shape[0]
     inf = torch.full((B,), float("inf"), dtype=x.dtype, device=x.device)
 
@@ -95,7 +98,7 @@ def adaptive_search(
         """``(adversarial [b] bool, margin [b], size [b])`` of points ``p`` asked to be within ``eps``."""
         with torch.no_grad(), frozen_eval(model):
             logits = model(p)
-        m = margin(logits, ys)
+        m = sign * margin(logits, ys)
         size = batch_norm(p - xs, norm)
         # past the boundary by more than the last bits that another batch composition can change: the
         # caller re-classifies in batches of its own, and a point it sees as clean would be a failure
@@ -110,7 +113,7 @@ def adaptive_search(
     best = x.clone()
     hi, lo = inf.clone(), torch.zeros_like(inf)
     with torch.no_grad(), frozen_eval(model):
-        m_lo = margin(model(x), y)  # at eps = 0: the clean point
+        m_lo = sign * margin(model(x), y)  # at eps = 0: the clean point
     m_hi = torch.zeros_like(m_lo)
     side = torch.zeros(B, dtype=torch.long, device=x.device)  # the end moved last: -1 lo, +1 hi
 
