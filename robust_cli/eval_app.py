@@ -20,6 +20,7 @@ The data set is read from the run's stored ``data.root`` (absolute), or from ``d
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -134,7 +135,9 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
         "zero_grad_fraction": zero_grad,
     }
     summary["config"] = config
-    RunDir(cfg.run).eval.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
+    eval_dir = RunDir(cfg.run).eval
+    with eval_dir.lock():  # writers of eval/ hold its lock: a temp file found under it is a killed write's
+        eval_dir.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
     return summary
 
 
@@ -151,13 +154,11 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
     from robust_cli.training.checkpoint import load_trained_model
 
-    run_dir = RunDir(cfg.run)
-    if not run_dir.is_dir():
-        raise UserError(f"run={cfg.run} is not a directory; give run=<a finished train run directory>")
-    if cfg.n_examples < 1 or cfg.batch_size < 1:
-        raise UserError("n_examples and batch_size must be at least 1")
-    if cfg.eps_search not in ("bisection", "grid"):
-        raise UserError(f"eps_search must be bisection or grid, got {cfg.eps_search}")
+    from robust_cli.preflight import check_eval_writable
+    from robust_cli.training.checkpoint import check_trained_run
+
+    run_dir = check_trained_run(cfg.run)  # each file's problem in one line, before anything is computed
+    check_eval_writable(run_dir)
     norms = selected_norms(cfg.norm)
     attacks = selected_attacks(cfg.attack)
     single = len(attacks) == 1 and len(norms) == 1 and not is_multirun()
@@ -180,15 +181,31 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), transient=False)
     configs = {}  # every pair's stored result is checked before any attack runs: a refusal changes nothing
-    for name, norm in pairs:
-        fn, params = attacks[name]
-        config = result_config(fn, params, n, cfg, model_id)
-        eps = float(cfg.eps.get(norm, math.nan))
-        if cached_summary(eval_dir.result(name, norm), config, eps, thresholds.get(norm, []), attack=name,
-                          force=bool(cfg.force)) is not None:
-            log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
-        else:
-            configs[name, norm] = config
+    refused = None
+    # writers of eval/ hold its lock (no lock before eval/ exists: a refusal creates nothing)
+    with eval_dir.lock() if eval_dir.is_dir() else contextlib.nullcontext():
+        if eval_dir.is_dir():
+            for tmp in eval_dir.remove_temp_files():
+                log.info("removed %s (left by a killed write)", tmp)
+        for name, norm in pairs:  # first every refusal, then the updates of reused results
+            fn, params = attacks[name]
+            config = result_config(fn, params, n, cfg, model_id)
+            try:
+                cached_summary(eval_dir.result(name, norm), config, math.nan, None, attack=name,
+                               force=bool(cfg.force))
+            except UserError as err:
+                refused = refused or err
+        if refused is not None:
+            raise refused
+        for name, norm in pairs:
+            fn, params = attacks[name]
+            config = result_config(fn, params, n, cfg, model_id)
+            eps = float(cfg.eps.get(norm, math.nan))
+            if cached_summary(eval_dir.result(name, norm), config, eps, thresholds.get(norm, []), attack=name,
+                              force=bool(cfg.force)) is not None:
+                log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
+            else:
+                configs[name, norm] = config
     reference = None
     if any(wants_reference(attacks[name][0]) for name, _ in configs):
         reference = load_split(train_cfg.dataset, data_cfg, "train")
