@@ -16,18 +16,27 @@ def check_inputs(config_name: str, cfg: Any) -> None:
     """Raise ``UserError`` for the first input of a composed ``train`` / ``eval`` config that cannot be
     used: ``train``: every split of its data set (``robust_cli.data.load_split``'s checks: the file, array
     names, shapes, dtypes, finiteness, [0,1] range, labels, val_size); ``eval``: the run directory
-    (``robust_cli.training.checkpoint.check_trained_run``) and its ``eval/`` folder."""
+    and its files (``robust_cli.training.checkpoint.load_trained_model``: run.json, config.yaml, model.pt
+    and its weights) and its ``eval/`` folder."""
+    from robust_cli.device import check_device_name
+
+    if "device" in cfg:
+        check_device_name(str(cfg.device))
     if config_name == "train":
-        from robust_cli.data import load_split
+        from robust_cli.data import info_of, load_split
+        from robust_cli.defenses import build_defense
+        from robust_cli.models import build_model
 
         for split in ("train", "val", "test"):
             load_split(cfg.dataset, cfg.data, split)
+        constructed("model", build_model, cfg.model, info_of(cfg.dataset))  # what their constructors refuse
+        constructed("defense", build_defense, cfg.defense)
     elif config_name == "eval":
         from robust_cli.rundir import RunDir
-        from robust_cli.training.checkpoint import check_trained_run
+        from robust_cli.training.checkpoint import load_trained_model
 
         run = RunDir(str(cfg.run))
-        check_trained_run(run)
+        load_trained_model(run, keep=True)  # every file it reads; kept for the app in this process (no second load)
         check_eval_writable(run)
 
 
@@ -44,3 +53,17 @@ def check_eval_writable(run) -> None:
     if not os.access(target, os.W_OK | os.X_OK):
         raise UserError(f"{target} is not writable: robust eval writes its results in {eval_dir}; "
                         "make it writable or evaluate a copy of the run directory")
+
+
+def constructed(group: str, build, *args):
+    """``build(*args)``, a refusal of the constructor (``ValueError``/``TypeError``: a value its own checks
+    reject, e.g. ``defense.lam=-1``, a model's channels list of the wrong length) as one line naming the
+    group's option (``defense=tulip: lam=-1.0 must be >= 0``)."""
+    from robust_cli.errors import UserError
+
+    try:
+        return build(*args)
+    except (ValueError, TypeError) as err:
+        node = args[0]
+        name = node.get("name", "?") if hasattr(node, "get") else "?"
+        raise UserError(f"{group}={name}: {' '.join(str(err).split())}") from None

@@ -96,12 +96,14 @@ def launch_reporting_refusals(launch: Callable[..., Any], *args: Any) -> Any:
         held.held.clear()
         sys.stderr = held.stream
         exit_user_error(sbatch_message(str(err)))
-    except FileNotFoundError as err:
-        if "sbatch" not in str(err):
+    except (FileNotFoundError, RuntimeError) as err:
+        # no sbatch on PATH; or submitit's own check that this is a SLURM machine ('Could not detect "srun"')
+        if "sbatch" not in str(err) and "srun" not in str(err):
             raise
         sys.stderr = held.stream
-        exit_user_error("sbatch not found: hydra/launcher=slurm needs a SLURM cluster's client commands "
-                        "(scripts/slurm_local.sh start runs a one-node cluster here)")
+        exit_user_error("no SLURM client commands (srun, sbatch) on PATH: hydra/launcher=slurm needs a SLURM "
+                        "cluster's login node (scripts/slurm_local.sh start runs a one-node cluster here), or "
+                        "run the sweep without hydra/launcher=slurm")
     finally:
         if sys.stderr is held:
             sys.stderr = held.stream

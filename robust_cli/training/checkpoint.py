@@ -108,21 +108,39 @@ def _weights_fit(path: Path, model, state_dict: Any) -> None:
     model.load_state_dict(state_dict)
 
 
-def load_trained_model(run_dir: str | Path | RunDir, device: str | torch.device = "cpu"):
+def load_trained_model(run_dir: str | Path | RunDir, device: str | torch.device = "cpu", *, keep: bool = False):
     """Rebuild a trained model from ``<run_dir>/model.pt``; refused unless ``run.json`` (when present) says done.
 
     Every problem of the files is one line naming the path (``check_trained_run``; a ``model.pt`` that is not
-    a torch file, lacks an entry, or whose weights do not fit its architecture).
+    a torch file, lacks an entry, or whose weights do not fit its architecture). ``keep``: hold the result for
+    the next call on the same unchanged file (``robust``'s validation reads it before the app; the model is
+    handed out once, so no caller sees another's changes).
 
     Returns:
         (model in eval mode on ``device``, the run's config as a DictConfig with at least ``model``,
         ``dataset`` and ``data``; the full composed config from ``config.yaml`` when present).
     """
+    run = check_trained_run(run_dir)
+    path = run.model_path
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, run.config_path.is_file() and
+           run.config_path.stat().st_mtime_ns)
+    # robust's validation loads it (keep=True) before the app does, in the same process: handed over once
+    model, cfg = _KEPT.pop(key) if key in _KEPT else _load_model_file(run, path)
+    if keep:
+        _KEPT.clear()
+        _KEPT[key] = (model, cfg.copy())
+    return model.to(device).eval(), cfg
+
+
+#: ``{(path, mtime, size, config mtime): (model, cfg)}``: the model.pt the validation read, for the app (one)
+_KEPT: dict[tuple, tuple[Any, DictConfig]] = {}
+
+
+def _load_model_file(run: RunDir, path: Path):
     from robust_cli.data import info_of
     from robust_cli.models import build_model
 
-    run = check_trained_run(run_dir)
-    path = run.model_path
     try:
         blob = io.torch_load(path, map_location="cpu")
     except Exception as err:
@@ -137,10 +155,10 @@ def load_trained_model(run_dir: str | Path | RunDir, device: str | torch.device 
         cfg.dataset = blob["dataset_cfg"]
         cfg.data = blob.get("data_cfg", cfg.get("data", {"root": "data", "download": True, "num_workers": 0}))
         model = build_model(cfg.model, info_of(cfg.dataset))
-    except UserError:
-        raise
+    except UserError as err:
+        raise UserError(f"{path}: its model_cfg builds no model ({err})") from None
     except Exception as err:  # a model_cfg / dataset_cfg that builds no model: the file is not robust's
         raise UserError(f"{path}: its model_cfg/dataset_cfg build no model ({type(err).__name__}: "
                         f"{' '.join(str(err).split())[:200]})") from None
     _weights_fit(path, model, blob["state_dict"])
-    return model.to(device).eval(), cfg
+    return model, cfg

@@ -32,6 +32,7 @@ from robust_cli.defenses import build_defense
 from robust_cli.device import resolve_device
 from robust_cli.errors import UserError
 from robust_cli.models import build_model
+from robust_cli.preflight import constructed
 from robust_cli.rundir import RunDir
 from robust_cli.training import distributed
 from robust_cli.training.checkpoint import load_checkpoint, save_checkpoint, save_model
@@ -111,10 +112,10 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
     x_train, y_train = load_split(cfg.dataset, cfg.data, "train")
     x_val, y_val = load_split(cfg.dataset, cfg.data, "val")
     x_test, y_test = load_split(cfg.dataset, cfg.data, "test")
-    model = build_model(cfg.model, info_of(cfg.dataset)).to(device)
+    model = constructed("model", build_model, cfg.model, info_of(cfg.dataset)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    defense = build_defense(cfg.defense)
+    defense = constructed("defense", build_defense, cfg.defense)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise UserError("epochs and batch_size must be at least 1")
