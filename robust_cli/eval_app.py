@@ -154,6 +154,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     from robust_cli.reporting.tables import evaluated, merge, update_cross_checks
     from robust_cli.training.checkpoint import load_trained_model
 
+    from robust_cli.evaluation.runner import predict
     from robust_cli.preflight import check_eval_writable
     from robust_cli.training.checkpoint import check_trained_run
 
@@ -176,6 +177,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     eval_dir = run_dir.eval
 
     x, y = x.to(device), y.to(device)
+    predict(model, x, cfg.batch_size)  # logits that are not finite are refused before anything is logged or written
     model_id = model_identity(model)
     zero_grad = None  # computed on the first pair that is not reused
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -187,25 +189,24 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         if eval_dir.is_dir():
             for tmp in eval_dir.remove_temp_files():
                 log.info("removed %s (left by a killed write)", tmp)
-        for name, norm in pairs:  # first every refusal, then the updates of reused results
+        reused = []
+        for name, norm in pairs:  # first every refusal (nothing written), then the updates of reused results
             fn, params = attacks[name]
             config = result_config(fn, params, n, cfg, model_id)
             try:
-                cached_summary(eval_dir.result(name, norm), config, math.nan, None, attack=name,
-                               force=bool(cfg.force))
+                if cached_summary(eval_dir.result(name, norm), config, math.nan, None, attack=name,
+                                  force=bool(cfg.force)) is None:
+                    configs[name, norm] = config
+                else:
+                    reused.append((name, norm, config))
             except UserError as err:
                 refused = refused or err
         if refused is not None:
             raise refused
-        for name, norm in pairs:
-            fn, params = attacks[name]
-            config = result_config(fn, params, n, cfg, model_id)
-            eps = float(cfg.eps.get(norm, math.nan))
-            if cached_summary(eval_dir.result(name, norm), config, eps, thresholds.get(norm, []), attack=name,
-                              force=bool(cfg.force)) is not None:
-                log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
-            else:
-                configs[name, norm] = config
+        for name, norm, config in reused:  # a changed eps.<norm> or thresholds: read off the stored distances
+            cached_summary(eval_dir.result(name, norm), config, float(cfg.eps.get(norm, math.nan)),
+                           thresholds.get(norm, []), attack=name, force=bool(cfg.force))
+            log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
     reference = None
     if any(wants_reference(attacks[name][0]) for name, _ in configs):
         reference = load_split(train_cfg.dataset, data_cfg, "train")

@@ -138,6 +138,15 @@ def nan_weights(run):
     _save(run, blob)
 
 
+def overflowing_weights(run):
+    """Finite weights (1e20 x) whose products overflow float32: logits inf or NaN."""
+    blob = _blob(run)
+    for value in blob["state_dict"].values():
+        if value.is_floating_point():
+            value.mul_(1e20)
+    _save(run, blob)
+
+
 def no_model_cfg(run):
     blob = _blob(run)
     del blob["model_cfg"]
@@ -235,6 +244,7 @@ CASES = [
     Case("eval-model-no-cfg", EVAL_D, "lacks model_cfg", no_model_cfg),
     Case("eval-model-tensor", EVAL_D, "lacks state_dict", lambda r: _save(r, torch.zeros(3))),
     Case("eval-model-nan", EVAL_D, "hold NaN or inf", nan_weights),
+    Case("eval-model-overflow", EVAL_D, "logits are NaN or inf", overflowing_weights),
     Case("eval-model-unknown-arch", EVAL_D, "model_cfg", unknown_architecture),
     Case("eval-runjson-not-json", EVAL_D, "run.json is not readable JSON", edit("run.json", b"{status: done")),
     Case("eval-runjson-list", EVAL_D, "run.json holds a list", edit("run.json", b"[1, 2]")),
@@ -360,3 +370,50 @@ def test_a_bad_invocation_is_one_line_exit_2_and_changes_nothing(case: Case, wor
 def test_the_battery_is_large_enough():
     assert len(CASES) >= 60
     assert len({c.values[0].id if hasattr(c, "values") else c.id for c in CASES}) == len(CASES)
+
+
+# ---------------------------------------------------------------- NaN logits: refused, never scored
+
+
+class _NaNOnSome(torch.nn.Module):
+    """Logits ``[B, 3]``: finite except on images whose first pixel exceeds ``cut`` (NaN there)."""
+
+    def __init__(self, cut: float):
+        super().__init__()
+        self.cut = cut
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        logits = x.flatten(1)[:, :3] * self.w
+        return torch.where(x.flatten(1)[:, :1] > self.cut, torch.full_like(logits, float("nan")), logits)
+
+
+def _shift(model, x, y, *, norm):
+    """A stand-in minimal-norm attack: every pixel up by 0.3 (the first pixel 0.4 -> 0.7)."""
+    return (x + 0.3).clamp(0, 1)
+
+
+_shift.norms, _shift.budget = ("linf",), False
+
+
+@pytest.mark.parametrize("cut", [-1.0, 0.5], ids=["clean-images", "adversarial-images"])
+def test_nan_logits_are_refused_not_scored(cut):
+    """NaN logits on the clean images (cut -1: on every image), or only on the images the attack returns (cut
+    0.5: clean first pixels are 0.4, returned ones 0.7) end the evaluation with a UserError; nothing is scored."""
+    from robust_cli.errors import UserError
+    from robust_cli.evaluation.runner import run_attack
+
+    x = torch.full((8, 1, 2, 2), 0.4)
+    y = torch.zeros(8, dtype=torch.long)  # clean logits tie, argmax 0: correct, so every image is attacked
+    with pytest.raises(UserError, match="logits are NaN or inf on 8 of 8 images"):
+        run_attack(_NaNOnSome(cut), x, y, _shift, "linf")
+
+
+def test_finite_logits_are_scored():
+    """The refusal's counterpart: the same model without a NaN region is evaluated (the check does not
+    always fire): the shifted images still tie at argmax 0, so the attack fails on each (distance inf)."""
+    from robust_cli.evaluation.runner import run_attack
+
+    x = torch.full((8, 1, 2, 2), 0.4)
+    result = run_attack(_NaNOnSome(2.0), x, torch.zeros(8, dtype=torch.long), _shift, "linf")
+    assert len(result.frame) == 8 and np.isinf(result.frame["distance"]).all()
