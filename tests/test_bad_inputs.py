@@ -323,14 +323,17 @@ CASES = [
     Case("lip-npz-nan", ["data-lipschitz", *NPZ, "dataset.path={npz_nan}"], "hold NaN or inf values"),
     Case("lip-one-label", ["data-lipschitz", *NPZ, "dataset.path={npz_onelabel}"], "have the one label 0"),
     # ---- SLURM: sbatch's refusals as one line naming what to change
-    Case("slurm-no-controller", [*SLURM], "no SLURM controller answers",
-         env={"PATH": "{sbatch_dns}:" + os.environ.get("PATH", "")}),
-    Case("slurm-controller-down", [*SLURM], "no SLURM controller answers",
-         env={"PATH": "{sbatch_down}:" + os.environ.get("PATH", "")}),
-    Case("slurm-no-client", [*SLURM], "no SLURM client commands (srun, sbatch) on PATH",
-         env={"PATH": "{sbatch_none}"}),
-    Case("slurm-gpu-on-cpu-partition", [*SLURM, "hydra.launcher.gpus_per_node=1"],
-         "hydra.launcher.gpus_per_node=null", env={"PATH": "{sbatch_gres}:" + os.environ.get("PATH", "")}),
+    # (slow: submitit's start-up and a real sbatch process each, ~4 s on a loaded machine)
+    *(pytest.param(case, marks=pytest.mark.slow) for case in (
+        Case("slurm-no-controller", [*SLURM], "no SLURM controller answers",
+             env={"PATH": "{sbatch_dns}:" + os.environ.get("PATH", "")}),
+        Case("slurm-controller-down", [*SLURM], "no SLURM controller answers",
+             env={"PATH": "{sbatch_down}:" + os.environ.get("PATH", "")}),
+        Case("slurm-no-client", [*SLURM], "no SLURM client commands (srun, sbatch) on PATH",
+             env={"PATH": "{sbatch_none}"}),
+        Case("slurm-gpu-on-cpu-partition", [*SLURM, "hydra.launcher.gpus_per_node=1"],
+             "hydra.launcher.gpus_per_node=null", env={"PATH": "{sbatch_gres}:" + os.environ.get("PATH", "")}),
+    )),
 ]
 
 
@@ -341,7 +344,7 @@ def _fill(text: str, names: dict[str, Path]) -> str:
 
 
 def _case_id(case) -> str:
-    return case.id
+    return case.id if isinstance(case, Case) else "case"
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
@@ -367,9 +370,17 @@ def test_a_bad_invocation_is_one_line_exit_2_and_changes_nothing(case: Case, wor
     assert not written, f"a refused command created run directories: {written}"
 
 
+def _unwrap(case) -> tuple[Case, bool]:
+    """``(case, slow)`` of a table entry (a ``Case`` or a ``pytest.param`` of one)."""
+    if isinstance(case, Case):
+        return case, False
+    return case.values[0], any(m.name == "slow" for m in case.marks)
+
+
 def test_the_battery_is_large_enough():
-    assert len(CASES) >= 60
-    assert len({c.values[0].id if hasattr(c, "values") else c.id for c in CASES}) == len(CASES)
+    cases = [_unwrap(c) for c in CASES]
+    assert len({c.id for c, _ in cases}) == len(cases)  # unique ids
+    assert sum(not slow for _, slow in cases) >= 60  # in the default suite
 
 
 # ---------------------------------------------------------------- NaN logits: refused, never scored
