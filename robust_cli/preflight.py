@@ -12,6 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 
+#: the model/defense/dataset configs already built once in this process
+_CONSTRUCTED: set[str] = set()
+
+
 def check_inputs(config_name: str, cfg: Any) -> None:
     """Raise ``UserError`` for the first input of a composed ``train`` / ``eval`` config that cannot be
     used: ``train``: every split of its data set (``robust_cli.data.load_split``'s checks: the file, array
@@ -27,10 +31,15 @@ def check_inputs(config_name: str, cfg: Any) -> None:
         from robust_cli.defenses import build_defense
         from robust_cli.models import build_model
 
-        for split in ("train", "val", "test"):
+        from omegaconf import OmegaConf
+
+        for split in ("train", "val", "test"):  # cached: the app of a single run reads them from memory
             load_split(cfg.dataset, cfg.data, split)
-        constructed("model", build_model, cfg.model, info_of(cfg.dataset))  # what their constructors refuse
-        constructed("defense", build_defense, cfg.defense)
+        parts = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["model", "defense", "dataset"]), resolve=True)
+        if parts not in _CONSTRUCTED:  # a sweep's combinations share their models: each built once
+            constructed("model", build_model, cfg.model, info_of(cfg.dataset))  # what the constructors refuse
+            constructed("defense", build_defense, cfg.defense)
+            _CONSTRUCTED.add(parts)
     elif config_name == "eval":
         from robust_cli.rundir import RunDir
         from robust_cli.training.checkpoint import load_trained_model

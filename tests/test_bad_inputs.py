@@ -336,6 +336,19 @@ CASES = [
     )),
 ]
 
+# Variants of a check that the default suite already exercises with another case run in `make test-slow` only
+# (each call is ~0.5-1 s on a loaded machine; the default suite keeps the cases and at least 60)
+SLOW_IDS = {
+    "eval-search-steps-neg", "eval-eps-nan", "eval-batch-size", "eval-attack-option-type", "eval-force-type",
+    "eval-top-key-typo", "eval-command-unknown", "eval-norm-unknown", "eval-run-a-file", "eval-run-empty-dir",
+    "eval-model-empty", "eval-model-tensor", "eval-runjson-binary", "eval-run-failed", "eval-config-list",
+    "eval-m-eps", "train-lr-0", "train-betas", "train-warmup-neg", "train-tikhonov-neg", "train-cutout-neg",
+    "train-epochs-type", "train-seed-type", "train-out-dir-empty", "train-model-unknown", "train-penalty-norm",
+    "train-dropout", "train-hydra-run-dir", "train-backend", "npz-labels-neg", "npz-inf-test", "npz-dtype",
+    "npz-ndim", "npz-npy", "npz-empty", "train-m-lr", "lip-max-images-0", "lip-chunk-0",
+}
+CASES = [pytest.param(c, marks=pytest.mark.slow) if isinstance(c, Case) and c.id in SLOW_IDS else c for c in CASES]
+
 
 def _fill(text: str, names: dict[str, Path]) -> str:
     for key, value in names.items():
@@ -380,6 +393,7 @@ def _unwrap(case) -> tuple[Case, bool]:
 def test_the_battery_is_large_enough():
     cases = [_unwrap(c) for c in CASES]
     assert len({c.id for c, _ in cases}) == len(cases)  # unique ids
+    assert not SLOW_IDS - {c.id for c, _ in cases}  # no stale id
     assert sum(not slow for _, slow in cases) >= 60  # in the default suite
 
 
