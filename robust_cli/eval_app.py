@@ -156,9 +156,11 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
 
     from robust_cli.evaluation.runner import predict
     from robust_cli.preflight import check_eval_writable
-    from robust_cli.training.checkpoint import check_trained_run
 
-    run_dir = check_trained_run(cfg.run)  # each file's problem in one line, before anything is computed
+    run_dir = RunDir(cfg.run)  # its files are checked by load_trained_model (and by robust's validation)
+    if not run_dir.is_dir():
+        what = "does not exist" if not run_dir.path.exists() else "is not a directory"
+        raise UserError(f"run={cfg.run} {what}; give run=<a finished train run directory>")
     check_eval_writable(run_dir)
     norms = selected_norms(cfg.norm)
     attacks = selected_attacks(cfg.attack)
