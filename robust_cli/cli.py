@@ -12,6 +12,8 @@ import re
 import sys
 from importlib import resources
 
+from robust_cli.errors import UserError
+
 APPS = {
     "train": ("robust_cli.train_app", "train", "train dataset x model x defense into a resumable run directory"),
     "eval": ("robust_cli.eval_app", "eval", "attack a trained run: distances, error curves, summaries, plots"),
@@ -171,8 +173,11 @@ def validate(config_name: str, args: list[str]) -> str | None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from robust_cli.config import check_config, register_configs
+    from omegaconf import open_dict
+
+    from robust_cli.config import check_config, check_launcher, register_configs
     from robust_cli.norms import canonicalize_config
+    from robust_cli.preflight import check_inputs
 
     register_configs()
     overrides, multirun = _overrides(args)
@@ -185,7 +190,14 @@ def validate(config_name: str, args: list[str]) -> str | None:
         GlobalHydra.instance().clear()
         with initialize_config_module("robust_cli.conf", version_base=None):
             for combo in combos[:64]:  # enough to catch a typo; a huge grid is not composed twice
-                check_config(canonicalize_config(compose(config_name, overrides=list(combo))))  # values too
+                cfg = compose(config_name, overrides=list(combo), return_hydra_config=True)
+                check_launcher(cfg.hydra)
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                check_config(canonicalize_config(cfg))  # values too
+                check_inputs(config_name, cfg)  # the files each job will read (a multirun's bad one fails now)
+    except UserError as err:
+        return " ".join(str(err).split())
     except Exception as err:  # every composition error is the user's input
         return _one_line(err)
     finally:

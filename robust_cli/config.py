@@ -14,10 +14,19 @@ import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from robust_cli.errors import UserError
+from robust_cli.schema import NonEmpty, OneOf, Range
+
+#: the accepted values of the top-level options, checked by check_config (robust_cli.schema.check_schema_values)
+Positive = Annotated[int, Range(ge=1)]
+Count = Annotated[int, Range(ge=0)]
+NonNegative = Annotated[float, Range(ge=0)]
+Path = Annotated[str, NonEmpty()]
 
 # ---------------------------------------------------------------- data
 
@@ -26,9 +35,9 @@ from omegaconf import MISSING
 class AugmentConfig:
     """Training-time augmentation (Finlay et al. App. A): random crop with padding, horizontal flip, cutout."""
 
-    crop_padding: int = 0  # pixels of zero padding before a random crop back to the image size; 0 = off
+    crop_padding: Count = 0  # pixels of zero padding before a random crop back to the image size; 0 = off
     flip: bool = False  # random horizontal flip
-    cutout: int = 0  # side of the square zeroed at a random position (16 CIFAR-10, 8 CIFAR-100); 0 = off
+    cutout: Count = 0  # side of the square zeroed at a random position (16 CIFAR-10, 8 CIFAR-100); 0 = off
 
 
 @dataclass
@@ -40,18 +49,18 @@ class DatasetConfig:
     # dotted name of the data set's loader, a function registered in robust_cli/data/sets/ (no other code is
     # ever called); null: the loader of the registry entry with this name
     loader: Optional[str] = None
-    in_shape: list[int] = MISSING
-    num_classes: int = MISSING
+    in_shape: list[Positive] = MISSING
+    num_classes: Annotated[int, Range(ge=2)] = MISSING
     mean: list[float] = MISSING
-    std: list[float] = MISSING
-    val_size: int = 0  # images held out of the training set for validation (thesis MNIST: 10000)
-    eval_size: int = 1000  # the fixed evaluation subset: the first N test images
+    std: list[Annotated[float, Range(gt=0)]] = MISSING
+    val_size: Count = 0  # images held out of the training set for validation (thesis MNIST: 10000)
+    eval_size: Positive = 1000  # the fixed evaluation subset: the first N test images
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     path: Optional[str] = None  # `npz` only: the arrays file
     # robust-accuracy thresholds per norm, {linf: [...], l2: [...], l1: [...], l0: [...]}: the eps at which
     # robust eval reports 1 - err(eps) (Matyasko's thesis §5.4: five fixed per data set); a norm that is
     # null or [] gets no robust-accuracy columns
-    thresholds: dict[str, Optional[list[float]]] = field(
+    thresholds: dict[str, Optional[list[NonNegative]]] = field(
         default_factory=lambda: dict.fromkeys(("linf", "l2", "l1", "l0"))
     )
 
@@ -60,9 +69,9 @@ class DatasetConfig:
 class DataConfig:
     """Where data sets live and how they are read."""
 
-    root: str = "${oc.env:ROBUST_DATA,data}"
+    root: Path = "${oc.env:ROBUST_DATA,data}"
     download: bool = True
-    num_workers: int = 0
+    num_workers: Count = 0
 
 
 @dataclass
@@ -81,31 +90,32 @@ class EvalDataConfig:
 class OptimizerConfig:
     """``name`` is sgd, adam or adamw; unused fields are ignored by the other optimizers."""
 
-    name: str = MISSING
-    lr: float = 0.1
-    momentum: float = 0.9
+    name: Annotated[str, OneOf("sgd", "adam", "adamw")] = MISSING
+    lr: Annotated[float, Range(gt=0)] = 0.1
+    momentum: NonNegative = 0.9
     nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: NonNegative = 0.0
+    betas: list[Annotated[float, Range(ge=0, lt=1)]] = field(default_factory=lambda: [0.9, 0.999])
 
 
 @dataclass
 class ScheduleConfig:
     """Learning-rate schedule per epoch. ``name``: multistep, exponential, cosine or constant."""
 
-    name: str = MISSING
-    milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
-    gamma: float = 0.1  # multistep factor, or exponential per-epoch decay
-    eta_min: float = 0.0  # cosine: final lr
-    warmup_epochs: int = 0  # linear warm-up from lr/10
+    name: Annotated[str, OneOf("multistep", "exponential", "cosine", "constant")] = MISSING
+    milestones: list[Count] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
+    gamma: Annotated[float, Range(gt=0)] = 0.1  # multistep factor, or exponential per-epoch decay
+    eta_min: NonNegative = 0.0  # cosine: final lr
+    warmup_epochs: Count = 0  # linear warm-up from lr/10
 
 
 @dataclass
 class TrainerConfig:
     """Hardware and parallelism of the training loop."""
 
-    devices: int = 1  # >1: DistributedDataParallel over this many processes
-    backend: str = "auto"  # torch.distributed backend; auto = nccl on CUDA, gloo on CPU
+    devices: Positive = 1  # >1: DistributedDataParallel over this many processes
+    # torch.distributed backend; auto = nccl on CUDA, gloo on CPU
+    backend: Annotated[str, OneOf("auto", "nccl", "gloo")] = "auto"
 
 
 @dataclass
@@ -119,28 +129,28 @@ class TrainConfig:
     schedule: ScheduleConfig = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 500
+    epochs: Positive = 10
+    batch_size: Positive = 128
+    eval_batch_size: Positive = 500
     seed: int = 0
     deterministic: bool = False  # torch deterministic algorithms; bit-exact resume on CPU
     device: str = "auto"  # auto = cuda when present, else cpu
     amp: bool = False  # autocast (bf16 on CUDA)
     channels_last: bool = False  # NHWC activations (faster convolutions with amp on recent GPUs)
     compile: bool = False  # torch.compile the model (not with double-backprop defenses: tulip, lip, margin)
-    tikhonov: float = 0.0  # the papers' weight decay: tikhonov * sum of squared non-bias weights
-    max_batches_per_epoch: Optional[int] = None  # cap for smoke runs
+    tikhonov: NonNegative = 0.0  # the papers' weight decay: tikhonov * sum of squared non-bias weights
+    max_batches_per_epoch: Optional[Positive] = None  # cap for smoke runs
     # robust validation (robust_cli.training.robust_val): every val_every epochs the first val_n validation
     # images are attacked by val_attack at val_eps in val_norm; history.csv gains val_robust_accuracy and
     # checkpoints/best.pt holds the epoch with the highest (Rice et al. 2020). null: off
     val_attack: Optional[str] = None  # a budget attack of conf/attack (fgsm, pgd, ...)
-    val_every: int = 1
-    val_eps: Optional[float] = None
-    val_norm: str = "linf"
-    val_n: int = 500
+    val_every: Positive = 1
+    val_eps: Optional[NonNegative] = None
+    val_norm: Annotated[str, OneOf("linf", "l2", "l1", "l0")] = "linf"
+    val_n: Positive = 500
     val_options: dict[str, Any] = field(default_factory=dict)  # the attack's options (val_options.steps=10)
     force: bool = False  # retrain even if the run directory holds a finished run
-    out_dir: str = "outputs"
+    out_dir: Path = "outputs"
     run_dir: Optional[str] = None  # explicit run directory; default: named from the overrides
     logger: str = "csv"  # csv | tensorboard | mlflow (robust_cli.reporting.tracking); csv files are always written
     mlflow_uri: Optional[str] = None  # logger=mlflow: the tracking URI; null: the file store <out_dir>/mlruns
@@ -178,8 +188,8 @@ class EvalConfig:
     dataset: Any = None  # model=<kind> only: the data set to evaluate on (dataset=<name>)
     attack: Any = MISSING  # filled by the attack group: {<name>: {...params}}
     norm: Any = "l2"  # l0 | l1 | l2 | linf, or a list of them
-    n_examples: int = 1000
-    batch_size: int = 250
+    n_examples: Positive = 1000
+    batch_size: Positive = 250
     device: str = "auto"
     seed: int = 0
     # distance | fixed: per-image distances (budget attacks: an eps search), or robust accuracy at exactly
@@ -192,11 +202,12 @@ class EvalConfig:
     )
     # robust-accuracy thresholds per norm, merged over the run's dataset.thresholds: thresholds.l2=[0.5,1.0]
     # replaces the data set's l2 list, thresholds.l0=[] drops l0's; a norm left null keeps the data set's
-    thresholds: dict[str, Optional[list[float]]] = field(
+    thresholds: dict[str, Optional[list[NonNegative]]] = field(
         default_factory=lambda: dict.fromkeys(("linf", "l2", "l1", "l0"))
     )
-    eps_search: str = "adaptive"  # budget attacks: adaptive (to eps_rtol / eps_tol) | bisection | grid
-    search_steps: int = 10  # adaptive: rounds at most; bisection: halvings; grid: points
+    # budget attacks: adaptive (to eps_rtol / eps_tol) | bisection | grid
+    eps_search: Annotated[str, OneOf("adaptive", "bisection", "grid")] = "adaptive"
+    search_steps: Positive = 10  # adaptive: rounds at most; bisection: halvings; grid: points
     eps_rtol: float = 0.01  # adaptive: each distance to this fraction of itself ...
     eps_tol: Optional[float] = None  # ... or to this absolute eps (replaces eps_rtol)
     lipschitz: bool = True  # write lipschitz.json
@@ -211,12 +222,13 @@ class EvalConfig:
     shard: Optional[str] = None
     # the attacks' forward passes: fp32, or bf16 / fp16 autocast; the verification of every returned image is
     # always fp32 (robust_cli.acceleration)
-    precision: str = "fp32"
+    precision: Annotated[str, OneOf("fp32", "bf16", "fp16")] = "fp32"
     compile: bool = False  # torch.compile the model the attacks query (the verification uses the bare model)
     merge: bool = False  # merge the finished shard sets of the run (no attack runs)
     # -m: the sweep directory <out_dir>/sweeps/eval/<name>; model=<kind>: <out_dir>/eval/external/...
     out_dir: str = "outputs"
-    logger: str = "csv"  # csv | tensorboard | mlflow: the summaries and the error-curve figure logged there too
+    # csv | tensorboard | mlflow: the summaries and the error-curve figure logged there too
+    logger: Annotated[str, OneOf("csv", "tensorboard", "mlflow")] = "csv"
     mlflow_uri: Optional[str] = None  # logger=mlflow: the tracking URI; null: the file store <out_dir>/mlruns
 
 
@@ -226,10 +238,11 @@ class DataLipschitzConfig:
 
     dataset: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
-    split: str = "train"
-    chunk_size: int = 2048
+    split: Annotated[str, OneOf("train", "val", "test")] = "train"
+    chunk_size: Positive = 2048
     device: str = "auto"
-    max_images: Optional[int] = None
+    # the first N images; a constant needs two images of different labels
+    max_images: Optional[Annotated[int, Range(ge=2)]] = None
 
 
 @dataclass
@@ -312,11 +325,15 @@ def check_config(cfg: Any) -> None:
     """Check every model, defense and attack node of a composed config against what its code's signature
     states beyond types (``Literal`` choices, ``Range`` bounds; ``robust_cli.schema.check_options``).
 
+    The top-level schemas' own annotations are checked too (``search_steps=0: must be >= 1``,
+    ``eps.linf=-0.1``, ``split=foo``; ``robust_cli.schema.check_schema_values``), and a required value left
+    out (``run``, an empty ``attack=[]``) is named with what to give.
+
     Raises ``UserError`` naming the key, e.g. ``attack.pgd.steps=-1: must be >= 1``.
     """
     from omegaconf import DictConfig, OmegaConf
 
-    from robust_cli.schema import check_options
+    from robust_cli.schema import check_options, check_schema_values
 
     from robust_cli.errors import UserError
 
@@ -334,6 +351,8 @@ def check_config(cfg: Any) -> None:
         check_precision(cfg.precision)
     if "mode" in cfg and "eps" in cfg:
         check_eval_mode(cfg)
+    check_required(cfg)
+    check_schema_values(cfg)
     nodes = [(key, cfg.get(key)) for key in ("model", "defense")]
     attacks = cfg.get("attack")
     if isinstance(attacks, DictConfig):
@@ -346,6 +365,39 @@ def check_config(cfg: Any) -> None:
         obj = objects.get(str(node._target_))
         if obj is not None:
             check_options(obj, OmegaConf.to_container(node, resolve=True), where)
+
+
+#: what to give for a required value left out (the key's ``???`` in the schema or YAML)
+_REQUIRED_HINTS = {
+    "run": "give run=<a finished train run directory>",
+    "attack": "give attack=<name>, attack=[a,b] or attack=all",
+    "dataset.path": "dataset=npz needs dataset.path=<file.npz> holding x_train, y_train, x_test, y_test",
+}
+
+
+def check_required(cfg: Any) -> None:
+    """Raise ``UserError`` for the first required value a composed config leaves out (``robust eval`` with no
+    ``run=``, ``attack=[]``), naming it and what to give, before any code reads it."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        hint = _REQUIRED_HINTS.get(key, f"give {key}=<value>")
+        given = " (attack=[] selects none)" if key == "attack" else ""
+        raise UserError(f"{key} is required{given}; {hint}")
+
+
+def check_launcher(hydra_cfg: Any) -> None:
+    """The values of ``hydra.launcher`` the launchers' own schemas accept but cannot run: joblib's
+    ``n_jobs=0`` ("has no meaning" in joblib: >= 1 workers, or -1 for one per core)."""
+    from omegaconf import OmegaConf
+
+    target = str(OmegaConf.select(hydra_cfg, "launcher._target_", default="") or "")
+    if "joblib" in target.lower():
+        n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=None)
+        if n_jobs is not None and int(n_jobs) == 0:
+            raise UserError("hydra.launcher.n_jobs=0: must be >= 1 (parallel jobs), or negative (-1: one per core)")
 
 
 def register_configs() -> None:

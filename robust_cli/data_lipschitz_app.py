@@ -13,6 +13,7 @@ import math
 import sys
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from robust_cli.apps import user_errors
@@ -31,13 +32,17 @@ def compute(cfg: DictConfig) -> dict:
     from robust_cli.device import resolve_device
     from robust_cli.evaluation.data_lipschitz import data_lipschitz
 
-    if cfg.split not in ("train", "val", "test"):
-        raise UserError(f"split must be train, val or test, got {cfg.split}")
-    if cfg.chunk_size < 1:
-        raise UserError("chunk_size must be at least 1")
-    x, y = load_split(cfg.dataset, cfg.data, cfg.split)
+    x, y = load_split(cfg.dataset, cfg.data, cfg.split)  # split, chunk_size, max_images: checked by the schema
+    if len(x) == 0:  # only val can be empty (the data sets' own splits are refused empty when read)
+        raise UserError(f"split={cfg.split} of {cfg.dataset.name} is empty: dataset.val_size="
+                        f"{int(cfg.dataset.val_size)} holds out no validation images; give dataset.val_size=<N> "
+                        "or split=train|test")
     if cfg.max_images is not None:
         x, y = x[: cfg.max_images], y[: cfg.max_images]
+    if len(torch.unique(y)) < 2:  # no pair of different labels: the constant would read 0, as if meaningful
+        what = f"the first max_images={cfg.max_images}" if cfg.max_images is not None else "all"
+        raise UserError(f"{what} images of {cfg.dataset.name} {cfg.split} have the one label {int(y[0])}: the "
+                        "Lipschitz constant needs images of two different labels; raise max_images")
     device = resolve_device(cfg.device)
     with Progress(transient=True) as progress:
         task = progress.add_task(f"{cfg.dataset.name} {cfg.split}: pairs", total=int(x.shape[0]))

@@ -30,6 +30,7 @@ The data set is read from the run's stored ``data.root`` (absolute), or from ``d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any
@@ -192,6 +193,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
             raise UserError(f"merge=true merges the finished shards of the run; give it without shard={cfg.shard}")
         return merge_command(cfg)
     check_precision(str(cfg.precision))
+    from robust_cli.evaluation.runner import predict
+    from robust_cli.preflight import check_eval_writable
     norms = selected_norms(cfg.norm)
     attacks = with_targeted(selected_attacks(cfg.attack), bool(cfg.targeted))
     if str(cfg.precision) != "fp32" and any(params.get("targeted") for _, params in attacks.values()):
@@ -205,6 +208,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     device = resolve_device(cfg.device)
     target = resolve_target(cfg, device)  # run=<dir> or model=<kind> (robust_cli.eval_target)
     model, dataset_cfg, data_cfg, eval_dir = target.model, target.dataset, target.data, target.eval_dir
+    if target.record is None:  # a train run: eval/ must be a writable folder (an external model's is ours)
+        check_eval_writable(RunDir(cfg.run))
     x, y = load_split(dataset_cfg, data_cfg, "test")
     n = min(int(cfg.n_examples), int(x.shape[0]))
     x, y = x[:n], y[:n]
@@ -221,6 +226,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     queried = attack_model(model, device, precision=str(cfg.precision), compile=bool(cfg.compile))
     lo, hi = (0, n) if shard is None else shard_range(n, int(cfg.batch_size), *shard)
     shards = ShardsDir.of(eval_dir) if shard is not None else None
+    predict(model, x, cfg.batch_size)  # logits that are not finite are refused before anything is logged or written
     model_id = model_identity(model)
     zero_grad = None  # computed on the first pair that is not reused
     model_checks = None  # likewise (randomised model, softmax output: checks.model_output_checks)
@@ -228,23 +234,41 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                         TimeElapsedColumn(), transient=False)
     configs = {}  # every pair's stored result is checked before any attack runs: a refusal changes nothing
     sharded = []  # (attack, norm, config) of the pairs this shard contributes to
-    for name, norm in pairs:
-        fn, params = attacks[name]
-        # targeted: which targets were drawn is part of what produced the result
-        config = result_config(fn, {**params, "targets": str(cfg.targets)} if params.get("targeted") else params,
-                               n, cfg, model_id)
-        if budgets and fn.budget:  # attacked at the listed eps, no search: a result of its own
-            config.update(eps_search=f"fixed {budgets[norm]}", search_steps=None, eps_rtol=None, eps_tol=None)
-        if cached_summary(eval_dir.result(name, norm), config, eps_of(cfg.eps, norm), thresholds.get(norm, []),
-                          attack=name, force=bool(cfg.force)) is not None:
-            log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
-            continue
-        if shard is not None:
-            sharded.append((name, norm, config))
-            if not cfg.force and shard_done(shards.result(shard[1], shard[0], name, norm), config):
-                log.info("%s-%s: shard %s already evaluated, reusing", name, norm, cfg.shard)
+    refused = None
+    # writers of eval/ hold its lock (no lock before eval/ exists: a refusal creates nothing)
+    with eval_dir.lock() if eval_dir.is_dir() else contextlib.nullcontext():
+        if eval_dir.is_dir():
+            for tmp in eval_dir.remove_temp_files():
+                log.info("removed %s (left by a killed write)", tmp)
+        reused = []
+        for name, norm in pairs:  # first every refusal (nothing written), then the updates of reused results
+            fn, params = attacks[name]
+            # targeted: which targets were drawn is part of what produced the result
+            config = result_config(fn, {**params, "targets": str(cfg.targets)} if params.get("targeted") else params,
+                                   n, cfg, model_id)
+            if budgets and fn.budget:  # attacked at the listed eps, no search: a result of its own
+                config.update(eps_search=f"fixed {budgets[norm]}", search_steps=None, eps_rtol=None, eps_tol=None)
+            try:
+                stored = cached_summary(eval_dir.result(name, norm), config, math.nan, None, attack=name,
+                                        force=bool(cfg.force))
+            except UserError as err:
+                refused = refused or err
                 continue
-        configs[name, norm] = config
+            if stored is not None:
+                reused.append((name, norm, config))
+                continue
+            if shard is not None:
+                sharded.append((name, norm, config))
+                if not cfg.force and shard_done(shards.result(shard[1], shard[0], name, norm), config):
+                    log.info("%s-%s: shard %s already evaluated, reusing", name, norm, cfg.shard)
+                    continue
+            configs[name, norm] = config
+        if refused is not None:
+            raise refused
+        for name, norm, config in reused:  # a changed eps.<norm> or thresholds: read off the stored distances
+            cached_summary(eval_dir.result(name, norm), config, eps_of(cfg.eps, norm), thresholds.get(norm, []),
+                           attack=name, force=bool(cfg.force))
+            log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
     from robust_cli.evaluation.runner import RunningBest, takes_argument
 
     reference = None
@@ -278,11 +302,12 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                 continue
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
-            write_result(eval_dir.result(name, norm), result, attack=name, norm=norm, budget=fn.budget,
-                         eps=eps_of(cfg.eps, norm), thresholds=thresholds.get(norm, []), zero_grad=zero_grad,
-                         config=config, started_from=started_from, search=search_settings(cfg),
-                         mode=str(cfg.mode), budgets=budgets.get(norm) if budgets else None,
-                         model_checks=model_checks)
+            with eval_dir.lock():  # writers of eval/ hold its lock: a temp file found under it is a killed write's
+                write_result(eval_dir.result(name, norm), result, attack=name, norm=norm, budget=fn.budget,
+                             eps=eps_of(cfg.eps, norm), thresholds=thresholds.get(norm, []), zero_grad=zero_grad,
+                             config=config, started_from=started_from, search=search_settings(cfg),
+                             mode=str(cfg.mode), budgets=budgets.get(norm) if budgets else None,
+                             model_checks=model_checks)
 
     if shard is not None and sharded:
         run_dir = RunDir(cfg.run)

@@ -83,13 +83,17 @@ def torch_save(path: str | os.PathLike, obj: Any) -> Path:
 
 def torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True``: a checkpoint from elsewhere cannot run code."""
+    import warnings
+
     import torch
 
-    return torch.load(path, map_location=map_location, weights_only=True)
+    with warnings.catch_warnings():  # a torn or foreign file: the caller's one line says so, not torch's warning
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file written by ``write_json``."""
+    """Read a JSON file written by ``write_json``; ``ValueError`` (``json.JSONDecodeError``) where it is not JSON."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 

@@ -82,6 +82,22 @@ class Length:
         return f"a list of at least {self.ge} entr{'y' if self.ge == 1 else 'ies'}"
 
 
+@dataclasses.dataclass(frozen=True, init=False)
+class OneOf:
+    """The accepted values of an option whose type OmegaConf checks as a plain ``str`` (the top-level
+    schemas of ``robust_cli.config``, where ``Literal`` is not available): ``Annotated[str, OneOf("a", "b")]``."""
+
+    choices: tuple
+
+    def __init__(self, *choices: Any):
+        object.__setattr__(self, "choices", tuple(choices))
+
+
+@dataclasses.dataclass(frozen=True)
+class NonEmpty:
+    """A string or list option that must not be empty: ``Annotated[str, NonEmpty()]``."""
+
+
 def _schema_type(annotation: Any) -> Any:
     """The OmegaConf-checkable type for a signature annotation (see the module docstring)."""
     if typing.get_origin(annotation) is typing.Annotated:
@@ -213,15 +229,17 @@ def defaults_of(schema: type) -> dict[str, Any]:
     return out
 
 
-def _rules(annotation: Any) -> tuple[list[Range | Length], tuple | None, Any]:
-    """``(ranges and lengths, choices, item annotation of a list)`` an annotation states (``Optional`` looked
-    through)."""
-    ranges: list[Range | Length] = []
+def _rules(annotation: Any) -> tuple[list[Any], tuple | None, Any]:
+    """``(ranges, lengths and NonEmpty markers, choices, item annotation of a list or a dict's values)`` an
+    annotation states (``Optional`` looked through)."""
+    ranges: list[Any] = []
+    choices: tuple | None = None
     while True:
         origin = typing.get_origin(annotation)
         if origin is typing.Annotated:
             annotation, *extras = typing.get_args(annotation)
-            ranges += [e for e in extras if isinstance(e, (Range, Length))]
+            ranges += [e for e in extras if isinstance(e, (Range, Length, NonEmpty))]
+            choices = next((e.choices for e in extras if isinstance(e, OneOf)), choices)
         elif origin in (typing.Union, types.UnionType):
             rest = [a for a in typing.get_args(annotation) if a is not type(None)]
             if len(rest) != 1:
@@ -232,8 +250,10 @@ def _rules(annotation: Any) -> tuple[list[Range | Length], tuple | None, Any]:
     if origin is typing.Literal:
         return ranges, typing.get_args(annotation), None
     if origin in (list, tuple, collections.abc.Sequence) and typing.get_args(annotation):
-        return ranges, None, typing.get_args(annotation)[0]
-    return ranges, None, None
+        return ranges, choices, typing.get_args(annotation)[0]
+    if origin in (dict, collections.abc.Mapping) and len(typing.get_args(annotation)) == 2:
+        return ranges, choices, typing.get_args(annotation)[1]
+    return ranges, choices, None
 
 
 def _problem(annotation: Any, value: Any) -> str | None:
@@ -247,16 +267,57 @@ def _problem(annotation: Any, value: Any) -> str | None:
         short = [r for r in ranges if isinstance(r, Length) and not r.admits(value)]
         if short:
             return "must be " + " and ".join(str(r) for r in short)
+    if any(isinstance(r, NonEmpty) for r in ranges) and isinstance(value, (str, list, tuple, dict)) and \
+            not (value.strip() if isinstance(value, str) else value):
+        return "must not be empty"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        bad = [r for r in ranges if isinstance(r, Range) and not r.admits(value)]
+        bounds = [r for r in ranges if isinstance(r, Range)]
+        if bounds and value != value:  # NaN lies in no range
+            return "must be a number, not nan"
+        bad = [r for r in bounds if not r.admits(value)]
         if bad:
             return "must be " + " and ".join(str(r) for r in bad)
-    if item is not None and isinstance(value, (list, tuple)):
-        for v in value:
+    if item is not None and isinstance(value, (list, tuple, dict)):
+        for v in value.values() if isinstance(value, dict) else value:
             problem = _problem(item, v)
             if problem:
                 return f"each entry: {problem}"
     return None
+
+
+def check_schema_values(node: Any, where: str = "") -> None:
+    """Raise ``UserError`` (``<where><key>=<value>: <what is accepted>``) for the first value of a composed
+    config node outside what its dataclass schema's annotations state (``Annotated[int, Range(ge=1)]``,
+    ``OneOf``, ``NonEmpty``), recursing into typed sub-nodes (``robust_cli.config``'s top-level schemas)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(node, DictConfig):
+        return
+    kind = OmegaConf.get_type(node)
+    hints = typing.get_type_hints(kind, include_extras=True) if dataclasses.is_dataclass(kind) else {}
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig):
+            if "_target_" not in value:  # a model/defense/attack node: check_options checks it
+                check_schema_values(value, f"{where}{key}.")
+            if key not in hints:
+                continue
+            value = OmegaConf.to_container(value, resolve=True)
+        elif key not in hints:
+            continue
+        elif not isinstance(value, (int, float, str, bool, type(None))):
+            value = OmegaConf.to_container(value, resolve=True)
+        _, _, item = _rules(hints[key])
+        if isinstance(value, dict) and item is not None:  # name the entry: eps.linf=-0.1
+            for k, v in value.items():
+                problem = _problem(item, v)
+                if problem:
+                    raise UserError(f"{where}{key}.{k}={v!r}: {problem}")
+        problem = _problem(hints[key], value)
+        if problem:
+            raise UserError(f"{where}{key}={value!r}: {problem}")
 
 
 def check_options(obj: Any, values: collections.abc.Mapping, where: str) -> None:

@@ -19,6 +19,14 @@ from robust_cli.apps import exit_user_error
 
 # (fragment of sbatch's message, lower case) -> what to change; the first match wins
 _HINTS = (
+    # no controller: the client's configuration (slurm.conf, DNS SRV records) or slurmctld itself unreachable
+    ("controller", _NO_CONTROLLER := "no SLURM controller answers (check `scontrol ping` and slurm.conf on this "
+                                     "machine), or run the sweep without hydra/launcher=slurm "
+                                     "(scripts/slurm_local.sh start runs a one-node cluster here)"),
+    ("configuration source", _NO_CONTROLLER),
+    ("fetch config", _NO_CONTROLLER),
+    ("dns srv", _NO_CONTROLLER),
+    ("slurm.conf", _NO_CONTROLLER),
     ("generic resource", "this cluster has no such GPUs: set hydra.launcher.gpus_per_node=null (CPU jobs) or a "
                          "count its nodes have, or pick a GPU partition with hydra.launcher.partition=<name>"),
     ("gres", "set hydra.launcher.gpus_per_node=null (CPU jobs) or a count the partition's nodes have"),
@@ -36,9 +44,9 @@ _GENERIC = "see the hydra.launcher options in conf/hydra/launcher/slurm.yaml (pa
 def sbatch_message(stderr: str) -> str:
     """One line from sbatch's stderr: its last error, then the hydra.launcher option that fixes it."""
     lines = [line.strip() for line in str(stderr).splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()] or lines or ["no message"]
+    errors = [line for line in lines if "error" in line.lower() or "fatal" in line.lower()] or lines or ["no message"]
     said = errors[-1]
-    for prefix in ("sbatch: error: ", "sbatch: "):
+    for prefix in ("sbatch: error: ", "sbatch: fatal: ", "sbatch: "):
         said = said[len(prefix):] if said.startswith(prefix) else said
     said = said.removeprefix("Batch job submission failed: ")
     hint = next((h for key, h in _HINTS if key in said.lower()), _GENERIC)
@@ -88,12 +96,14 @@ def launch_reporting_refusals(launch: Callable[..., Any], *args: Any) -> Any:
         held.held.clear()
         sys.stderr = held.stream
         exit_user_error(sbatch_message(str(err)))
-    except FileNotFoundError as err:
-        if "sbatch" not in str(err):
+    except (FileNotFoundError, RuntimeError) as err:
+        # no sbatch on PATH; or submitit's own check that this is a SLURM machine ('Could not detect "srun"')
+        if "sbatch" not in str(err) and "srun" not in str(err):
             raise
         sys.stderr = held.stream
-        exit_user_error("sbatch not found: hydra/launcher=slurm needs a SLURM cluster's client commands "
-                        "(scripts/slurm_local.sh start runs a one-node cluster here)")
+        exit_user_error("no SLURM client commands (srun, sbatch) on PATH: hydra/launcher=slurm needs a SLURM "
+                        "cluster's login node (scripts/slurm_local.sh start runs a one-node cluster here), or "
+                        "run the sweep without hydra/launcher=slurm")
     finally:
         if sys.stderr is held:
             sys.stderr = held.stream

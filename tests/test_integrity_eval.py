@@ -87,20 +87,23 @@ def test_sweep_names_come_from_the_overrides():
     assert len(long) <= 180 and long != sweep_name([f"run={'x' * 301}"])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="device=cuda is what makes these jobs fail")
 def test_a_later_train_sweep_keeps_the_earlier_jobs_csv(tmp_path):
-    # jobs that fail at once (epochs=0): the sweeps launch, nothing trains
-    first = robust("train", "-m", "epochs=0,-1", f"out_dir={tmp_path}", cwd=tmp_path)
-    second = robust("train", "-m", "epochs=0", "batch_size=0,1", f"out_dir={tmp_path}", cwd=tmp_path)
-    named = robust("train", "-m", "epochs=0", "hydra.job.name=mine", f"out_dir={tmp_path}", cwd=tmp_path)
+    # jobs that fail at once, where they run (device=cuda without CUDA: a property of the job's machine, so
+    # not refused when the sweep is validated, unlike a bad value such as epochs=0): nothing trains
+    cuda = "device=cuda"
+    first = robust("train", "-m", "epochs=1,2", cuda, f"out_dir={tmp_path}", cwd=tmp_path)
+    second = robust("train", "-m", "epochs=1", "batch_size=1,2", cuda, f"out_dir={tmp_path}", cwd=tmp_path)
+    named = robust("train", "-m", "epochs=1", "hydra.job.name=mine", cuda, f"out_dir={tmp_path}", cwd=tmp_path)
     for res in (first, second, named):
         assert res.returncode != 0 and "Traceback" not in res.stderr
-    a = pd.read_csv(tmp_path / "sweeps" / "train" / "epochs-0_-1" / "jobs.csv")
-    b = pd.read_csv(tmp_path / "sweeps" / "train" / "batch_size-0_1+epochs-0" / "jobs.csv")
+    a = pd.read_csv(tmp_path / "sweeps" / "train" / "epochs-1_2" / "jobs.csv")
+    b = pd.read_csv(tmp_path / "sweeps" / "train" / "batch_size-1_2+epochs-1" / "jobs.csv")
     c = pd.read_csv(tmp_path / "sweeps" / "mine" / "jobs.csv")
-    out = f" out_dir={tmp_path}"
-    assert list(a["overrides"]) == ["epochs=0" + out, "epochs=-1" + out] and set(a["status"]) == {"failed"}
-    assert list(b["overrides"]) == ["epochs=0 batch_size=0" + out, "epochs=0 batch_size=1" + out]
-    assert list(c["overrides"]) == ["epochs=0" + out]
+    out = f" {cuda} out_dir={tmp_path}"
+    assert list(a["overrides"]) == ["epochs=1" + out, "epochs=2" + out] and set(a["status"]) == {"failed"}
+    assert list(b["overrides"]) == ["epochs=1 batch_size=1" + out, "epochs=1 batch_size=2" + out]
+    assert list(c["overrides"]) == ["epochs=1" + out]
 
 
 # ---------------------------------------------------------------- the data of a run, found again

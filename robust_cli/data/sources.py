@@ -20,8 +20,9 @@ from robust_cli.errors import UserError
 SPLITS = ("train", "val", "test")
 
 
-def _to_nchw_float(x: np.ndarray, in_shape: tuple[int, int, int]) -> torch.Tensor:
-    """uint8 [0,255] or float [0,1] arrays laid out NHW, NHWC or NCHW -> float32 NCHW in [0,1]."""
+def _to_nchw_float(x: np.ndarray, in_shape: tuple[int, int, int], source: str = "the data set") -> torch.Tensor:
+    """uint8 [0,255] or float [0,1] arrays laid out NHW, NHWC or NCHW -> float32 NCHW in [0,1]; ``source``
+    names the data in the one-line refusals (shape, NaN/inf, range)."""
     t = torch.from_numpy(np.ascontiguousarray(x))
     t = t.float().div_(255) if t.dtype == torch.uint8 else t.float()
     c, h, w = in_shape
@@ -30,16 +31,26 @@ def _to_nchw_float(x: np.ndarray, in_shape: tuple[int, int, int]) -> torch.Tenso
     elif t.dim() == 4 and t.shape[-1] == c and t.shape[1] != c:
         t = t.permute(0, 3, 1, 2)
     if tuple(t.shape[1:]) != (c, h, w):
-        raise UserError(f"images have shape {tuple(t.shape[1:])} but dataset.in_shape is {[c, h, w]}")
+        raise UserError(f"{source}: images have shape {tuple(t.shape[1:])} but dataset.in_shape is {[c, h, w]}")
+    if t.numel() and not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).flatten(1).any(1).sum())
+        raise UserError(f"{source}: {bad} images hold NaN or inf values; images must be finite, in [0,1]")
     if t.numel() and (t.min() < 0 or t.max() > 1):
-        raise UserError("image values must be uint8 in [0,255] or floats in [0,1]")
+        raise UserError(f"{source}: image values lie in [{t.min().item():.4g}, {t.max().item():.4g}]; they must be "
+                        "uint8 in [0,255] or floats in [0,1]")
     return t.contiguous()
 
 
 @lru_cache(maxsize=8)
 def _load(loader: str, root: str, train: bool, download: bool, path: str | None, in_shape: tuple[int, int, int]):
     x, y = loaders()[loader](train, root=root, download=download, path=path)
-    return _to_nchw_float(x, in_shape), torch.as_tensor(y, dtype=torch.int64)
+    source = f"{path or loader.rsplit('.', 2)[-2]} ({'x_train' if train else 'x_test'})" if path else \
+        f"the {'training' if train else 'test'} images of {loader.rsplit('.', 2)[-2]}"
+    if len(x) != len(y):
+        raise UserError(f"{source}: {len(x)} images but {len(y)} labels")
+    if len(x) == 0:
+        raise UserError(f"{source}: no images")
+    return _to_nchw_float(x, in_shape, source), torch.as_tensor(y, dtype=torch.int64)
 
 
 def absolute_data_root(cfg) -> None:
@@ -85,7 +96,10 @@ def load_split(dataset_cfg, data_cfg, split: str) -> tuple[torch.Tensor, torch.T
     loader, _ = loader_of(dataset_cfg)
     x, y = _load(loader, root, split != "test", bool(data_cfg.download), path, in_shape)
     if int(y.max()) >= int(dataset_cfg.num_classes) or int(y.min()) < 0:
-        raise UserError(f"labels must lie in [0, {int(dataset_cfg.num_classes) - 1}] (dataset.num_classes)")
+        where = f"{path}: " if path else ""
+        raise UserError(f"{where}{'test' if split == 'test' else 'training'} labels lie in [{int(y.min())}, "
+                        f"{int(y.max())}]; they must lie in [0, {int(dataset_cfg.num_classes) - 1}] "
+                        f"(dataset.num_classes={int(dataset_cfg.num_classes)})")
     if split == "test":
         return x, y
     val_size = int(dataset_cfg.val_size)

@@ -61,11 +61,21 @@ class CountingModel(nn.Module):
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Labels ``[N]`` the model predicts on ``x`` ``[N,C,H,W]``, in fp32, without autocast."""
+    """Labels ``[N]`` the model predicts on ``x`` ``[N,C,H,W]``, in fp32, without autocast.
+
+    Logits that are not finite are refused (``UserError``), never scored: the argmax of a NaN row is an
+    arbitrary class, and an attack would "succeed" or fail on it by accident.
+    """
     out = []
     with torch.autocast(device_type=x.device.type, enabled=False):
         for i in range(0, x.shape[0], batch_size):
-            out.append(model(x[i:i + batch_size].float()).argmax(1))
+            logits = model(x[i:i + batch_size].float())
+            bad = ~torch.isfinite(logits).all(1)
+            if bad.any():
+                raise UserError(f"the model's logits are NaN or inf on {int(bad.sum())} of {len(logits)} images "
+                                "(finite images in [0,1]); its predictions cannot be scored: refused (check the "
+                                "run's model.pt and its training history)")
+            out.append(logits.argmax(1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 

@@ -167,8 +167,17 @@ class EvalDir(_Dir):
         io.write_json(self.lipschitz_path, stats)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
-        """An exclusive lock (``.lock``) for merging: concurrent ``-m`` jobs merge one after another."""
+        """An exclusive lock (``.lock``) for writing: concurrent ``robust eval`` calls (``-m`` jobs, two
+        commands at once) write their results and merge one after another."""
         return io.file_lock(self.path / ".lock")
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temporary files killed writes left in ``eval/`` and its result folders (call it holding
+        ``lock``: every writer of ``eval/`` holds it, so no temp file there is a live write's)."""
+        merged = [self.summary_path, self.curves_path, self.plot_path, self.lipschitz_path]
+        results = [p for d in self.path.iterdir() if d.is_dir()
+                   for p in (ResultDir(d).per_sample_path, ResultDir(d).curve_path, ResultDir(d).summary_path)]
+        return [tmp for path in merged + results for tmp in io.remove_temp_files(path)]
 
 
 class ExternalEvalDir(EvalDir):
@@ -310,9 +319,22 @@ class RunDir(_Dir):
 
     def read_config(self):
         """``config.yaml`` as a DictConfig (empty where there is none: a foreign run directory)."""
-        from omegaconf import OmegaConf
+        from omegaconf import DictConfig, OmegaConf
 
-        return OmegaConf.load(self.config_path) if self.config_path.is_file() else OmegaConf.create({})
+        from robust_cli.errors import UserError
+
+        if not self.config_path.is_file():
+            return OmegaConf.create({})
+        try:
+            cfg = OmegaConf.load(self.config_path)
+        except Exception as err:  # yaml's errors are many classes; each means the file is not a config
+            first = " ".join(str(err).split())[:200]
+            raise UserError(f"{self.config_path} is not a readable YAML config ({first}); restore it, or remove "
+                            "it (robust eval then uses model.pt's own config)") from None
+        if not isinstance(cfg, DictConfig):
+            raise UserError(f"{self.config_path} holds a YAML {type(cfg).__name__}, not a config mapping; restore "
+                            "it, or remove it (robust eval then uses model.pt's own config)")
+        return cfg
 
     # ------------------------------------------------------------------ history.csv
     def write_history(self, rows: list[dict[str, Any]]) -> None:

@@ -53,9 +53,24 @@ class RunRecord:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.data: dict[str, Any] = io.read_json(self.path) if self.path.exists() else {}
+        self.data: dict[str, Any] = self._read() if self.path.exists() else {}
         self._t0 = time.time()
         self._base_seconds = float(self.data.get("wall_seconds", 0.0))
+
+    def _read(self) -> dict[str, Any]:
+        """``run.json``'s content; a file that is not a JSON object is refused in one line (ours are written
+        atomically, so it was altered or is not robust's), and nothing is written over it."""
+        from robust_cli.errors import UserError
+
+        try:
+            data = io.read_json(self.path)
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise UserError(f"{self.path} is not readable JSON ({' '.join(str(err).split())}); restore it, or "
+                            "remove the run directory to train it again") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{self.path} holds a {type(data).__name__}, not the JSON object robust train writes; "
+                            "restore it, or remove the run directory to train it again")
+        return data
 
     @property
     def status(self) -> str | None:

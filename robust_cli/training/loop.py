@@ -31,6 +31,7 @@ from robust_cli.defenses import build_defense
 from robust_cli.device import resolve_device
 from robust_cli.errors import UserError
 from robust_cli.models import build_model
+from robust_cli.preflight import constructed
 from robust_cli.rundir import RunDir
 from robust_cli.training import distributed
 from robust_cli.training.batches import Batches, count_wrong, fits_on_device
@@ -113,10 +114,10 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
     x_train, y_train = load_split(cfg.dataset, cfg.data, "train")
     x_val, y_val = load_split(cfg.dataset, cfg.data, "val")
     x_test, y_test = load_split(cfg.dataset, cfg.data, "test")
-    model = build_model(cfg.model, info_of(cfg.dataset)).to(device)
+    model = constructed("model", build_model, cfg.model, info_of(cfg.dataset)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    defense = build_defense(cfg.defense)
+    defense = constructed("defense", build_defense, cfg.defense)
     robust_val = RobustValidation.of(cfg, x_val, y_val)  # None unless val_attack=
     if ctx.world_size > 1 and not getattr(defense, "distributed", True):
         raise UserError(f"defense={cfg.defense.name} trains in one process only (trainer.devices=1)")
@@ -129,24 +130,22 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
         raise UserError(str(err)) from None
 
     ckpt_path = run.checkpoint_path
-    start_epoch, history = 0, []
-    if ckpt_path.exists() and not fresh:
-        try:
-            ckpt = load_checkpoint(ckpt_path)
-        except UserError as err:
-            if not cfg.force:
-                raise UserError(f"{run} cannot resume (force=true discards its checkpoint and trains from "
-                                f"scratch): {' '.join(str(err).split())}") from None
-            log.warning("%s; force=true: training from scratch", err)
-            fresh = True
-        else:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
-            if hasattr(defense, "load_state_dict") and "defense" in ckpt:
-                defense.load_state_dict(ckpt["defense"])
-            if ctx.is_main:
-                log.info("resuming %s from epoch %d", run, start_epoch)
+    lock = None
+    if ctx.is_main:  # the owner lock first: a second start of the run reads nothing of it and says so
+        run.path.mkdir(parents=True, exist_ok=True)
+        lock = acquire_owner_lock(run)  # one writer per run directory, from here to the end
+    try:
+        if ctx.world_size == 1 and not fresh and not cfg.force and run.status() == "done" \
+                and run.model_path.exists():  # finished by the holder it waited behind: nothing to do
+            log.info("already trained: %s (force=true retrains)", run)
+            final = dict(run.record().data.get("final", {}))
+            lock.release()
+            return final
+        start_epoch, history, fresh = _resume(run, cfg, model, optimizer, defense, fresh, ctx)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
 
     train_model = distributed.wrap(model, ctx)  # the model itself in a single process
     if cfg.compile:
@@ -170,10 +169,7 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not ctx.is_main,
                         transient=True)
-    record, file_log, lock = None, None, None
-    if ctx.is_main:
-        run.path.mkdir(parents=True, exist_ok=True)
-        lock = acquire_owner_lock(run)  # one writer per run directory, from here to the end
+    record, file_log = None, None
     try:
         if ctx.is_main:
             file_log = add_file_log(run.log_path)
@@ -281,3 +277,27 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
             lock.release()
     return final
 
+
+def _resume(run: RunDir, cfg: DictConfig, model, optimizer, defense, fresh: bool, ctx: DistContext):
+    """``(start_epoch, history, fresh)`` from ``checkpoints/last.pt`` (loaded into ``model``, ``optimizer``
+    and a defense with state of its own, the critic's), read as the run's owner; ``(0, [], fresh)`` without
+    one or when ``fresh``. A checkpoint that cannot be read is refused, or, with ``force=true``, discarded
+    (``fresh`` becomes True)."""
+    if not run.checkpoint_path.exists() or fresh:
+        return 0, [], fresh
+    try:
+        ckpt = load_checkpoint(run.checkpoint_path)
+    except UserError as err:
+        if not cfg.force:
+            raise UserError(f"{run} cannot resume (force=true discards its checkpoint and trains from "
+                            f"scratch): {' '.join(str(err).split())}") from None
+        log.warning("%s; force=true: training from scratch", err)
+        return 0, [], True
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
+    if hasattr(defense, "load_state_dict") and "defense" in ckpt:
+        defense.load_state_dict(ckpt["defense"])
+    if ctx.is_main:
+        log.info("resuming %s from epoch %d", run, start_epoch)
+    return start_epoch, history, False

@@ -9,6 +9,11 @@ hooks to ``robust_cli.training.loop.EPOCH_END_HOOKS``, which the loop calls afte
 - ``ROBUST_TEST_MIN_EPOCH_SECONDS=S``: pad every epoch to at least S seconds, so that a requeue test needs
   several attempts however fast the machine is.
 
+- ``ROBUST_TEST_SLOW_WRITES=S``: every atomic write (``robust_cli.io``: checkpoints, model.pt, history.csv,
+  run.json, eval results) sleeps S seconds after its temporary file is written and before the rename, so a
+  test can kill the process deterministically in the middle of a write (while ``.<name>.<random>.tmp``
+  exists).
+
 Without those variables nothing is imported.
 """
 
@@ -16,6 +21,7 @@ import os
 
 CRASH_AFTER_EPOCH = "ROBUST_TEST_CRASH_AFTER_EPOCH"
 MIN_EPOCH_SECONDS = "ROBUST_TEST_MIN_EPOCH_SECONDS"
+SLOW_WRITES = "ROBUST_TEST_SLOW_WRITES"
 
 
 def _install() -> None:
@@ -40,5 +46,25 @@ def _install() -> None:
         loop.EPOCH_END_HOOKS.append(crash)
 
 
+def _slow_writes() -> None:
+    import time
+
+    from robust_cli import io
+
+    seconds = float(os.environ[SLOW_WRITES])
+    atomic = io._atomic
+
+    def slow_atomic(path, write):
+        def write_then_wait(tmp):
+            write(tmp)
+            time.sleep(seconds)  # the temporary file is complete, the rename has not happened
+
+        return atomic(path, write_then_wait)
+
+    io._atomic = slow_atomic
+
+
 if os.environ.get(CRASH_AFTER_EPOCH) or os.environ.get(MIN_EPOCH_SECONDS):
     _install()
+if os.environ.get(SLOW_WRITES):
+    _slow_writes()
