@@ -15,6 +15,7 @@ from importlib import resources
 APPS = {
     "train": ("robust_cli.train_app", "train", "train dataset x model x defense into a resumable run directory"),
     "eval": ("robust_cli.eval_app", "eval", "attack a trained run: distances, error curves, summaries, plots"),
+    "detect": ("robust_cli.detect_app", "detect", "gradient-norm attack detection and its evasive attack"),
     "data-lipschitz": ("robust_cli.data_lipschitz_app", "data_lipschitz",
                        "the Lipschitz constant of a data set (Finlay et al. Table 2)"),
 }
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"robust: error: unknown command {command!r}; expected one of {', '.join(APPS)}\n")
         return 2
     module_name, config_name, _ = APPS[command]
-    rest = expand_attack_all(rest) if command == "eval" else rest
+    rest = expand_attack_all(rest) if command in ("eval", "detect") else rest
     if not _INFO_FLAGS.intersection(rest):
         problem = validate(config_name, rest)
         if problem:

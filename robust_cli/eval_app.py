@@ -7,7 +7,12 @@
   same settings; a call with other settings is refused unless ``force=true`` or it only adds images:
   robust_cli.evaluation.cache);
 - ``summary.csv``, ``error_curves.csv``, ``error_curves.png`` merged over everything evaluated on the run;
-- ``lipschitz.json`` (``lipschitz=true``).
+- ``lipschitz.json`` (``lipschitz=true``);
+- ``<attack>-<norm>/adversarials.npz`` and ``.png`` (``save_adversarials=N``: the first N successes);
+- ``transfer_<attack>_<id>-<norm>/`` (``source=<train run>``: crafted on the source, scored on ``run``);
+- ``universal/<norm>/`` (``universal=true``: a universal perturbation at ``eps.<norm>``, its fooling rate);
+- ``certified/<method>-<norm>/`` (``certify=[lipschitz,ibp,crown]``): certified radii, drawn as the certified
+  (upper-bound) error curves in ``error_curves.png`` and listed in ``summary.csv`` as ``certified_<method>``.
 
 ``robust eval -m attack=fgsm,pgd norm=l2,linf`` runs one job per combination; each merges under a file
 lock after writing its own directory, so the merged files end up holding every job.
@@ -98,10 +103,12 @@ def wants_reference(fn: Any) -> bool:
 
 
 def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds, zero_grad, progress,
-                 config, reference=None, best=None) -> dict:
+                 config, reference=None, best=None, source=None) -> dict:
     """Run one (attack, norm), write its three files, return its summary.
 
-    ``config``: ``result_config(...)``, stored for the cache. ``reference``: the training set
+    ``source``: ``(label, path, model)`` of a transfer evaluation (crafted on ``model``, scored on the
+    target), whose result is stored as ``label``. ``config``: ``result_config(...)``, stored for the cache.
+    ``reference``: the training set
     ``(x [N,C,H,W], y [N])``, passed to attacks that take one. ``best``: the ``RunningBest`` of this norm
     in this call: its images are the ``x_init`` of attacks that take one, and this result updates it.
     """
@@ -116,12 +123,13 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
     result = run_attack(
         model, x, y, fn, norm, {**params, **extra}, batch_size=cfg.batch_size, eps_search=cfg.eps_search,
         search_steps=cfg.search_steps, device=device, on_batch=lambda k: progress.advance(task, k),
-        x_init=None if best is None else best.start(),
+        x_init=None if best is None else best.start(), craft_model=None if source is None else source[2],
     )
     if best is not None:
         best.update(result)
+    label = name if source is None else source[0]
     summary = summarize(
-        result.frame, attack=name, norm=norm, x_norm=result.x_norm, eps=float(cfg.eps.get(norm, math.nan)),
+        result.frame, attack=label, norm=norm, x_norm=result.x_norm, eps=float(cfg.eps.get(norm, math.nan)),
         thresholds=thresholds.get(norm, []), seconds=result.seconds,
         forward_per_sample=result.forward_per_sample, backward_per_sample=result.backward_per_sample,
     )
@@ -134,7 +142,15 @@ def evaluate_one(model, x, y, name, fn, params, norm, cfg, *, device, thresholds
         "zero_grad_fraction": zero_grad,
     }
     summary["config"] = config
-    RunDir(cfg.run).eval.result(name, norm).write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
+    if source is not None:
+        summary["source"], summary["transfer_of"] = source[1], name
+    out = RunDir(cfg.run).eval.result(label, norm)
+    out.write(result.frame, pd.DataFrame({"eps": eps, "error": err}), summary)
+    if cfg.save_adversarials > 0 and result.x_adv is not None:
+        from robust_cli.evaluation.saved import save_adversarials
+
+        saved = save_adversarials(out, result.frame, x, result.x_adv, int(cfg.save_adversarials))
+        log.info("%s-%s: saved %d adversarials to %s", name, norm, saved, out.adversarials_path)
     return summary
 
 
@@ -156,9 +172,17 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         raise UserError(f"run={cfg.run} is not a directory; give run=<a finished train run directory>")
     if cfg.n_examples < 1 or cfg.batch_size < 1:
         raise UserError("n_examples and batch_size must be at least 1")
+    if cfg.universal and cfg.universal_images < 1:
+        raise UserError(f"universal_images={cfg.universal_images}: must be at least 1")
+    if cfg.save_adversarials < 0:
+        raise UserError(f"save_adversarials={cfg.save_adversarials}: must be >= 0 (0 saves none)")
     if cfg.eps_search not in ("bisection", "grid"):
         raise UserError(f"eps_search must be bisection or grid, got {cfg.eps_search}")
+    from robust_cli.evaluation.certified import certify_run, selected_methods
+
     norms = selected_norms(cfg.norm)
+    methods = selected_methods(OmegaConf.to_container(cfg.certify) if isinstance(cfg.certify, ListConfig)
+                               else cfg.certify)
     attacks = selected_attacks(cfg.attack)
     single = len(attacks) == 1 and len(norms) == 1 and not is_multirun()
     pairs = plan(attacks, norms, single)
@@ -167,6 +191,11 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
 
     device = resolve_device(cfg.device)
     model, train_cfg = load_trained_model(run_dir, device=device)
+    source = None
+    if cfg.get("source"):
+        from robust_cli.evaluation.transfer import load_source
+
+        source = load_source(cfg.source, train_cfg, device)
     data_cfg = with_root(train_cfg.get("data"), cfg.data.root)  # data.root= / $ROBUST_DATA over the stored one
     x, y = load_split(train_cfg.dataset, data_cfg, "test")
     n = min(int(cfg.n_examples), int(x.shape[0]))
@@ -183,10 +212,16 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     for name, norm in pairs:
         fn, params = attacks[name]
         config = result_config(fn, params, n, cfg, model_id)
+        label = name
+        if source is not None:
+            label = source.label(name)
+            config["params"] = {**config["params"], "source_model": source.model_id}
         eps = float(cfg.eps.get(norm, math.nan))
-        if cached_summary(eval_dir.result(name, norm), config, eps, thresholds.get(norm, []), attack=name,
+        if cached_summary(eval_dir.result(label, norm), config, eps, thresholds.get(norm, []), attack=name,
                           force=bool(cfg.force)) is not None:
             log.info("%s-%s: already evaluated, reusing (force=true recomputes)", name, norm)
+            if cfg.save_adversarials > 0 and not eval_dir.result(name, norm).adversarials_path.is_file():
+                log.info("%s-%s: a reused result holds no images; force=true to save adversarials", name, norm)
         else:
             configs[name, norm] = config
     reference = None
@@ -202,7 +237,19 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
             evaluate_one(model, x, y, name, fn, params, norm, cfg, device=device, thresholds=thresholds,
                          zero_grad=zero_grad, progress=progress, config=config, reference=reference,
-                         best=bests[norm])
+                         best=bests[norm] if source is None else None,
+                         source=None if source is None else (source.label(name), source.path, source.model))
+
+    if methods:
+        certify_run(model, x, y, methods, norms, eval_dir, eps=dict(cfg.eps), thresholds=thresholds,
+                    steps=int(cfg.search_steps), batch_size=int(cfg.batch_size), model_id=model_id,
+                    force=bool(cfg.force))
+
+    if cfg.universal:
+        from robust_cli.evaluation.universal_run import universal_run
+
+        universal_run(model, x, load_split(train_cfg.dataset, data_cfg, "train")[0][:int(cfg.universal_images)],
+                      norms, dict(cfg.eps), eval_dir, seed=int(cfg.seed), device=device)
 
     with eval_dir.lock():  # concurrent -m jobs merge one after another
         stale = lipschitz_stale(eval_dir.read_lipschitz(), n, model_id)  # n_examples changed, or retrained

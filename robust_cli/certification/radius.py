@@ -9,8 +9,9 @@ lower bound on it, and it lies above the attacked curve (radius < distance of an
 Methods: ``lipschitz`` (closed form, ``lipschitz_bound.py``, l2 and linf, every model); ``ibp``
 (``intervals.py``, every model, the l2 ball bounded by its enclosing box); ``crown`` (``crown.py``,
 feed-forward models). For ``ibp``/``crown`` the radius is the largest eps of a per-image bisection over
-``[0, r_max]`` (``r_max`` = 1 in linf, ``sqrt(d)`` in l2: the diameter of [0,1]^d) that is certified; the
-bounds are computed in float64 on a float64 copy of the model.
+``[FLOOR r_max, r_max]`` in log scale (``r_max`` = 1 in linf, ``sqrt(d)`` in l2: the diameter of
+[0,1]^d) that is certified, 0 below the floor; the bounds are computed in float64 on a float64 copy of the
+model.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from robust_cli.certification.lipschitz_bound import lipschitz_bound, lipschitz_
 from robust_cli.certification.structure import decision_nodes, is_chain
 
 METHODS = ("lipschitz", "ibp", "crown")
+FLOOR = 1e-6  # the smallest radius the bisection resolves, relative to r_max
 NORMS = ("l2", "linf")
 
 
@@ -36,7 +38,7 @@ def supports(model: nn.Module, method: str) -> bool:
 
 
 def certified_margins(nodes: list, x: torch.Tensor, eps: torch.Tensor, y: torch.Tensor, method: str,
-                      norm: str, max_neurons: int = 512) -> torch.Tensor:
+                      norm: str, max_neurons: int = 256) -> torch.Tensor:
     """``[B]`` a lower bound of ``min_{j != y} f_y - f_j`` over the threat set (float64)."""
     if method == "ibp":
         lo, hi = input_box(x, eps)
@@ -47,7 +49,7 @@ def certified_margins(nodes: list, x: torch.Tensor, eps: torch.Tensor, y: torch.
 
 
 def certified_radii(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str, norm: str, *,
-                    steps: int = 12, batch_size: int = 100, max_neurons: int = 512) -> tuple[torch.Tensor, dict]:
+                    steps: int = 12, batch_size: int = 100, max_neurons: int = 256) -> tuple[torch.Tensor, dict]:
     """``(radii [N] float64 on the CPU, info)`` for images ``x`` ``[N,C,H,W]`` in [0,1], labels ``y``.
 
     ``info``: ``{"L": ...}`` for ``lipschitz``. The model is not changed (a float64 eval copy is bounded).
@@ -74,15 +76,18 @@ def certified_radii(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: 
     for i in range(0, x.shape[0], batch_size):
         xb, yb = x[i:i + batch_size].double(), y[i:i + batch_size]
         ok = correct[i:i + batch_size].to(xb.device)
-        lo = torch.zeros(xb.shape[0], dtype=torch.float64, device=xb.device)
-        hi = torch.full_like(lo, r_max)
+        # bisection on log(eps) over [r_max * FLOOR, r_max]: relative resolution FLOOR ** (-1 / 2**steps)
+        lo = torch.full((xb.shape[0],), math.log(r_max * FLOOR), dtype=torch.float64, device=xb.device)
+        hi = torch.full_like(lo, math.log(r_max))
         with torch.no_grad():
-            top = certified_margins(nodes, xb, hi, yb, method, norm, max_neurons) > 0
+            top = certified_margins(nodes, xb, hi.exp(), yb, method, norm, max_neurons) > 0
+            floor = certified_margins(nodes, xb, lo.exp(), yb, method, norm, max_neurons) > 0
             lo = torch.where(top, hi, lo)
             for _ in range(steps):
                 mid = (lo + hi) / 2
-                good = certified_margins(nodes, xb, mid, yb, method, norm, max_neurons) > 0
+                good = certified_margins(nodes, xb, mid.exp(), yb, method, norm, max_neurons) > 0
                 lo = torch.where(good & ~top, mid, lo)
                 hi = torch.where(good | top, hi, mid)
+        lo = torch.where(floor, lo.exp(), torch.zeros_like(lo))  # not even certified at the floor: 0
         out.append((lo * ok).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64), {}

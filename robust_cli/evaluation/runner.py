@@ -151,6 +151,7 @@ def run_attack(
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
     x_init: torch.Tensor | None = None,
+    craft_model: nn.Module | None = None,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -167,6 +168,9 @@ def run_attack(
         on_batch: called with the batch size after each batch (progress bars).
         x_init: ``[N,C,H,W]`` starting adversarials (e.g. ``RunningBest.start()``), passed batch by batch to a
             minimal-norm attack whose signature takes ``x_init``; ignored otherwise.
+        craft_model: a transfer attack's *source* model (same input and label space): the attack sees only
+            it, while ``model`` (the target) decides every success, the budget search's included, and the
+            distances are measured on what ``model`` misclassifies. None: white-box (``model`` itself).
 
     Returns:
         An ``AttackResult``.
@@ -182,7 +186,9 @@ def run_attack(
     if budget:
         params.pop("eps", None)
     was_training = model.training
-    counted = CountingModel(model).eval()
+    if craft_model is not None:
+        model.eval()  # the target decides; the wrapper below puts only the source in eval mode
+    counted = CountingModel(model if craft_model is None else craft_model).eval()
     had_grad = [p.grad is not None for p in model.parameters()]
     others = [n for n in NORMS if n != norm]
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "clean_pred", "adv_pred", "distance", *others)}

@@ -5,9 +5,9 @@ Every module that reads or writes a file of a run or sweep directory goes throug
 names appear nowhere else in the package.
 """
 
-from robust_cli.rundir.layout import EvalDir, ResultDir, RunDir, SweepDir
+from robust_cli.rundir.layout import DetectDir, EvalDir, ResultDir, RunDir, SweepDir
 from robust_cli.rundir.names import GROUP_KEYS, MAX_NAME, RUNTIME_KEYS, run_name, train_run_dir
 from robust_cli.rundir.record import RunRecord, git_state, versions
 
-__all__ = ["GROUP_KEYS", "MAX_NAME", "RUNTIME_KEYS", "EvalDir", "ResultDir", "RunDir", "RunRecord", "SweepDir",
-           "git_state", "run_name", "train_run_dir", "versions"]
+__all__ = ["GROUP_KEYS", "MAX_NAME", "RUNTIME_KEYS", "DetectDir", "EvalDir", "ResultDir", "RunDir", "RunRecord",
+           "SweepDir", "git_state", "run_name", "train_run_dir", "versions"]
