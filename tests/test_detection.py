@@ -123,3 +123,17 @@ def test_fpr_outside_the_open_unit_interval_is_refused(linear_run, fpr):
     with pytest.raises(UserError, match=f"fpr={fpr}: must be strictly between 0 and 1"):
         detect(_cfg(run, fpr=fpr))
     assert not (run / "detect").exists()
+
+
+@pytest.mark.slow  # a process start
+def test_cli_fpr_outside_the_unit_interval_is_one_line_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "robust_cli.cli", "detect", f"run={tmp_path}", "fpr=1.5"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("robust: error: fpr=1.5: must be strictly between 0 and 1")
+    assert "Traceback" not in res.stderr and not list(tmp_path.iterdir())
