@@ -18,10 +18,14 @@ and minimises over the box of its output.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from robust_cli.certification.intervals import _abs_affine, input_box
+
+MAX_ELEMENTS = 2**24  # float64 entries of one backward pass's coefficients (128 MiB)
 
 
 def _affine_back(node: nn.Module, lam: torch.Tensor, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,8 +95,13 @@ def crown_margin_bounds(nodes: list, x: torch.Tensor, eps: torch.Tensor, y: torc
             exact = norm == "linf" and not any(isinstance(p, (nn.ReLU, nn.MaxPool2d)) for p in nodes[:i])
             if isinstance(node, nn.ReLU) and i > 0 and n <= max_neurons and not exact:
                 eye = torch.eye(n, dtype=c.dtype, device=c.device).view(n, *c.shape[1:])
-                lam = torch.cat([eye, -eye]).unsqueeze(0).expand(c.shape[0], -1, *c.shape[1:])
-                both = backward_bound(nodes[:i], lam.contiguous(), shapes, bounds, x, eps, norm)
+                rows = torch.cat([eye, -eye])
+                # the rows are independent: chunks keep [B, rows, *widest layer] under MAX_ELEMENTS
+                widest = max(math.prod(shape) for shape in shapes)
+                chunk = max(1, MAX_ELEMENTS // (c.shape[0] * widest))
+                both = torch.cat([backward_bound(nodes[:i], rows[j:j + chunk].unsqueeze(0).expand(
+                    c.shape[0], -1, *c.shape[1:]).contiguous(), shapes, bounds, x, eps, norm)
+                    for j in range(0, 2 * n, chunk)], dim=1)
                 lb = torch.maximum(lb, both[:, :n].view_as(lb))
                 ub = torch.minimum(ub, (-both[:, n:]).view_as(ub))
                 ub = torch.maximum(ub, lb)
