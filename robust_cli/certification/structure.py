@@ -10,6 +10,7 @@ is what ties the bounds to the models actually shipped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,9 @@ CHAIN_BODIES: dict[type, tuple[str, ...]] = {
     ResNet34: ("stem", "stages", "pool", "fc"), PreActResNet18: ("stem", "stages", "final", "fc"),
     ResNeXt34: ("stem", "stages", "pool", "fc"), WideResNet: ("stem", "stages", "final", "fc"),
 }
+
+#: further models as node lists: ``{class: module -> nodes}`` (e.g. the tests' analytic linear model)
+NODE_BUILDERS: dict[type, Callable[[nn.Module], list]] = {}
 
 #: layers the bounds handle one by one (eval mode: Dropout is the identity, BatchNorm its running affine map)
 AFFINE = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, Normalize, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
@@ -91,6 +95,8 @@ def _residual(block: nn.Module) -> Residual:
 
 
 def _chain(module: nn.Module) -> list:
+    if type(module) in NODE_BUILDERS:
+        return NODE_BUILDERS[type(module)](module)
     if isinstance(module, nn.Sequential):
         return [node for child in module for node in _chain(child)]
     if type(module) in CHAIN_BODIES:
@@ -111,10 +117,8 @@ def _chain(module: nn.Module) -> list:
 
 
 def nodes_of(model: nn.Module) -> list:
-    """The node list of ``model`` (a ``RobustModel``, an architecture body, or a plain ``nn.Sequential``
-    / ``nn.Linear`` chain such as the tests' linear model). ``NotImplementedError`` for unknown modules."""
-    if hasattr(model, "fc") and type(model).__name__ == "LinearModel":  # tests/linear_reference.py
-        return [nn.Flatten(), model.fc]
+    """The node list of ``model`` (a ``RobustModel``, an architecture body, a ``NODE_BUILDERS`` class or a
+    plain ``nn.Sequential`` of known layers). ``NotImplementedError`` for unknown modules."""
     return _chain(model)
 
 
