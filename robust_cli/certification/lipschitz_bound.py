@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_cli.certification.structure import GroupMean, Residual, nodes_of, run_nodes
+from robust_cli.certification.structure import GroupMean, Residual, nodes_of
 from robust_cli.models.layers import Normalize
 
 SAFETY = 1.0 + 1e-6
@@ -170,4 +170,4 @@ def lipschitz_radii(logits: torch.Tensor, y: torch.Tensor, L: float, norm: str, 
     return r / math.sqrt(d) if norm == "linf" else r
 
 
-__all__ = ["conv_operator_norm", "lipschitz_bound", "lipschitz_radii", "run_nodes"]
+__all__ = ["conv_operator_norm", "lipschitz_bound", "lipschitz_radii"]
