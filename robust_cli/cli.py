@@ -17,6 +17,7 @@ from robust_cli.errors import UserError
 APPS = {
     "train": ("robust_cli.train_app", "train", "train dataset x model x defense into a resumable run directory"),
     "eval": ("robust_cli.eval_app", "eval", "attack a trained run: distances, error curves, summaries, plots"),
+    "detect": ("robust_cli.detect_app", "detect", "gradient-norm attack detection and its evasive attack"),
     "data-lipschitz": ("robust_cli.data_lipschitz_app", "data_lipschitz",
                        "the Lipschitz constant of a data set (Finlay et al. Table 2)"),
     "report": ("robust_cli.report_app", "report", "paper-style tables, plots and an HTML page over runs and sweeps"),
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, config_name, _ = APPS[command]
     rest = expand_model_shorthand(expand_attack_all(rest)) if command == "eval" else rest
+    rest = expand_attack_all(rest) if command == "detect" else rest
     rest = report_lists(rest) if command == "report" else rest
     if not _INFO_FLAGS.intersection(rest):
         problem = validate(config_name, rest)

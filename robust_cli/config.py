@@ -215,6 +215,18 @@ class EvalConfig:
     # per image and succeeds where the model predicts it; results in <attack>-targeted-<norm>/ with per_target
     targeted: bool = False
     targets: str = "random"  # random (uniform over the other classes, from seed) | next ((y + 1) mod K)
+    # certified error curves beside the attacked ones (robust_cli.certification): any of lipschitz, ibp,
+    # crown; l2 and linf only, crown on feed-forward models only; bisection over search_steps
+    certify: Any = field(default_factory=list)
+    # a transfer evaluation: the attacks craft on this train run's model and are scored on run's (same data set);
+    # results are named transfer_<attack>_<6 hex of the source path>
+    source: Optional[str] = None
+    # a universal perturbation per norm (l2, linf) at eps.<norm>, crafted on the first universal_images training
+    # images (Moosavi-Dezfooli et al. 2017, Alg. 1), its fooling rate measured on the evaluated test images
+    universal: bool = False
+    universal_images: int = 200
+    # the first N successful adversarials per (attack, norm) to <attack>-<norm>/adversarials.npz and .png; 0: none
+    save_adversarials: int = 0
     force: bool = False  # recompute attacks already evaluated, also with other settings than stored
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     # i/n: evaluate only the n-th part i of the images (whole batches); the job finishing the last shard of
@@ -230,6 +242,27 @@ class EvalConfig:
     # csv | tensorboard | mlflow: the summaries and the error-curve figure logged there too
     logger: Annotated[str, OneOf("csv", "tensorboard", "mlflow")] = "csv"
     mlflow_uri: Optional[str] = None  # logger=mlflow: the tracking URI; null: the file store <out_dir>/mlruns
+
+
+@dataclass
+class DetectConfig:
+    """``robust detect``: the gradient-norm detector of a trained run against attacks (conf/detect.yaml)."""
+
+    run: str = MISSING  # the train run directory
+    attack: Any = MISSING  # filled by the attack group, as for robust eval
+    norm: Any = "l2"
+    fpr: float = 0.05  # fraction of clean calibration images the threshold flags, in (0, 1)
+    n_examples: int = 500  # test images: the first half calibrates the threshold, the second is attacked
+    batch_size: int = 250
+    eps_search: str = "bisection"
+    search_steps: int = 8  # budget attacks' eps search and the evasive attack's bisection
+    evasive: bool = True  # also run the evasive attack (l2 and linf)
+    evasive_steps: int = 30  # its iterations per eps
+    evasive_lam: float = 10.0  # weight of the gradient-norm penalty
+    device: str = "auto"
+    seed: int = 0
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    out_dir: str = "outputs"
 
 
 @dataclass
@@ -410,6 +443,7 @@ def register_configs() -> None:
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="data_lipschitz_schema", node=DataLipschitzConfig)
     cs.store(name="report_schema", node=ReportConfig)
+    cs.store(name="detect_schema", node=DetectConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
     cs.store(group="schedule", name="schedule_schema", node=ScheduleConfig)

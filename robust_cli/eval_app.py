@@ -7,7 +7,12 @@
   same settings; a call with other settings is refused unless ``force=true`` or it only adds images:
   robust_cli.evaluation.cache);
 - ``summary.csv``, ``error_curves.csv``, ``error_curves.png`` merged over everything evaluated on the run;
-- ``lipschitz.json`` (``lipschitz=true``).
+- ``lipschitz.json`` (``lipschitz=true``);
+- ``<attack>-<norm>/adversarials.npz`` and ``.png`` (``save_adversarials=N``: the first N successes);
+- ``transfer_<attack>_<id>-<norm>/`` (``source=<train run>``: crafted on the source, scored on ``run``);
+- ``universal/<norm>/`` (``universal=true``: a universal perturbation at ``eps.<norm>``, its fooling rate);
+- ``certified/<method>-<norm>/`` (``certify=[lipschitz,ibp,crown]``): certified radii, drawn as the certified
+  (upper-bound) error curves in ``error_curves.png`` and listed in ``summary.csv`` as ``certified_<method>``.
 
 ``robust eval -m attack=fgsm,pgd norm=l2,linf`` runs one job per combination; each merges under a file
 lock after writing its own directory, so the merged files end up holding every job.
@@ -130,7 +135,7 @@ def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -
 
 
 def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, reference=None, best=None,
-                index_offset: int = 0, queried=None, targets=None, keep_adv: bool = True, budgets=None):
+                index_offset: int = 0, queried=None, targets=None, keep_adv: bool = True, budgets=None, source=None):
     """Run one (attack, norm) on ``x`` ``[N,C,H,W]`` / ``y`` ``[N]``; returns ``(AttackResult, started_from)``
     (the attacks whose images were this one's ``x_init``, recorded in its summary).
 
@@ -141,6 +146,8 @@ def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, r
     (compiled / low precision; ``model`` by default). ``targets``: ``[N]`` target classes of a targeted
     attack. ``keep_adv``: the result keeps its images (some attack of this norm takes ``x_init``).
     ``budgets``: ``mode=fixed``, the eps of this norm a budget attack runs at (no search).
+    ``source``: a transfer evaluation's source model (``transfer.Source``): the attack crafts on it, the
+    target ``model`` decides every success.
     """
     from robust_cli.evaluation.runner import run_attack, takes_argument
 
@@ -154,6 +161,7 @@ def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, r
         eps_tol=None if cfg.eps_tol is None else float(cfg.eps_tol),
         upper=None if best is None else best.distance, keep_adv=keep_adv,
         seed=int(cfg.seed), index_offset=index_offset, attack_model=queried, budgets=budgets,
+        craft_model=None if source is None else source.model,
     )
     starts = best is not None and best.start() is not None and not fn.budget and takes_argument(fn, "x_init")
     started_from = list(best.sources) if starts else []
@@ -185,17 +193,28 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         raise UserError("n_examples and batch_size must be at least 1")
     if cfg.eps_search not in ("adaptive", "bisection", "grid"):
         raise UserError(f"eps_search must be adaptive, bisection or grid, got {cfg.eps_search}")
+    if cfg.universal and cfg.universal_images < 1:
+        raise UserError(f"universal_images={cfg.universal_images}: must be at least 1")
+    if cfg.save_adversarials < 0:
+        raise UserError(f"save_adversarials={cfg.save_adversarials}: must be >= 0 (0 saves none)")
     shard = parse_shard(cfg.get("shard"))
     if shard is not None and cfg.get("model") is not None and cfg.model.get("kind"):
         raise UserError(f"shard={cfg.shard} shards the evaluation of a train run (run=<dir>), not of model=")
+    if shard is not None and (cfg.certify or cfg.universal or cfg.get("source") or cfg.save_adversarials):
+        raise UserError(f"shard={cfg.shard} shards the attacks only; run certify=, universal=, source= and "
+                        "save_adversarials= in an unsharded robust eval")
     if cfg.get("merge"):
         if shard is not None:
             raise UserError(f"merge=true merges the finished shards of the run; give it without shard={cfg.shard}")
         return merge_command(cfg)
     check_precision(str(cfg.precision))
+    from robust_cli.evaluation.certified import certify_run, selected_methods
     from robust_cli.evaluation.runner import predict
     from robust_cli.preflight import check_eval_writable
+
     norms = selected_norms(cfg.norm)
+    methods = selected_methods(OmegaConf.to_container(cfg.certify) if isinstance(cfg.certify, ListConfig)
+                               else cfg.certify)
     attacks = with_targeted(selected_attacks(cfg.attack), bool(cfg.targeted))
     if str(cfg.precision) != "fp32" and any(params.get("targeted") for _, params in attacks.values()):
         raise UserError(f"precision={cfg.precision} finishes untargeted attacks in fp32 only; targeted "
@@ -211,6 +230,19 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     if target.record is None:  # a train run: eval/ must be a writable folder (an external model's is ours)
         check_eval_writable(RunDir(cfg.run))
     x, y = load_split(dataset_cfg, data_cfg, "test")
+    source = None
+    if cfg.get("source"):
+        import types
+
+        from robust_cli.evaluation.transfer import load_source
+
+        if target.record is not None:
+            raise UserError(f"source={cfg.source} transfers to a train run (run=<dir>), not to model=")
+        source = load_source(cfg.source, types.SimpleNamespace(dataset=dataset_cfg), device)
+
+    def label_of(name: str) -> str:
+        """Where a pair's result is stored: the attack's name, or a transfer's ``transfer_<attack>_<id>``."""
+        return name if source is None else source.label(name)
     n = min(int(cfg.n_examples), int(x.shape[0]))
     x, y = x[:n], y[:n]
     thresholds = thresholds_of(dataset_cfg, cfg.get("thresholds"))
@@ -248,14 +280,18 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                                    n, cfg, model_id)
             if budgets and fn.budget:  # attacked at the listed eps, no search: a result of its own
                 config.update(eps_search=f"fixed {budgets[norm]}", search_steps=None, eps_rtol=None, eps_tol=None)
+            if source is not None:  # crafted on another model: a result of its own, stored as its label
+                config["params"] = {**config["params"], "source_model": source.model_id}
             try:
-                stored = cached_summary(eval_dir.result(name, norm), config, math.nan, None, attack=name,
-                                        force=bool(cfg.force))
+                stored = cached_summary(eval_dir.result(label_of(name), norm), config, math.nan, None,
+                                        attack=name, force=bool(cfg.force))
             except UserError as err:
                 refused = refused or err
                 continue
             if stored is not None:
                 reused.append((name, norm, config))
+                if cfg.save_adversarials > 0 and not eval_dir.result(label_of(name), norm).adversarials_path.is_file():
+                    log.info("%s-%s: a reused result holds no images; force=true to save adversarials", name, norm)
                 continue
             if shard is not None:
                 sharded.append((name, norm, config))
@@ -286,9 +322,10 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
             fn, params = attacks[name]
             result, started_from = attack_pair(
                 model, x[lo:hi], y[lo:hi], name, fn, params, norm, cfg, device=device, progress=progress,
-                reference=reference, best=bests[norm], index_offset=lo, queried=queried,
-                targets=targets[lo:hi] if targets is not None and params.get("targeted") else None,
-                keep_adv=keep[norm], budgets=budgets.get(norm) if budgets else None)
+                reference=reference, best=bests[norm] if source is None else None, index_offset=lo,
+                queried=queried, targets=targets[lo:hi] if targets is not None and params.get("targeted") else None,
+                keep_adv=keep[norm] or cfg.save_adversarials > 0, budgets=budgets.get(norm) if budgets else None,
+                source=source)
             if model_checks is None:
                 model_checks = model_output_checks(model, x[:cfg.batch_size])
             if shard is not None:
@@ -302,12 +339,29 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                 continue
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
+            out = eval_dir.result(label_of(name), norm)
             with eval_dir.lock():  # writers of eval/ hold its lock: a temp file found under it is a killed write's
-                write_result(eval_dir.result(name, norm), result, attack=name, norm=norm, budget=fn.budget,
+                write_result(out, result, attack=label_of(name), norm=norm, budget=fn.budget,
                              eps=eps_of(cfg.eps, norm), thresholds=thresholds.get(norm, []), zero_grad=zero_grad,
                              config=config, started_from=started_from, search=search_settings(cfg),
                              mode=str(cfg.mode), budgets=budgets.get(norm) if budgets else None,
-                             model_checks=model_checks)
+                             model_checks=model_checks,
+                             source=None if source is None else {"source": source.path, "transfer_of": name})
+                if cfg.save_adversarials > 0 and result.x_adv is not None:
+                    from robust_cli.evaluation.saved import save_adversarials
+
+                    saved = save_adversarials(out, result.frame, x, result.x_adv, int(cfg.save_adversarials))
+                    log.info("%s-%s: saved %d adversarials to %s", name, norm, saved, out.adversarials_path)
+
+    if methods:
+        certify_run(model, x, y, methods, norms, eval_dir, eps={m: eps_of(cfg.eps, m) for m in norms},
+                    thresholds=thresholds, steps=int(cfg.search_steps), batch_size=int(cfg.batch_size),
+                    model_id=model_id, force=bool(cfg.force))
+    if cfg.universal:
+        from robust_cli.evaluation.universal_run import universal_run
+
+        universal_run(model, x, load_split(dataset_cfg, data_cfg, "train")[0][:int(cfg.universal_images)],
+                      norms, {m: eps_of(cfg.eps, m) for m in norms}, eval_dir, seed=int(cfg.seed), device=device)
 
     if shard is not None and sharded:
         run_dir = RunDir(cfg.run)

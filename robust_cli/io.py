@@ -74,6 +74,17 @@ def write_csv(path: str | os.PathLike, frame) -> Path:
     return _atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
+def write_npz(path: str | os.PathLike, **arrays: Any) -> Path:
+    """``numpy.savez_compressed`` atomically (numeric arrays only: read back with ``allow_pickle=False``)."""
+    import numpy as np
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    return _atomic(path, _write)
+
+
 def torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` atomically. ``obj`` must hold tensors and plain Python only (weights_only loading)."""
     import torch

@@ -36,6 +36,16 @@ class LinearModel(nn.Module):
         return self.fc(x.flatten(1))
 
 
+def _register_nodes() -> None:
+    """``LinearModel`` as certification nodes (robust_cli.certification.structure): flatten, then fc."""
+    from robust_cli.certification.structure import NODE_BUILDERS
+
+    NODE_BUILDERS[LinearModel] = lambda m: [nn.Flatten(), m.fc]
+
+
+_register_nodes()
+
+
 def make_problem(n: int = 16, in_shape=(1, 6, 6), num_classes: int = 3, seed: int = 0):
     """A random linear model and ``n`` images in [0.05, 0.95] labelled with its own prediction.
 

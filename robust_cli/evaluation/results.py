@@ -25,7 +25,7 @@ def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, no
                  thresholds: list[float], zero_grad: float | None, config: dict[str, Any],
                  started_from: list[str] | None = None, search: dict[str, Any] | None = None,
                  mode: str = "distance", budgets: list[float] | None = None,
-                 model_checks: dict[str, Any] | None = None) -> dict[str, Any]:
+                 model_checks: dict[str, Any] | None = None, source: dict[str, str] | None = None) -> dict[str, Any]:
     """Write ``per_sample.csv``, ``curve.csv`` and ``summary.json`` of one (attack, norm); return the summary.
 
     ``eps``: the configured eps of ``norm`` (``error_at_eps``); ``thresholds``: its robust-accuracy
@@ -34,7 +34,8 @@ def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, no
     one's ``x_init`` in this call; ``search``: ``search_settings(cfg)``, the eps search a budget attack's
     distances came from (its precision is recorded, ``search_precision``); ``mode``: ``distance`` or
     ``fixed`` (``budgets``: the eps a budget attack ran at, no search); ``model_checks``:
-    ``checks.model_output_checks`` of the model, stored with this result's checks.
+    ``checks.model_output_checks`` of the model, stored with this result's checks; ``source``: a transfer
+    evaluation's ``{"source": the source run's path, "transfer_of": the attack}``.
     """
     from robust_cli.evaluation.checks import curve_check, unbounded_check
     from robust_cli.evaluation.curves import error_curve
@@ -60,6 +61,7 @@ def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, no
         **(model_checks or {}),
     }
     summary["config"] = config
+    summary.update(source or {})
     # a start from earlier attacks of this call makes the result depend on them; recorded, not a cache key
     # (a stronger start only lowers the distances, and a rerun with other attacks would refuse needlessly)
     summary["started_from"] = list(started_from or [])

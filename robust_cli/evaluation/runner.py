@@ -209,6 +209,7 @@ def run_attack(
     index_offset: int = 0,
     attack_model: nn.Module | None = None,
     budgets: Sequence[float] | None = None,
+    craft_model: nn.Module | None = None,
 ) -> AttackResult:
     """Attack ``x`` and measure every sample's adversarial distance.
 
@@ -243,6 +244,9 @@ def run_attack(
         budgets: ``mode=fixed``: a budget attack runs at exactly these eps (``fixed_eps.attack_at_budgets``)
             instead of the eps search; its distance is then the size of the adversarial found at the smallest
             breaking budget. Minimal-norm attacks ignore it.
+        craft_model: a transfer attack's *source* model (same input and label space): the attack sees only
+            it, while ``model`` (the target) decides every success, the budget search's included, and the
+            distances are measured on what ``model`` misclassifies. None: white-box (``model`` itself).
 
     Returns:
         An ``AttackResult``.
@@ -260,8 +264,11 @@ def run_attack(
     if budget:
         params.pop("eps", None)
     was_training = model.training
-    counted = CountingModel(model if attack_model is None else attack_model).eval()
-    low_precision = isinstance(attack_model, LowPrecision)
+    if craft_model is not None:
+        model.eval()  # the target decides; the wrapper below puts only the source in eval mode
+    queried = craft_model if craft_model is not None else model if attack_model is None else attack_model
+    counted = CountingModel(queried).eval()
+    low_precision = isinstance(attack_model, LowPrecision) and craft_model is None
     had_grad = [p.grad is not None for p in model.parameters()]
     others = [n for n in NORMS if n != norm]
     keys = ("label", *(("target",) if targeted else ()), "clean_pred", "adv_pred", "distance", *others)

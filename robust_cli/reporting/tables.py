@@ -5,6 +5,9 @@ merge reads them all, so separate ``robust eval`` calls (or ``-m`` jobs) accumul
 Per norm with two attacks or more, a ``worst_case`` row is added: per image the minimum distance over the
 attacks, with its own error curve (Def. 4.1 of Finlay, Oberman & Abbasi, "Improved robustness to
 adversarial examples using Lipschitz regularization of the loss", applied to the per-image worst case).
+Certified results (``eval/certified/<method>-<norm>/``) add rows ``certified_<method>`` whose
+``median_distance`` is the median certified radius and ``error_at_eps`` the certified error; they take no
+part in the worst case.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from robust_cli.evaluation.certified import certified_label
 from robust_cli.evaluation.checks import cross_checks, failed_checks
 from robust_cli.evaluation.curves import error_at, error_curve, median_distance, worst_case
 from robust_cli.rundir import EvalDir, ResultDir
@@ -120,6 +124,14 @@ def merge(eval_dir: EvalDir | str | os.PathLike) -> tuple[pd.DataFrame, pd.DataF
         rows.append(row)
         eps, err = error_curve(d)
         curves.append(pd.DataFrame({"attack": WORST, "norm": norm, "eps": eps, "error": err}))
+    for result, cert in eval_dir.certified_results():  # the certified (upper-bound) curves, not attacks
+        label = certified_label(cert["method"])
+        rows.append({"attack": label, "norm": cert["norm"], "n": cert.get("n"), "clean_error": cert.get("clean_error"),
+                     "median_distance": cert.get("median_radius"), "mean_distance": None, "rho_adv": None,
+                     "eps": cert.get("eps"), "error_at_eps": cert.get("error_at_eps"),
+                     **{f"robust_acc@{t}": a for t, a in cert.get("robust_accuracy", {}).items()},
+                     "seconds": cert.get("seconds"), "checks_failed": ""})
+        curves.append(result.read_curve().assign(attack=label, norm=cert["norm"])[CURVE_COLUMNS])
     summary = pd.DataFrame(rows)
     if len(summary):
         ordered = [c for c in SUMMARY_COLUMNS if c in summary] + sorted(

@@ -6,8 +6,12 @@ Train run directory (``RunDir``)::
     train.lock  .train.lock.guard         (while a ``robust train`` owns it; the guard file stays)
     eval/  [eval-best/: checkpoint=best]  (``EvalDir``)
       <attack>-<norm>/per_sample.csv  curve.csv  summary.json     (``ResultDir``)
+                      [adversarials.npz  adversarials.png]         (``save_adversarials=N``)
       summary.csv  error_curves.csv  error_curves.png  lipschitz.json  .lock
+      certified/<method>-<norm>/per_sample.csv  curve.csv  summary.json  (certified radii, ``ResultDir``)
+      universal/<norm>/perturbation.npz  summary.json  (``UniversalDir``, ``universal=true``)
       shards/<n>/<i>/<attack>-<norm>/per_sample.csv  shard.json   (robust_cli.rundir.shards)
+    detect/summary.json  summary.csv  gradient_norms.png  (``DetectDir``, ``robust detect``)
 
 External model (``ExternalEvalDir``, ``robust eval model=<kind>``)::
 
@@ -89,6 +93,17 @@ class ResultDir(_Dir):
     def summary_path(self) -> Path:
         return self.path / "summary.json"
 
+    @property
+    def adversarials_path(self) -> Path:
+        """``adversarials.npz`` (``save_adversarials=N``): indices, labels, predictions, clean and adversarial
+        images of the first N successes."""
+        return self.path / "adversarials.npz"
+
+    @property
+    def adversarials_plot_path(self) -> Path:
+        """``adversarials.png``: their grid (clean / adversarial / amplified difference)."""
+        return self.path / "adversarials.png"
+
     def complete(self) -> bool:
         """All three files exist (a result written by ``write``)."""
         return all(p.is_file() for p in (self.summary_path, self.per_sample_path, self.curve_path))
@@ -113,6 +128,26 @@ class ResultDir(_Dir):
         return pd.read_csv(self.curve_path)
 
 
+class UniversalDir(_Dir):
+    """``eval/universal/<norm>/``: a universal perturbation (``robust eval universal=true``):
+    ``perturbation.npz`` (``v [C,H,W]``) and ``summary.json`` (eps, fooling rates, images used)."""
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def perturbation_path(self) -> Path:
+        return self.path / "perturbation.npz"
+
+    def write(self, summary: dict[str, Any], v) -> None:
+        io.write_npz(self.perturbation_path, v=v)
+        io.write_json(self.summary_path, summary)
+
+    def read_summary(self) -> dict[str, Any]:
+        return io.read_json(self.summary_path)
+
+
 class EvalDir(_Dir):
     """``<run>/eval/``: what ``robust eval`` writes (the per-pair results and the merged files)."""
 
@@ -128,6 +163,26 @@ class EvalDir(_Dir):
         """
         out = []
         for path in sorted(self.path.glob("*/summary.json")):
+            result = ResultDir(path.parent)
+            try:
+                out.append((result, result.read_summary()))
+            except (OSError, json.JSONDecodeError) as err:
+                log.warning("skipping unreadable %s: %s", path, err)
+        return out
+
+    def certified(self, method: str, norm: str) -> ResultDir:
+        """``certified/<method>-<norm>/``: certified radii of one bound method (``robust_cli.certification``);
+        kept out of ``results()`` so that no worst case mixes radii with adversarial distances."""
+        return ResultDir(self.path / "certified" / f"{method}-{norm}")
+
+    def universal(self, norm: str) -> UniversalDir:
+        """``universal/<norm>/``: the universal perturbation of one norm."""
+        return UniversalDir(self.path / "universal" / norm)
+
+    def certified_results(self) -> list[tuple[ResultDir, dict[str, Any]]]:
+        """``[(certified result directory, summary)]``, sorted; unreadable summaries skipped with a warning."""
+        out = []
+        for path in sorted(self.path.glob("certified/*/summary.json")):
             result = ResultDir(path.parent)
             try:
                 out.append((result, result.read_summary()))
@@ -194,6 +249,28 @@ class ExternalEvalDir(EvalDir):
 
     def write_spec(self, spec: dict[str, Any]) -> None:
         io.write_json(self.spec_path, spec)
+
+
+class DetectDir(_Dir):
+    """``<run>/detect/``: what ``robust detect`` writes: ``summary.json`` (threshold, FPRs, every attack's
+    detection numbers, the evasive attack's), ``summary.csv`` (one row per attack and norm) and
+    ``gradient_norms.png`` (histograms of the detector score)."""
+
+    @property
+    def summary_json_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.csv"
+
+    @property
+    def plot_path(self) -> Path:
+        return self.path / "gradient_norms.png"
+
+    def write(self, summary: dict[str, Any], table: pd.DataFrame) -> None:
+        io.write_csv(self.summary_path, table)
+        io.write_json(self.summary_json_path, summary)
 
 
 class RunDir(_Dir):
@@ -273,6 +350,10 @@ class RunDir(_Dir):
         """``eval-best/``: ``robust eval checkpoint=best`` (the model of ``checkpoints/best.pt``), apart from
         ``eval/`` so that neither evaluation replaces the other's results."""
         return EvalDir(self.path / "eval-best")
+
+    def detect(self) -> DetectDir:
+        """``detect/``."""
+        return DetectDir(self.path / "detect")
 
     def train_files(self) -> list[Path]:
         """Every file ``robust train`` writes (their temporary files are the run's own leftovers)."""

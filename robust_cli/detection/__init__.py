@@ -1,0 +1,1 @@
+"""Gradient-norm attack detection and the attack that evades it (``robust detect``)."""

@@ -1,0 +1,180 @@
+"""Certified radii (robust_cli.certification): sound on random small models against the strongest attacks
+and sampled perturbations, exact on the linear model, and a Lipschitz bound valid for every shipped model."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from linear_reference import make_problem, minimal_distance
+from robust_cli.attacks.pgd import pgd
+from robust_cli.certification.crown import crown_margin_bounds
+from robust_cli.certification.intervals import input_box, margin_lower_bounds
+from robust_cli.certification.lipschitz_bound import conv_operator_norm, lipschitz_bound
+from robust_cli.certification.radius import certified_radii, supports
+from robust_cli.certification.structure import decision_nodes, nodes_of, run_nodes
+from robust_cli.evaluation.lipschitz import jacobian_norms
+from robust_cli.models import build_model, list_models
+
+INFO = SimpleNamespace(in_shape=(1, 8, 8), num_classes=4, mean=[0.5], std=[0.3])
+SMALL = {"mlp": {"widths": [12, 12]}, "lenet5": {"channels": [2, 3], "hidden": [8, 6]},
+         "allcnn": {"channels": [3, 3]}, "nin": {"channels": [3, 3, 3], "dropout": 0.2},
+         "resnet34": {"width": 3, "blocks": [1, 1]}, "preact_resnet18": {"width": 3, "blocks": [1, 1]},
+         "resnext34": {"width": 3, "blocks": [1, 1], "cardinality": 2}, "wrn": {"depth": 10, "widen_factor": 1}}
+
+
+def _model(name: str, seed: int, tanh_head: bool = False, scale: float = 1.0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_model({"name": name, **SMALL[name], "tanh_head": tanh_head}, INFO)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+        model.train()
+        model(torch.rand(32, *INFO.in_shape))  # running statistics that are not the identity
+    return model.eval()
+
+
+def test_every_shipped_model_has_nodes_and_a_valid_lipschitz_bound():
+    assert set(SMALL) == set(list_models()), "add the new architecture to SMALL and to structure.CHAIN_BODIES"
+    g = torch.Generator().manual_seed(0)
+    for name in SMALL:
+        for tanh in (False, True):
+            model = _model(name, 1, tanh)
+            x = torch.rand(6, *INFO.in_shape, generator=g)
+            with torch.no_grad():
+                assert torch.allclose(run_nodes(nodes_of(model), x), model(x), atol=1e-6), name
+            L, _ = lipschitz_bound(model, INFO.in_shape)
+            assert float(jacobian_norms(model, x).max()) <= L, name
+            with torch.no_grad():  # and against secant slopes of random pairs
+                x2 = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+                slope = (model(x) - model(x2)).norm(dim=1) / (x - x2).flatten(1).norm(dim=1)
+            assert float(slope.max()) <= L, name
+
+
+@pytest.mark.parametrize("stride,padding,groups,dilation", [(1, 1, 1, 1), (2, 1, 1, 1), (1, 0, 2, 1),
+                                                           (1, 2, 1, 2), (2, 2, 1, 1)])
+def test_conv_norm_bounds_the_exact_operator_norm(stride, padding, groups, dilation):
+    torch.manual_seed(stride + 3 * padding + 7 * groups)
+    conv = nn.Conv2d(4, 6, 3, stride=stride, padding=padding, groups=groups, dilation=dilation).double()
+    x = torch.zeros(1, 4, 7, 7, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda t: conv(t) - conv.bias.view(1, -1, 1, 1), x)
+    exact = float(torch.linalg.matrix_norm(jac.reshape(-1, x.numel()), ord=2))
+    bound = conv_operator_norm(conv.weight, (7, 7), (padding, padding), (dilation, dilation), groups)
+    assert exact <= bound
+    if stride == 1 and padding == 1 and dilation == 1:
+        assert bound <= 1.25 * exact  # the circular bound on a small grid is close for "same" convs
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_linear_model_certified_radius_is_the_exact_minimal_distance(norm):
+    model, x, y = make_problem(12)
+    exact = minimal_distance(model, x, y, norm)
+    crown, _ = certified_radii(model, x, y, "crown", norm, steps=40)
+    if norm == "l2":  # CROWN's l2 ball ignores [0,1]: the distance to the boundary, which the box only raises
+        w = model.fc.weight.detach().double()
+        z = x.flatten(1).double() @ w.T + model.fc.bias.detach().double()  # float64, as the bounds
+        free = ((z.gather(1, y[:, None]) - z) / (w[None] - w[y][:, None]).norm(dim=2)).scatter(
+            1, y[:, None], float("inf")).amin(1)
+        assert (free <= exact * (1 + 1e-6)).all()
+        exact = free
+    assert torch.allclose(crown, exact, rtol=1e-6)
+    if norm == "linf":  # a box is exactly a linf ball: IBP is exact on one affine layer
+        ibp, _ = certified_radii(model, x, y, "ibp", norm, steps=40)
+        assert torch.allclose(ibp, exact, rtol=1e-6)
+    lip, _ = certified_radii(model, x, y, "lipschitz", norm)
+    assert (lip <= exact * (1 + 1e-9)).all() and (lip > 0).all()
+
+
+def _attack_breaks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, norm: str,
+                   steps: int, restarts: int) -> torch.Tensor:
+    """Any of PGD (CE and margin loss, ``restarts`` each) or 64 sampled perturbations at ``eps`` flips ``y``."""
+    broken = torch.zeros(x.shape[0], dtype=torch.bool)
+    for loss in ("ce", "margin"):
+        x_adv = pgd(model, x, y, norm=norm, eps=eps, steps=steps, restarts=restarts, loss=loss, seed=1)
+        with torch.no_grad():
+            broken |= model(x_adv).argmax(1) != y
+    g = torch.Generator().manual_seed(2)
+    e = eps.view(-1, 1, 1, 1)
+    for _ in range(64):
+        r = torch.randn(x.shape, generator=g, dtype=x.dtype)
+        r = r.sign() * e if norm == "linf" else r / r.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * e
+        with torch.no_grad():
+            broken |= model((x + r).clamp(0, 1)).argmax(1) != y
+    return broken
+
+
+def _soundness(name: str, seeds: int, n: int, steps: int, restarts: int) -> None:
+    """Random models and inputs: at each image's certified radius no attack flips it; the certificates are
+    not vacuous (some radius > 0), so the check has something to break."""
+    found = 0
+    for seed in range(seeds):
+        model = _model(name, seed, scale=1.5).double()
+        g = torch.Generator().manual_seed(10 + seed)
+        x = torch.rand(n, *INFO.in_shape, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        for method in ("lipschitz", "ibp", "crown"):
+            if not supports(model, method):
+                continue
+            for norm in ("l2", "linf"):
+                r, _ = certified_radii(model, x, y, method, norm, steps=10)
+                ok = r > 0
+                found += int(ok.sum())
+                if ok.any():
+                    broken = _attack_breaks(model, x[ok], y[ok], r[ok], norm, steps, restarts)
+                    assert not broken.any(), f"{name} {method} {norm}: certified image broken"
+    assert found > 0
+
+
+@pytest.mark.parametrize("name,seeds", [("mlp", 2), ("lenet5", 1)])
+def test_no_certified_image_is_broken_by_the_strongest_attacks(name, seeds):
+    _soundness(name, seeds=seeds, n=5, steps=15, restarts=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "allcnn", "nin", "resnet34", "preact_resnet18", "resnext34"])
+def test_no_certified_image_is_broken_many_models(name):
+    _soundness(name, seeds=6, n=12, steps=50, restarts=3)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "nin"])
+def test_bounds_hold_at_sampled_points(name):
+    model = _model(name, 4, scale=1.5).double()
+    nodes = decision_nodes(model)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(6, *INFO.in_shape, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    eps = torch.full((6,), 0.05, dtype=torch.float64)
+    for norm in ("linf", "l2"):
+        lo, hi = input_box(x, eps)
+        with torch.no_grad():
+            bounds = {"ibp": margin_lower_bounds(nodes, lo, hi, y),
+                      "crown": crown_margin_bounds(nodes, x, eps, y, norm)}
+            for _ in range(200):
+                r = torch.rand(x.shape, generator=g, dtype=x.dtype) * 2 - 1
+                if norm == "l2":
+                    r = r / r.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * eps.view(-1, 1, 1, 1)
+                    r = r * torch.rand(6, 1, 1, 1, generator=g, dtype=x.dtype)
+                else:
+                    r = r * eps.view(-1, 1, 1, 1)
+                z = model((x + r).clamp(0, 1))
+                margin = z.gather(1, y[:, None]) - z
+                for method, b in bounds.items():
+                    off = b.masked_fill(torch.isinf(b), float("-inf"))  # j = y is no constraint
+                    assert (off <= margin + 1e-9).all(), (method, norm)
+
+
+def test_lipschitz_radius_is_below_the_linf_and_l2_distance_found():
+    model = _model("mlp", 7).double()
+    x = torch.rand(8, *INFO.in_shape, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    r2, info = certified_radii(model, x, y, "lipschitz", "l2")
+    rinf, _ = certified_radii(model, x, y, "lipschitz", "linf")
+    assert torch.allclose(rinf, r2 / math.sqrt(64))
+    assert info["L"] > 0
