@@ -15,9 +15,11 @@ $(VENV)/.installed: pyproject.toml
 quickstart: setup
 	$(VENV)/bin/robust train experiment=quickstart
 
-# The default suite (a few minutes): everything but the tests marked slow.
+# The default suite (a few minutes): everything but the tests marked slow, on two worker processes
+# (pytest-xdist; each test single-threaded, see tests/conftest.py). PYTEST_WORKERS=0 runs them in one.
+PYTEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -m "not slow" -n $(PYTEST_WORKERS)
 
 # The slow-marked tests (real MNIST, multi-process, packaging); CI runs them after `make test`.
 test-slow: setup

@@ -337,7 +337,7 @@ def eps_values(value: Any, where: str) -> list[float]:
     except (TypeError, ValueError):
         raise UserError(f"{where}={value}: expected a number or a list of numbers") from None
     if not out or any(not v >= 0 for v in out):
-        raise UserError(f"{where}={value}: expected numbers >= 0 (a list only with mode=fixed)")
+        raise UserError(f"{where}={value}: must be >= 0 (a number; a list of numbers with mode=fixed)")
     return out
 
 

@@ -44,8 +44,19 @@ def check_inputs(config_name: str, cfg: Any) -> None:
         from robust_cli.rundir import RunDir
         from robust_cli.training.checkpoint import load_trained_model
 
+        from robust_cli.errors import UserError
+
+        external = cfg.get("model") is not None and cfg.model.get("kind") is not None
+        if cfg.get("run") is None:
+            if external:  # model=<kind>: its file is checked where it is loaded (robust_cli.models.external)
+                return
+            raise UserError("run is required; give run=<a finished train run directory> (or model=<kind> "
+                            "path=... dataset=<name> for a model robust train did not train)")
+        if external:
+            return  # eval_target refuses run= with model= in one line
         run = RunDir(str(cfg.run))
-        load_trained_model(run, keep=True)  # every file it reads; kept for the app in this process (no second load)
+        # every file it reads; kept for the app in this process (no second load)
+        load_trained_model(run, checkpoint=str(cfg.get("checkpoint", "model")), keep=True)
         check_eval_writable(run)
 
 

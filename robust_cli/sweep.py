@@ -121,7 +121,8 @@ def write_summary(sweep_dir: str | Path) -> pd.DataFrame:
         for rec in rows:
             row = {c: rec.get(c) for c in COLUMNS}
             row["overrides"] = " ".join(rec.get("overrides") or [])
-            row.update(final_metrics(rec.get("run_dir")))
+            if rec.get("status") != "failed":  # a failed job's run dir may hold another job's (or run's) numbers
+                row.update(final_metrics(rec.get("run_dir")))
             table.append(row)
         frame = pd.DataFrame(table, columns=COLUMNS)
         for col in ("job", "epochs", "attempts"):  # integers with gaps (pending jobs have none)

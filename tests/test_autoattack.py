@@ -209,7 +209,7 @@ def test_apgd_weaker_than_fgsm_is_flagged():
 @pytest.mark.parametrize("overrides,message", [
     (["mode=fixd"], "mode=fixd: expected one of distance, fixed"),
     (["eps.linf=[0.1,0.2]"], "eps.linf=[0.1, 0.2]: a list of eps needs mode=fixed"),
-    (["mode=fixed", "eps.linf=[0.1,-1]"], "eps.linf=[0.1, -1]: expected numbers >= 0"),
+    (["mode=fixed", "eps.linf=[0.1,-1]"], "eps.linf=[0.1, -1]: must be >= 0"),
     (["attack=autoattack", "attack.autoattack.version=fast"],
      "attack.autoattack.version='fast': expected one of standard, plus, rand"),
     (["attack=apgd", "attack.apgd.loss=margin"], "attack.apgd.loss='margin': expected one of ce, dlr"),

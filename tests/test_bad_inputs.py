@@ -219,7 +219,7 @@ CASES = [
     Case("eval-pgd-steps", ["eval", "run={R}", "attack=pgd", "attack.pgd.steps=-1"], "attack.pgd.steps=-1"),
     Case("eval-n-examples-0", [*EVAL[:-2], "n_examples=0"], "n_examples=0: must be >= 1"),
     Case("eval-batch-size", [*EVAL, "batch_size=-1"], "batch_size=-1: must be >= 1"),
-    Case("eval-eps-search", [*EVAL, "eps_search=linear"], "eps_search='linear': expected one of bisection, grid"),
+    Case("eval-eps-search", [*EVAL, "eps_search=linear"], "eps_search='linear': expected one of adaptive, bisection, grid"),
     Case("eval-norm-unknown", [*EVAL[:3], "norm=l3"], "norm='l3'"),
     Case("eval-norm-unsupported", [*EVAL[:3], "norm=l0"], "does not support norm=l0"),
     Case("eval-attack-unknown", ["eval", "run={R}", "attack=nosuch"], "Could not find 'attack/nosuch'"),

@@ -27,7 +27,7 @@ def linear_run(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     train_cfg = OmegaConf.create({"dataset": {"name": "mnist", "in_shape": [1, 4, 4]}, "data": {}})
-    monkeypatch.setattr(checkpoint, "load_trained_model", lambda run_dir, device="cpu": (model, train_cfg))
+    monkeypatch.setattr(checkpoint, "load_trained_model", lambda run_dir, device="cpu", **_: (model, train_cfg))
     monkeypatch.setattr(data, "load_split", lambda ds, dc, split: (x, y))
     return run, model, x, y
 

@@ -39,11 +39,16 @@ def test_registry_lists_every_yaml_and_every_yaml_names_its_own_registered_loade
     assert named == set(loaders())  # no registered loader without its YAML
 
 
+#: files that may name a data set, and why
+NAMING_ALLOWED = {"robust_cli/models/robustbench_wrn.py": "RobustBench's model zoo is keyed by its own data-set names"}
+
+
 def test_no_code_outside_the_registry_switches_on_a_dataset_name():
     literal = re.compile(r"[\"'](" + "|".join(NAMES) + r")[\"']")
     sets = REPO / "robust_cli" / "data" / "sets"
     hits = [f"{p.relative_to(REPO)}: {m.group(0)}" for p in (REPO / "robust_cli").rglob("*.py")
-            if sets not in p.parents for m in literal.finditer(p.read_text())]
+            if sets not in p.parents and str(p.relative_to(REPO)) not in NAMING_ALLOWED
+            for m in literal.finditer(p.read_text())]
     assert hits == []
 
 

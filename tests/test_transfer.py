@@ -32,7 +32,7 @@ def runs(tmp_path, monkeypatch):
         d.mkdir()
         (d / "model.pt").write_bytes(b"")  # only its presence is checked; loading is patched
     table = {str(dirs["a"]): (model_a, CFG), str(dirs["b"]): (model_b, CFG), str(dirs["c"]): (model_a, other)}
-    monkeypatch.setattr(checkpoint, "load_trained_model", lambda run_dir, device="cpu": table[str(run_dir)])
+    monkeypatch.setattr(checkpoint, "load_trained_model", lambda run_dir, device="cpu", **_: table[str(run_dir)])
     monkeypatch.setattr(data, "load_split", lambda ds, dc, split: (x, y))
     return dirs, model_a, x, y
 

@@ -351,6 +351,7 @@ class RunDir(_Dir):
         ``eval/`` so that neither evaluation replaces the other's results."""
         return EvalDir(self.path / "eval-best")
 
+    @property
     def detect(self) -> DetectDir:
         """``detect/``."""
         return DetectDir(self.path / "detect")
