@@ -336,8 +336,11 @@ def eps_values(value: Any, where: str) -> list[float]:
         out = [float(v) for v in values]
     except (TypeError, ValueError):
         raise UserError(f"{where}={value}: expected a number or a list of numbers") from None
+    shown = values if isinstance(value, (list, tuple, ListConfig)) else out[0] if out else value
+    if any(v != v for v in out):
+        raise UserError(f"{where}={shown}: must be a number, not nan")
     if not out or any(not v >= 0 for v in out):
-        raise UserError(f"{where}={value}: must be >= 0 (a number; a list of numbers with mode=fixed)")
+        raise UserError(f"{where}={shown}: must be >= 0 (a number; a list of numbers with mode=fixed)")
     return out
 
 

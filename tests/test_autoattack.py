@@ -260,3 +260,12 @@ def test_the_new_attacks_keep_the_attack_contract(name):
     out = fn(model, x, y, norm="l2", eps=eps, **small)
     assert model.training and all(p.grad is None for p in model.parameters())
     assert out.min() >= 0 and out.max() <= 1 and bool((batch_norm(out - x, "l2") <= eps).all())
+
+
+def test_apgd_checkpoints_are_the_papers_at_100_iterations_and_autoattacks_at_10():
+    from robust_cli.attacks.apgd_schedule import checkpoints
+
+    # Croce & Hein 2020 §3.1: p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (w_j = p_j N at N = 100)
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]  # whole iterations, as the released code counts
+    assert checkpoints(1000)[:3] == [220, 410, 570]

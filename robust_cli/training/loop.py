@@ -121,6 +121,13 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
     robust_val = RobustValidation.of(cfg, x_val, y_val)  # None unless val_attack=
     if ctx.world_size > 1 and not getattr(defense, "distributed", True):
         raise UserError(f"defense={cfg.defense.name} trains in one process only (trainer.devices=1)")
+    if cfg.compile:  # refused before the run directory is touched
+        from robust_cli.acceleration import needs_double_backward
+
+        if needs_double_backward(defense):
+            raise UserError(f"compile=true: defense={cfg.defense.name} differentiates input gradients (double "
+                            "backprop), which torch.compile cannot; use compile=false (or the defense's "
+                            "method=finite_difference where it has one)")
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise UserError("epochs and batch_size must be at least 1")
@@ -149,12 +156,8 @@ def fit(cfg: DictConfig, run_dir: Path | RunDir, overrides: list[str], ctx: Dist
 
     train_model = distributed.wrap(model, ctx)  # the model itself in a single process
     if cfg.compile:
-        from robust_cli.acceleration import compile_model, needs_double_backward
+        from robust_cli.acceleration import compile_model
 
-        if needs_double_backward(defense):
-            raise UserError(f"compile=true: defense={cfg.defense.name} differentiates input gradients (double "
-                            "backprop), which torch.compile cannot; use compile=false (or the defense's "
-                            "method=finite_difference where it has one)")
         train_model = compile_model(train_model, device)  # compiles at the first step
     train_set = Batches(x_train, y_train, device, channels_last=bool(cfg.channels_last))
     (x_val, y_val), (x_test, y_test) = _placed(x_val, y_val, device), _placed(x_test, y_test, device)
