@@ -6,7 +6,8 @@ writes, to ``<out_dir>/reports/<name>`` (``name`` from the command's overrides u
 
     report.json          the inputs (resolved runs, by, metrics, attacks) and the files written
     tidy.csv             one row per (run, attack, norm, metric), the runs' parameters as columns
-    tables/<t>.md .tex .csv   finlay, attacks_<norm>, metrics, lipschitz (robust_cli.reporting.paper_tables)
+    tables/<t>.md .tex .csv   finlay, attacks_<norm>, metrics, lipschitz, transfer_<attack>_<norm>
+                              (robust_cli.reporting.paper_tables)
     report.md report.tex  every table in one file
     plots/<f>.png .svg   error_curves, robust_accuracy, training_curves, rho_adv
     index.html           the tables and figures on one static page
@@ -102,6 +103,7 @@ def build(cfg: DictConfig, overrides: list[str]) -> Path:
               paper_tables.metrics_table(runs, by, table_metrics, attacks)]
     lip = paper_tables.lipschitz_table(runs, by)
     tables += [lip] if lip is not None else []
+    tables += paper_tables.transfer_tables([r.path for r in runs])  # where robust eval source= was run
     for t in tables:
         if "md" in formats:
             written.append(io.write_text(out / "tables" / f"{t.name}.md", render.markdown(t)))

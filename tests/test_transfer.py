@@ -61,6 +61,11 @@ def test_transfer_from_a_model_to_itself_is_the_white_box_result_and_the_matrix_
     assert matrix.loc[a, a] == pytest.approx(json.loads((ev / "linear_budget-linf" / "summary.json").read_text())
                                               ["median_distance"])
     assert np.isfinite(matrix.loc[b, a]) and np.isnan(matrix.loc[a, b])  # b -> a evaluated, a -> b not
+    from robust_cli.reporting.paper_tables import transfer_tables
+
+    (table,) = transfer_tables([a, b], "median_distance")  # robust report's table of the same matrix
+    rows = table.mean.set_index("source")
+    assert rows.loc[a, a] == matrix.loc[a, a] and rows.loc[b, a] == matrix.loc[b, a] and np.isnan(rows.loc[a, b])
 
 
 def test_source_of_another_data_set_is_one_line(runs):

@@ -215,3 +215,23 @@ def lipschitz_table(runs: list[Run], by: list[str]) -> Table | None:
             for run in runs]
     return _aggregate("lipschitz", "Lipschitz statistics on the evaluated test images (eval/lipschitz.json)",
                       pd.DataFrame(rows), by)
+
+
+def transfer_tables(paths: list[str], value: str = "error_at_eps") -> list[Table]:
+    """One source x target table of ``value`` per (attack, norm) that some run holds a transfer result of
+    (``robust eval run=<target> source=<source>``; robust_cli.evaluation.transfer.transfer_matrix): rows are
+    the source runs, columns the targets, the diagonal the white-box result; NaN where not evaluated."""
+    from robust_cli.evaluation.transfer import transfer_matrix
+    from robust_cli.rundir import RunDir
+
+    pairs = sorted({(s["transfer_of"], s["norm"]) for p in paths for _, s in RunDir(p).eval.results()
+                    if s.get("transfer_of")})
+    tables = []
+    for attack, norm in pairs:
+        matrix = transfer_matrix(paths, attack, norm, value)
+        labels = dict(zip(matrix.index, paths))  # absolute -> as given in runs=
+        per_run = pd.DataFrame([{"source": labels[src], **{labels[t]: matrix.loc[src, t] for t in matrix.columns}}
+                                for src in matrix.index])
+        tables.append(_aggregate(f"transfer_{attack}_{norm}", f"Transfer of {attack} ({norm}): {value} on the "
+                                 "target (columns) of adversarials crafted on the source (rows)", per_run, ["source"]))
+    return tables
