@@ -136,8 +136,9 @@ def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -
 
 def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, reference=None, best=None,
                 index_offset: int = 0, queried=None, targets=None, keep_adv: bool = True, budgets=None, source=None):
-    """Run one (attack, norm) on ``x`` ``[N,C,H,W]`` / ``y`` ``[N]``; returns ``(AttackResult, started_from)``
-    (the attacks whose images were this one's ``x_init``, recorded in its summary).
+    """Run one (attack, norm) on ``x`` ``[N,C,H,W]`` / ``y`` ``[N]``; returns ``(AttackResult, started_from,
+    (the attacks whose images were this one's ``x_init``, recorded in its summary), ``bracketed_by`` (those
+    whose distances were a budget attack's first upper brackets)).
 
     ``reference``: the training set ``(x [M,C,H,W], y [M])``, passed to attacks that take one. ``best``:
     the ``RunningBest`` of this norm in this call: its images are the ``x_init`` of attacks that take one,
@@ -165,9 +166,11 @@ def attack_pair(model, x, y, name, fn, params, norm, cfg, *, device, progress, r
     )
     starts = best is not None and best.start() is not None and not fn.budget and takes_argument(fn, "x_init")
     started_from = list(best.sources) if starts else []
+    bracketed = best is not None and best.distance is not None and fn.budget and budgets is None
+    bracketed_by = list(best.bracket_sources) if bracketed and cfg.eps_search == "adaptive" else []
     if best is not None:
         best.update(result, name)
-    return result, started_from
+    return result, started_from, bracketed_by
 
 
 def evaluate(cfg: DictConfig) -> pd.DataFrame:
@@ -312,6 +315,10 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
         reference = load_split(dataset_cfg, data_cfg, "train")
 
     bests = {norm: RunningBest() for norm in norms}  # x_init of later attacks (cached results hold no images)
+    if shard is None and source is None:  # reused results' distances bound the searches as when computed
+        for name, norm, _ in reused:
+            frame = eval_dir.result(label_of(name), norm).read_per_sample()
+            bests[norm].add_distances(torch.tensor(frame["distance"].to_numpy(dtype="float64")), name)
     # minimal-norm attacks first: their distances are the budget attacks' first upper brackets (adaptive)
     order = sorted(configs.items(), key=lambda item: bool(attacks[item[0][0]][0].budget))
     # images are kept (N of them per norm) only in a norm where some attack starts from them
@@ -320,7 +327,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     with progress:
         for (name, norm), config in order:
             fn, params = attacks[name]
-            result, started_from = attack_pair(
+            result, started_from, bracketed_by = attack_pair(
                 model, x[lo:hi], y[lo:hi], name, fn, params, norm, cfg, device=device, progress=progress,
                 reference=reference, best=bests[norm] if source is None else None, index_offset=lo,
                 queried=queried, targets=targets[lo:hi] if targets is not None and params.get("targeted") else None,
@@ -335,7 +342,7 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                             "budgets": budgets.get(norm) if budgets else None, "model_checks": model_checks}
                 write_shard(shards.result(shard[1], shard[0], name, norm), result, attack=name, norm=norm,
                             budget=fn.budget, config=config, settings=settings, index=shard[0], count=shard[1],
-                            start=lo, stop=hi, started_from=started_from)
+                            start=lo, stop=hi, started_from=started_from, bracketed_by=bracketed_by)
                 continue
             if zero_grad is None:
                 zero_grad = zero_gradient_fraction(model, x, y, cfg.batch_size)
@@ -346,7 +353,8 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                              config=config, started_from=started_from, search=search_settings(cfg),
                              mode=str(cfg.mode), budgets=budgets.get(norm) if budgets else None,
                              model_checks=model_checks,
-                             source=None if source is None else {"source": source.path, "transfer_of": name})
+                             source=None if source is None else {"source": source.path, "transfer_of": name},
+                             bracketed_by=bracketed_by)
                 if cfg.save_adversarials > 0 and result.x_adv is not None:
                     from robust_cli.evaluation.saved import save_adversarials
 

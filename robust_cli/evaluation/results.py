@@ -25,7 +25,8 @@ def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, no
                  thresholds: list[float], zero_grad: float | None, config: dict[str, Any],
                  started_from: list[str] | None = None, search: dict[str, Any] | None = None,
                  mode: str = "distance", budgets: list[float] | None = None,
-                 model_checks: dict[str, Any] | None = None, source: dict[str, str] | None = None) -> dict[str, Any]:
+                 model_checks: dict[str, Any] | None = None, source: dict[str, str] | None = None,
+                 bracketed_by: list[str] | None = None) -> dict[str, Any]:
     """Write ``per_sample.csv``, ``curve.csv`` and ``summary.json`` of one (attack, norm); return the summary.
 
     ``eps``: the configured eps of ``norm`` (``error_at_eps``); ``thresholds``: its robust-accuracy
@@ -35,7 +36,8 @@ def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, no
     distances came from (its precision is recorded, ``search_precision``); ``mode``: ``distance`` or
     ``fixed`` (``budgets``: the eps a budget attack ran at, no search); ``model_checks``:
     ``checks.model_output_checks`` of the model, stored with this result's checks; ``source``: a transfer
-    evaluation's ``{"source": the source run's path, "transfer_of": the attack}``.
+    evaluation's ``{"source": the source run's path, "transfer_of": the attack}``; ``bracketed_by``: the
+    attacks whose distances were a budget attack's first upper brackets (adaptive search).
     """
     from robust_cli.evaluation.checks import curve_check, unbounded_check
     from robust_cli.evaluation.curves import error_curve
@@ -65,6 +67,8 @@ def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, no
     # a start from earlier attacks of this call makes the result depend on them; recorded, not a cache key
     # (a stronger start only lowers the distances, and a rerun with other attacks would refuse needlessly)
     summary["started_from"] = list(started_from or [])
+    if bracketed_by:
+        summary["bracketed_by"] = list(bracketed_by)
     result_dir.write(result.frame, pd.DataFrame({"eps": curve_eps, "error": err}), summary)
     return summary
 

@@ -145,28 +145,39 @@ class RunningBest:
     recorded in its summary as ``started_from``).
     The images are kept only where the results carry them (``run_attack(keep_adv=True)``: the evaluation
     asks for them in a norm where some attack takes ``x_init``, for all of that norm's attacks alike);
-    ``distance`` ``[N]`` always (the budget attacks' first upper brackets).
+    ``distance`` ``[N]`` always (the budget attacks' first upper brackets), from the results computed in this
+    call and, through ``add_distances``, those reused from an earlier one: a search then starts from the same
+    bracket whether an earlier attack ran now or before (an interrupted evaluation resumes to the same numbers).
     """
 
     def __init__(self) -> None:
         self.x: torch.Tensor | None = None
-        self.distance: torch.Tensor | None = None
+        self.x_distance: torch.Tensor | None = None  # [N] the distances of the images in x
+        self.distance: torch.Tensor | None = None  # [N] over every result, stored ones included
         self.sources: list[str] = []
+        self.bracket_sources: list[str] = []  # the results behind ``distance`` (summary: ``bracketed_by``)
 
     def start(self) -> torch.Tensor | None:
         return self.x
 
     def update(self, result: AttackResult, name: str = "") -> None:
-        self.sources.append(name)
         dist = torch.tensor(result.frame["distance"].to_numpy(dtype="float64"))
-        if self.distance is None:
-            self.distance = dist
-            self.x = result.x_adv  # owned from here on (the result's images are not used again): no copy
+        self.add_distances(dist, name)
+        if result.x_adv is None:
             return
-        better = dist < self.distance
-        if result.x_adv is not None and self.x is not None:
-            self.x[better] = result.x_adv[better]
-        self.distance = torch.minimum(dist, self.distance)
+        self.sources.append(name)
+        if self.x is None:
+            self.x, self.x_distance = result.x_adv, dist  # owned from here on (not used again): no copy
+            return
+        better = dist < self.x_distance
+        self.x[better] = result.x_adv[better]
+        self.x_distance = torch.minimum(dist, self.x_distance)
+
+    def add_distances(self, dist: torch.Tensor, name: str = "") -> None:
+        """Only the distances ``[N]`` of a result (one stored by an earlier call, whose images are gone): they
+        bound the budget attacks' searches as they did when that result was computed."""
+        self.bracket_sources.append(name)
+        self.distance = dist.clone() if self.distance is None else torch.minimum(dist, self.distance)
 
 
 TARGET_CHOICES = ("random", "next")

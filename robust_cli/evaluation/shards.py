@@ -59,7 +59,7 @@ def shard_range(n_images: int, batch_size: int, index: int, count: int) -> tuple
 
 def write_shard(shard_dir: ShardResultDir, result: AttackResult, *, attack: str, norm: str, budget: bool,
                 config: dict[str, Any], settings: dict[str, Any], index: int, count: int, start: int,
-                stop: int, started_from: list[str] | None = None) -> None:
+                stop: int, started_from: list[str] | None = None, bracketed_by: list[str] | None = None) -> None:
     """One shard of one pair: its rows and ``shard.json`` (what the merge adds up, and what produced it)."""
     shard_dir.write(result.frame, {
         "attack": attack, "norm": norm, "budget": bool(budget), "shard": [int(index), int(count)],
@@ -67,7 +67,7 @@ def write_shard(shard_dir: ShardResultDir, result: AttackResult, *, attack: str,
         "forward_samples": result.forward_samples, "backward_samples": result.backward_samples,
         "non_monotone": int(result.non_monotone), "resolution": float(result.resolution),
         "seconds": float(result.seconds), "x_norm": [float(v) for v in result.x_norm],
-        "started_from": list(started_from or []),
+        "started_from": list(started_from or []), "bracketed_by": list(bracketed_by or []),
         "resolutions": [float(v) for v in result.resolutions], "tolerances": [float(v) for v in result.tolerances],
     })
 
@@ -140,7 +140,8 @@ def merge_pairs(run_dir: RunDir, model: torch.nn.Module, x: torch.Tensor, y: tor
                      eps=float(rec["settings"]["eps"]), thresholds=list(rec["settings"]["thresholds"]),
                      zero_grad=zero_grad, config=config, started_from=rec.get("started_from", []),
                      search=rec["settings"].get("search"), mode=rec["settings"].get("mode", "distance"),
-                     budgets=rec["settings"].get("budgets"), model_checks=rec["settings"].get("model_checks"))
+                     budgets=rec["settings"].get("budgets"), model_checks=rec["settings"].get("model_checks"),
+                     bracketed_by=rec.get("bracketed_by"))
         log.info("merged %d shards of %s-%s into %s", count, attack, norm, run_dir.eval.result(attack, norm))
     return write_merged(run_dir.eval, model, x, y, batch_size=int(settings["batch_size"]),
                         lipschitz=bool(settings["lipschitz"]), force=force, model_id=model_id, title=str(run_dir))
