@@ -82,3 +82,23 @@ def robust_in_process(*args: str, cwd: Path | None = None, env: dict | None = No
     if not isinstance(code, (int, type(None))):
         err.write(f"{code}\n")
     return subprocess.CompletedProcess(["robust", *args], rc, out.getvalue(), err.getvalue())
+
+
+def compose_checked(name: str, overrides: list[str]):
+    """The config ``robust <name> <overrides>`` composes, canonicalised and value-checked as the CLI does
+    (``robust_cli.norms.canonicalize_config``, ``robust_cli.config.check_config``), for in-process tests."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from robust_cli.config import check_config, register_configs
+    from robust_cli.norms import canonicalize_config
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("robust_cli.conf", version_base=None):
+            cfg = canonicalize_config(compose(name, overrides=overrides))
+    finally:
+        GlobalHydra.instance().clear()
+    check_config(cfg)
+    return cfg

@@ -82,20 +82,9 @@ def test_gradient_penalty_matches_autograd_on_a_small_critic():
 
 
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from cli_helpers import compose_checked
 
-    from robust_cli.config import check_config, register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module("robust_cli.conf", version_base=None):
-            cfg = compose("train", overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
-    check_config(cfg)
-    return cfg
+    return compose_checked("train", overrides)
 
 
 TINY = ["experiment=quickstart", "model=mlp", "model.widths=[32]", "defense=critic", "defense.critic_widths=[32]",

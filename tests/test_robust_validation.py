@@ -14,21 +14,9 @@ VAL = ["val_attack=pgd", "val_every=2", "val_eps=0.05", "val_n=48", "+val_option
 
 
 def _cfg(overrides):
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from cli_helpers import compose_checked
 
-    from robust_cli.config import check_config, register_configs
-    from robust_cli.norms import canonicalize_config
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module("robust_cli.conf", version_base=None):
-            cfg = compose("train", overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
-    check_config(canonicalize_config(cfg))
-    return cfg
+    return compose_checked("train", overrides)
 
 
 def _train(tmp_path, name, extra=(), stop_after=None):

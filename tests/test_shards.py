@@ -29,22 +29,9 @@ PAIRS = ("pgd-l2", "ddn-l2")
 
 
 def compose(name: str, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from cli_helpers import compose_checked
 
-    from robust_cli.config import check_config, register_configs
-    from robust_cli.norms import canonicalize_config
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module("robust_cli.conf", version_base=None):
-            cfg = canonicalize_config(hydra_compose(name, overrides=overrides))
-    finally:
-        GlobalHydra.instance().clear()
-    check_config(cfg)
-    return cfg
+    return compose_checked(name, overrides)
 
 
 @pytest.fixture(scope="module")

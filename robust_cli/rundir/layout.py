@@ -161,8 +161,11 @@ class EvalDir(_Dir):
         A ``summary.json`` that cannot be read (a foreign file: ours are written atomically) is skipped
         with a warning.
         """
+        return self._summaries("*/summary.json")
+
+    def _summaries(self, pattern: str) -> list[tuple[ResultDir, dict[str, Any]]]:
         out = []
-        for path in sorted(self.path.glob("*/summary.json")):
+        for path in sorted(self.path.glob(pattern)):
             result = ResultDir(path.parent)
             try:
                 out.append((result, result.read_summary()))
@@ -181,14 +184,7 @@ class EvalDir(_Dir):
 
     def certified_results(self) -> list[tuple[ResultDir, dict[str, Any]]]:
         """``[(certified result directory, summary)]``, sorted; unreadable summaries skipped with a warning."""
-        out = []
-        for path in sorted(self.path.glob("certified/*/summary.json")):
-            result = ResultDir(path.parent)
-            try:
-                out.append((result, result.read_summary()))
-            except (OSError, json.JSONDecodeError) as err:
-                log.warning("skipping unreadable %s: %s", path, err)
-        return out
+        return self._summaries("certified/*/summary.json")
 
     @property
     def summary_path(self) -> Path:
