@@ -71,6 +71,8 @@ if [ -f scripts/bench_floor.py ]; then
     HELP="$("$PY" scripts/bench_floor.py --help 2>/dev/null || true)"
     if grep -q -- "--device" <<<"$HELP"; then FLOOR_ARGS+=(--device "$DEV"); fi
     if [ "$QUICK" = 1 ] && grep -q -- "--quick" <<<"$HELP"; then FLOOR_ARGS+=(--quick); fi
+    # quick: a small batch, few steps, one repeat, the 8x8 digits model only (seconds on a CPU)
+    if [ "$QUICK" = 1 ]; then FLOOR_ARGS+=(--batch 32 --steps 5 --repeats 1 --models digits); fi
     step "attack floor" "$([ "$QUICK" = 1 ] && echo 120 || echo 60)" "$PY" scripts/bench_floor.py "${FLOOR_ARGS[@]}"
 else
     echo

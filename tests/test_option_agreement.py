@@ -286,11 +286,11 @@ ATTACK_CHANGES = {
     # nearest miss, which every option moves)
     "apgd": ("l2", {"steps": 4}, {
         "steps": (3, {}), "restarts": (2, {}), "loss": ("dlr", {}), "momentum": (0.5, {}),
-        "rho": (0.3, {"steps": 10}),
+        "rho": (0.99, {"steps": 30}),
         "random_start": (False, {}), "seed": (1, {})}),
     "apgd_t": ("l2", {"steps": 4, "target_classes": 2}, {
         "steps": (3, {}), "target_classes": (1, {}), "restarts": (2, {}), "momentum": (0.5, {}),
-        "rho": (0.3, {"steps": 10}),
+        "rho": (0.99, {"steps": 30}),
         "random_start": (False, {}), "seed": (1, {})}),
     "square": ("linf", {"n_queries": 50}, {"n_queries": (20, {}), "p_init": (0.3, {}), "seed": (1, {})}),
     "autoattack": ("linf", {"steps": 5, "n_queries": 20}, {
