@@ -102,3 +102,20 @@ def compose_checked(name: str, overrides: list[str]):
         GlobalHydra.instance().clear()
     check_config(cfg)
     return cfg
+
+
+def patched_run(tmp_path: Path, monkeypatch, model, x, y, in_shape=(1, 4, 4)) -> Path:
+    """An empty run directory ``<tmp_path>/run`` whose model is ``model`` and whose every split is ``(x, y)``:
+    ``load_trained_model`` and ``load_split`` patched, for evaluations of a known (linear) model."""
+    from omegaconf import OmegaConf
+
+    from robust_cli import data
+    from robust_cli.training import checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    train_cfg = OmegaConf.create({"dataset": {"name": "mnist", "in_shape": list(in_shape)}, "data": {}})
+    monkeypatch.setattr(checkpoint, "load_trained_model", lambda run_dir, device="cpu", **_: (model, train_cfg),
+                        raising=False)
+    monkeypatch.setattr(data, "load_split", lambda ds, dc, split: (x, y), raising=False)
+    return run

@@ -18,17 +18,12 @@ from robust_cli.evaluation.curves import error_at
 
 @pytest.fixture
 def linear_run(tmp_path, monkeypatch):
-    from robust_cli import data
-    from robust_cli.training import checkpoint
+    from cli_helpers import patched_run
 
     model, x, y = make_problem(n=20, in_shape=(1, 4, 4), num_classes=2, seed=3)
     y = y.clone()
     y[0] = 1 - y[0]  # one image misclassified clean: radius 0
-    run = tmp_path / "run"
-    run.mkdir()
-    train_cfg = OmegaConf.create({"dataset": {"name": "mnist", "in_shape": [1, 4, 4]}, "data": {}})
-    monkeypatch.setattr(checkpoint, "load_trained_model", lambda run_dir, device="cpu", **_: (model, train_cfg))
-    monkeypatch.setattr(data, "load_split", lambda ds, dc, split: (x, y))
+    run = patched_run(tmp_path, monkeypatch, model, x, y)
     return run, model, x, y
 
 

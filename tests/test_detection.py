@@ -80,15 +80,10 @@ def test_evasive_successes_are_misclassified_below_the_threshold_and_within_eps(
 
 @pytest.fixture
 def linear_run(tmp_path, monkeypatch):
-    from robust_cli import data
-    from robust_cli.training import checkpoint
+    from cli_helpers import patched_run
 
     model, x, y = make_problem(n=40, in_shape=(1, 4, 4), num_classes=2, seed=5)
-    run = tmp_path / "run"
-    run.mkdir()
-    train_cfg = OmegaConf.create({"dataset": {"name": "mnist", "in_shape": [1, 4, 4]}, "data": {}})
-    monkeypatch.setattr(checkpoint, "load_trained_model", lambda run_dir, device="cpu", **_: (model, train_cfg))
-    monkeypatch.setattr(data, "load_split", lambda ds, dc, split: (x, y))
+    run = patched_run(tmp_path, monkeypatch, model, x, y)
     return run, model, x, y
 
 

@@ -405,18 +405,12 @@ def test_attack_all_names_every_attack_file():
 @pytest.fixture
 def fake_run(tmp_path, monkeypatch):
     """A run directory whose model is the 2-class linear model; checkpoint and data loading patched."""
-    from robust_cli import data
-    from robust_cli.training import checkpoint
+    from cli_helpers import patched_run
 
     model, x, y = _two_class(n=30, seed=9)
     y = y.clone()
     y[0] = 1 - y[0]  # one image misclassified clean
-    run = tmp_path / "run"
-    run.mkdir()
-    train_cfg = OmegaConf.create({"dataset": {"name": "mnist", "in_shape": [1, 4, 4]}, "data": {}})
-    monkeypatch.setattr(checkpoint, "load_trained_model", lambda run_dir, device="cpu", **_: (model, train_cfg),
-                        raising=False)
-    monkeypatch.setattr(data, "load_split", lambda ds, dc, split: (x, y), raising=False)
+    run = patched_run(tmp_path, monkeypatch, model, x, y)
     return run, model, x, y
 
 

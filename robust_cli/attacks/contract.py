@@ -43,13 +43,23 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
     weight-gradient work and guarantees that nothing leaks into ``param.grad``.
     """
     was_training = model.training
-    flags = [p.requires_grad for p in model.parameters()]
     model.eval()
-    for p in model.parameters():
+    try:
+        with frozen_params(model):
+            yield model
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def frozen_params(module: nn.Module) -> Iterator[nn.Module]:
+    """``module``'s parameters with ``requires_grad`` off inside, restored on exit: a graph built inside does
+    not reach them (an attack's model; the critic while the classifier learns, robust_cli.defenses.critic)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
         p.requires_grad_(False)
     try:
-        yield model
+        yield module
     finally:
-        for p, flag in zip(model.parameters(), flags):
+        for p, flag in zip(module.parameters(), flags):
             p.requires_grad_(flag)
-        model.train(was_training)

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robust_cli.attacks.contract import frozen_params
 from robust_cli.attacks.geometry import batch_norm
 from robust_cli.attacks.high_confidence import high_confidence_steps, nearest_boundary_class
 from robust_cli.defenses.base import DefenseOutput, to_floats
@@ -68,19 +69,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was)
-
-
-@contextlib.contextmanager
-def frozen_params(module: nn.Module) -> Iterator[nn.Module]:
-    """The graph built inside does not reach ``module``'s parameters (the critic while the classifier learns)."""
-    flags = [p.requires_grad for p in module.parameters()]
-    for p in module.parameters():
-        p.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p, flag in zip(module.parameters(), flags):
-            p.requires_grad_(flag)
 
 
 def masked_mean(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

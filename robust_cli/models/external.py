@@ -80,7 +80,7 @@ def read_weights(path: Path, kind: str) -> dict[str, torch.Tensor]:
     if is_torchscript(path):
         raise UserError(f"path={path} is a TorchScript archive, not a state dict; give model=torchscript")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = io.torch_load(path, map_location="cpu")  # weights_only=True
     except Exception as err:
         raise io.unreadable(f"path={path} (model={kind} reads a state dict)", err,
                             "a pickle that would run code is never loaded; save the model's state_dict()") from None
