@@ -16,10 +16,12 @@ quickstart: setup
 	$(VENV)/bin/robust train experiment=quickstart
 
 # The default suite (a few minutes): everything but the tests marked slow, on two worker processes
-# (pytest-xdist; each test single-threaded, see tests/conftest.py). PYTEST_WORKERS=0 runs them in one.
+# (pytest-xdist; each test single-threaded, see tests/conftest.py), then the `serial` ones, which write into the
+# package tree, alone. PYTEST_WORKERS=0 runs the first part in one process.
 PYTEST_WORKERS ?= 2
 test: setup
-	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -m "not slow" -n $(PYTEST_WORKERS)
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -m "not slow and not serial" -n $(PYTEST_WORKERS)
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -m "serial and not slow"
 
 # The slow-marked tests (real MNIST, multi-process, packaging); CI runs them after `make test`.
 test-slow: setup

@@ -17,6 +17,10 @@ import pytest
 import torch
 from cli_helpers import robust
 
+# the worked examples are written into the package tree for the test's duration: no other test may enumerate
+# conf/ or the registries meanwhile (make test runs these after the parallel rest)
+pytestmark = pytest.mark.serial
+
 REPO = Path(__file__).resolve().parents[1]
 DOC = (REPO / "CONTRIBUTING.md").read_text()
 
@@ -93,6 +97,7 @@ STANDIN_LOADER = '''"""A stand-in data set for tests/test_contributing.py: 4x4 i
 import numpy as np
 
 from robust_cli.data.sets import register_loader
+
 
 
 @register_loader
