@@ -249,6 +249,9 @@ class OwnerLock:
     def acquire(self) -> None:
         mine = _holder_record()
         with file_lock(self.guard):
+            # the lock file is written only under the guard, so a temporary file of it seen here is one a
+            # killed writer left (the test kills runs mid-write of every file they own)
+            remove_temp_files(self.path)
             holder, age = self._read()
             if holder is not None and not (_is_stale(holder, age) if holder else age > STALE_AFTER_SECONDS):
                 raise LockHeld(self.path, holder)

@@ -82,3 +82,16 @@ def test_remove_temp_files_takes_only_the_files_own_leftovers(tmp_path):
         path.write_text("partial")
     assert sorted(io.remove_temp_files(target)) == sorted(own)
     assert all(p.exists() for p in other)
+
+
+def test_owner_lock_clears_the_temporary_file_a_killed_lock_write_left(tmp_path):
+    """A process killed while writing ``train.lock`` leaves ``.train.lock.<random>.tmp``; the next owner
+    removes it (the lock is written only under the guard, so no live writer owns it)."""
+    from robust_cli import io
+
+    lock_path, guard = tmp_path / "train.lock", tmp_path / ".train.lock.guard"
+    leftover = tmp_path / ".train.lock.k1ll3d.tmp"
+    leftover.write_text('{"host": "half')
+    with io.OwnerLock(lock_path, guard):
+        assert not leftover.exists()
+        assert lock_path.exists()
