@@ -72,6 +72,18 @@ def test_square_linf_finds_the_exact_boundary_and_l2_stays_in_budget():
         assert bool((margin(model(x_adv), y) < margin(model(x), y)).all())
 
 
+def test_square_l2_breaks_a_linear_model_at_twice_its_optimum_where_the_reference_needs_three():
+    """Exactness is out of reach for l2 random search on a random-weight model (no spatial structure):
+    scripts/bench_square_linear.py measures torchattacks' Square l2 breaking none of these 16 images at
+    2x the optimum (all at 3x) with 1000 queries, ours 14/16 at 2x. Guard that strength, re-verified."""
+    from robust_cli.attacks.square import square
+
+    model, x, y = make_problem(n=16, in_shape=(3, 10, 10), num_classes=2, seed=3)
+    eps = minimal_distance(model, x, y, "l2").float() * 2.0
+    ok = _success(model, x, y, square(model, x, y, norm="l2", eps=eps, n_queries=1000), eps * (1 + 1e-5), "l2")
+    assert int(ok.sum()) >= 12, int(ok.sum())
+
+
 def test_the_cascade_never_attacks_a_broken_image_again():
     """Per-image eps: 1.05 x the optimum on half the images (APGD breaks exactly those), 0.9 x on the rest
     (nothing can). Each later member must receive exactly the unbroken half, and each image is attacked by
