@@ -250,7 +250,7 @@ class OwnerLock:
         mine = _holder_record()
         with file_lock(self.guard):
             # the lock file is written only under the guard, so a temporary file of it seen here is one a
-            # killed writer left (the test kills runs mid-write of every file they own)
+            # writer killed mid-write left (no live process owns it)
             remove_temp_files(self.path)
             holder, age = self._read()
             if holder is not None and not (_is_stale(holder, age) if holder else age > STALE_AFTER_SECONDS):
