@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -151,16 +152,54 @@ def test_slurm_sweep_lands_in_deterministic_run_dirs(slurm, tmp_path):
     assert list((sweep / ".submitit").glob("*/*_submission.sh"))
 
 
-def _release_requeued(env: dict, stop: threading.Event) -> None:
-    """Release requeued jobs held back by SLURM's post-requeue begin time."""
+def _release_requeued(env: dict, stop: threading.Event, actions: list[str]) -> None:
+    """Release requeued jobs held back by SLURM's post-requeue begin time (and, should it happen, a job held
+    after a failed launch or a node drained by a slow kill); every action is recorded for the failure text."""
     while not stop.is_set():
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], env=env, capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[1] == "PENDING" and "BeginTime" in parts[2]:
-                subprocess.run(["scontrol", "update", f"JobId={parts[0]}", "StartTime=now"], env=env,
-                               capture_output=True)
+        try:
+            out = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], env=env, capture_output=True, text=True,
+                                 timeout=30).stdout
+            for line in out.splitlines():
+                parts = line.split(maxsplit=2)
+                if len(parts) < 3 or parts[1] != "PENDING":
+                    continue
+                if "BeginTime" in parts[2]:
+                    command = ["scontrol", "update", f"JobId={parts[0]}", "StartTime=now"]
+                elif "Held" in parts[2] or "held" in parts[2]:
+                    command = ["scontrol", "release", parts[0]]
+                else:
+                    continue
+                subprocess.run(command, env=env, capture_output=True, timeout=30)
+                actions.append(f"{time.strftime('%H:%M:%S')} {' '.join(command[1:])} ({parts[2]})")
+            nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=env, capture_output=True, text=True,
+                                   timeout=30).stdout
+            for line in nodes.splitlines():
+                node, _, state = line.partition(" ")
+                if "drain" in state or state.startswith("drng"):
+                    subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], env=env,
+                                   capture_output=True, timeout=30)
+                    actions.append(f"{time.strftime('%H:%M:%S')} resumed node {node} ({state})")
+        except (OSError, subprocess.SubprocessError) as err:  # a busy slurmctld: try again next second
+            actions.append(f"{time.strftime('%H:%M:%S')} releaser: {err}")
         stop.wait(1.0)
+
+
+def _cluster_state(env: dict, sweep: Path, actions: list[str]) -> str:
+    """What the cluster and the job did, for a failure message: a hang here has no other trace in CI."""
+    parts = []
+    for command in (["squeue", "-a"], ["sinfo", "-R"], ["scontrol", "show", "job"]):
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+            parts.append(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}")
+        except (OSError, subprocess.SubprocessError) as err:
+            parts.append(f"$ {' '.join(command)}: {err}")
+    logs = Path(env["SLURM_LOCAL_DIR"]) / "log"
+    for path in [logs / "slurmctld.log", logs / "slurmd.log", *sorted((sweep / ".submitit").glob("*/*_log.*"))]:
+        if path.exists():
+            tail = path.read_text(errors="replace").splitlines()[-40:]
+            parts.append(f"--- {path} (last 40 lines)\n" + "\n".join(tail))
+    parts.append("releaser actions:\n" + "\n".join(actions[-40:]))
+    return "\n".join(parts)
 
 
 @_marked
@@ -194,15 +233,18 @@ def test_requeue_after_time_limit_resumes_with_continuous_history(slurm, tmp_pat
     env = epoch_hooks(min_epoch_seconds=3, base=slurm)
     sweep = tmp_path / "sweep"
     stop = threading.Event()
-    releaser = threading.Thread(target=_release_requeued, args=(slurm, stop), daemon=True)
+    actions: list[str] = []
+    releaser = threading.Thread(target=_release_requeued, args=(slurm, stop, actions), daemon=True)
     releaser.start()
     try:
         proc = subprocess.run(
             [robust_bin(), "train", "-m", f"epochs={epochs}", "model.widths=[256,256]", f"out_dir={tmp_path}",
              "device=cpu", f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=1",
              "hydra.launcher.signal_delay_s=50", "hydra.launcher.max_num_timeout=10", *SLURM_ARGS],
-            env=env, capture_output=True, text=True, timeout=300,
+            env=env, capture_output=True, text=True, timeout=540,
         )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the requeued sweep did not finish in 540 s:\n" + _cluster_state(slurm, sweep, actions))
     finally:
         stop.set()
         releaser.join()
