@@ -167,6 +167,25 @@ def _overrides(args: list[str]) -> tuple[list[str], bool]:
     return overrides, multirun
 
 
+#: how many of a sweep's combinations are composed before any job starts, whatever their values (then only those
+#: with a value not seen yet, see ``_covering``)
+FIRST_COMBOS = 64
+
+
+def _covering(combos: list[list[str]], first: int | None = None) -> list[list[str]]:
+    """The sweep combinations composed before any job starts: the first ``first``, then, of the rest, each one
+    that holds an override (``key=value``) no earlier chosen combination holds, so that every value of every
+    swept key is checked in at least one job's config (a bad 65th value of a long sweep too), while a huge
+    grid is not composed twice in full."""
+    first = FIRST_COMBOS if first is None else first
+    chosen, seen = [], set()
+    for i, combo in enumerate(combos):
+        if i < first or not seen.issuperset(combo):
+            chosen.append(combo)
+            seen.update(combo)
+    return chosen
+
+
 def validate(config_name: str, args: list[str]) -> str | None:
     """Compose ``config_name`` with the overrides (each sweep combination); the error line, or None."""
     from hydra import compose, initialize_config_module
@@ -190,7 +209,7 @@ def validate(config_name: str, args: list[str]) -> str | None:
             combos = [overrides]
         GlobalHydra.instance().clear()
         with initialize_config_module("robust_cli.conf", version_base=None):
-            for combo in combos[:64]:  # enough to catch a typo; a huge grid is not composed twice
+            for combo in _covering(combos):
                 cfg = compose(config_name, overrides=list(combo), return_hydra_config=True)
                 check_launcher(cfg.hydra)
                 with open_dict(cfg):

@@ -443,3 +443,20 @@ def test_finite_logits_are_scored():
     x = torch.full((8, 1, 2, 2), 0.4)
     result = run_attack(_NaNOnSome(2.0), x, torch.zeros(8, dtype=torch.long), _shift, "linf")
     assert len(result.frame) == 8 and np.isinf(result.frame["distance"]).all()
+
+
+# ---------------------------------------------------------------- long sweeps: every value checked up front
+
+
+def test_a_bad_value_late_in_a_long_sweep_is_refused_before_any_job(monkeypatch):
+    """A bad value after the combinations composed in any case (``FIRST_COMBOS``, 64; 3 here to keep the
+    test fast) is refused at compose time too, and a grid is not composed in full to find it."""
+    from robust_cli import cli
+
+    monkeypatch.setattr(cli, "FIRST_COMBOS", 3)
+    epochs = ",".join(["1", "2", "3", "1", "2", "3", "0"])
+    assert cli.validate("train", ["-m", f"epochs={epochs}", "experiment=quickstart"]) == "epochs=0: must be >= 1"
+    grid = [[f"seed={s}", f"epochs={e}"] for e in range(1, 11) for s in range(100)]
+    chosen = cli._covering(grid)
+    assert {o for combo in chosen for o in combo} == {o for combo in grid for o in combo}  # every value once
+    assert len(chosen) == 100 + 9  # each seed once (with epochs=1), then one per other epochs value, not 1000

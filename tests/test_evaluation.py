@@ -569,3 +569,63 @@ def test_other_settings_than_stored_are_refused_more_images_recomputed_force_rep
     assert json.loads((result / "summary.json").read_text())["n"] == 25
     evaluate(_cfg(run, ["linear_budget"], "l2", lipschitz=False, n_examples=10, force=True))
     assert json.loads((result / "summary.json").read_text())["n"] == 10
+
+
+def test_fixed_mode_end_to_end_reports_robust_accuracy_at_exactly_the_budgets(fake_run):
+    """``mode=fixed eps.linf=[a,b]``: one attack per budget, no search; robust accuracy at each budget is the
+    exact one of the linear model (the stand-in attack is exact in linf), and nothing says "resolution"."""
+    from robust_cli.eval_app import evaluate
+
+    run, model, x, y = fake_run
+    exact = minimal_distance(model, x[:25], y[:25], "linf").numpy()
+    exact[0] = 0.0  # misclassified clean
+    budgets = [float(np.quantile(exact[1:], 0.3)), float(np.quantile(exact[1:], 0.7))]
+    evaluate(_cfg(run, ["linear_budget"], "linf", mode="fixed", eps={"linf": budgets}, lipschitz=False))
+    s = json.loads((run / "eval" / "linear_budget-linf" / "summary.json").read_text())
+    assert s["mode"] == "fixed" and s["fixed_eps"] == budgets and s["search_resolution"] == 0
+    assert "resolution_valid" not in s  # no search, nothing to resolve
+    d = pd.read_csv(run / "eval" / "linear_budget-linf" / "per_sample.csv")["distance"].to_numpy()
+    for eps in budgets:
+        # an image is broken at eps exactly when its minimal distance is within eps (up to float32 rounding)
+        near = np.abs(exact - eps) <= 1e-6 * max(eps, 1.0)
+        assert np.array_equal((d <= eps)[~near], (exact <= eps)[~near])
+    assert np.all(np.isinf(d[exact > max(budgets) * (1 + 1e-6)]))  # never attacked past the largest budget
+
+
+def test_a_fixed_budget_result_is_cross_checked_at_its_budgets_only():
+    """A fixed-budget attack's size is that of the adversarial found at the smallest breaking budget, not a
+    minimal distance: a single-step attack with smaller distances is no violation unless it breaks an image at
+    a smaller budget."""
+    from robust_cli.reporting.tables import _checks_at_budgets
+
+    fgsm = np.array([0.05, 0.12, 0.25, np.inf])
+    same_budgets = {"fgsm": fgsm, "pgd": np.array([0.09, 0.2, 0.3, np.inf])}  # larger sizes, same budgets
+    out = _checks_at_budgets(same_budgets, "pgd", [0.1, 0.2, 0.3], "linf")
+    assert out["pgd"]["at_least_single_step"]["ok"] is True
+    assert checks_mod.cross_checks(same_budgets, "linf")["pgd"]["at_least_single_step"]["ok"] is False
+    weaker = {"fgsm": fgsm, "pgd": np.array([0.09, 0.2, np.inf, np.inf])}  # fgsm breaks image 2 at 0.3
+    out = _checks_at_budgets(weaker, "pgd", [0.1, 0.2, 0.3], "linf")
+    assert out["pgd"]["at_least_single_step"]["violation_fraction"] == pytest.approx(1 / 4)
+    assert set(_checks_at_budgets(weaker, "fgsm", [0.1], "linf")) <= {"fgsm"}  # only its own checks
+
+
+def test_a_search_coarser_than_the_threshold_gap_fails_a_named_check(fake_run, caplog):
+    """The eps search's achieved resolution against the thresholds: a tolerance wider than the gap between two
+    thresholds fails ``resolution_valid`` (in summary.json's checks and summary.csv's checks_failed, and as a
+    warning); the default 1% tolerance passes it."""
+    from robust_cli.eval_app import evaluate
+
+    run, model, x, y = fake_run
+    close = {"l2": [0.1, 0.105, 0.3]}
+    evaluate(_cfg(run, ["linear_budget"], "l2", lipschitz=False, thresholds=close))
+    s = json.loads((run / "eval" / "linear_budget-l2" / "summary.json").read_text())
+    assert s["checks"]["resolution_valid"] == {"ok": True, "coarser_than_gap": 0}
+    assert s["search"]["resolution_max"] <= 0.01 * pd.read_csv(
+        run / "eval" / "linear_budget-l2" / "per_sample.csv")["distance"].max() * (1 + 1e-4)
+    with caplog.at_level("WARNING", logger="robust_cli.eval"):
+        evaluate(_cfg(run, ["linear_budget"], "l2", lipschitz=False, thresholds=close, eps_tol=0.05, force=True))
+    s = json.loads((run / "eval" / "linear_budget-l2" / "summary.json").read_text())
+    assert s["search"]["resolution_max"] > 0.005  # the gap between 0.1 and 0.105
+    assert s["checks"]["resolution_valid"]["ok"] is False and s["checks"]["resolution_valid"]["coarser_than_gap"] > 0
+    assert "resolution_valid" in pd.read_csv(run / "eval" / "summary.csv")["checks_failed"].iloc[0]
+    assert any("more coarsely than the smallest gap" in r.getMessage() for r in caplog.records)

@@ -62,6 +62,13 @@ def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, no
         "zero_grad_fraction": zero_grad,
         **(model_checks or {}),
     }
+    if "resolution_valid" in summary:  # a check, so that the console's failed checks name it too
+        coarse = summary["search"]["coarser_than_gap"]
+        summary["checks"]["resolution_valid"] = {"ok": summary["resolution_valid"], "coarser_than_gap": coarse}
+        if not summary["resolution_valid"]:
+            log.warning("%s %s: the eps search resolved %d images more coarsely than the smallest gap between two "
+                        "thresholds (%.4g); the robust accuracies may swap images between thresholds (lower "
+                        "eps_rtol or give eps_tol)", attack, norm, coarse, summary["search"]["threshold_gap"])
     summary["config"] = config
     summary.update(source or {})
     # a start from earlier attacks of this call makes the result depend on them; recorded, not a cache key

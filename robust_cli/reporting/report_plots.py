@@ -54,8 +54,11 @@ class Palette:
 
 
 def _save(fig, out: Path, stem: str) -> list[Path]:
+    """PNG and SVG of ``fig``; the same report twice gives the same bytes (SVG: no date, fixed element ids)."""
     try:
-        return [io.save_figure(out / f"{stem}.{ext}", fig, dpi=120, bbox_inches="tight") for ext in ("png", "svg")]
+        with plt.rc_context({"svg.hashsalt": stem}):
+            return [io.save_figure(out / f"{stem}.png", fig, dpi=120, bbox_inches="tight"),
+                    io.save_figure(out / f"{stem}.svg", fig, dpi=120, bbox_inches="tight", metadata={"Date": None})]
     finally:
         plt.close(fig)
 

@@ -57,20 +57,41 @@ def _distances_by_norm(entries: list[tuple[ResultDir, dict[str, Any]]]) -> dict[
 
 
 def update_cross_checks(eval_dir: EvalDir | str | os.PathLike) -> None:
-    """Recompute the checks between attacks of one norm and store them in the concerned ``summary.json``."""
+    """Recompute the checks between attacks of one norm and store them in the concerned ``summary.json``.
+
+    A ``mode=fixed`` result's per-image size is that of the adversarial found at the smallest breaking budget,
+    not a minimal distance, so it is compared at its own budgets (``_checks_at_budgets``); the distance-mode
+    results are compared among themselves.
+    """
     entries = evaluated(eval_dir)
     dirs = {(s["attack"], s["norm"]): (d, s) for d, s in entries}
     for norm, frames in _distances_by_norm(entries).items():
         aligned = _align(frames)
         if aligned is None:
             continue
-        resolution = {a: float(dirs[(a, norm)][1].get("search_resolution") or 0.0) for a in aligned}
-        for attack, checks in cross_checks(aligned, norm, resolution=resolution).items():
+        budgets = {a: dirs[(a, norm)][1].get("fixed_eps") for a in aligned
+                   if dirs[(a, norm)][1].get("mode") == "fixed"}
+        distance = {a: d for a, d in aligned.items() if a not in budgets}
+        resolution = {a: float(dirs[(a, norm)][1].get("search_resolution") or 0.0) for a in distance}
+        found = cross_checks(distance, norm, resolution=resolution)
+        for attack, eps in budgets.items():
+            found.update(_checks_at_budgets(aligned, attack, [float(e) for e in eps], norm))
+        for attack, checks in found.items():
             result, summary = dirs[(attack, norm)]
             if all(summary.get("checks", {}).get(k) == v for k, v in checks.items()):
                 continue
             summary.setdefault("checks", {}).update(checks)
             result.write_summary(summary)
+
+
+def _checks_at_budgets(aligned: dict[str, np.ndarray], attack: str, budgets: list[float],
+                       norm: str) -> dict[str, dict[str, Any]]:
+    """The cross checks of the fixed-budget ``attack`` alone: every attack's per-image size mapped to the
+    smallest of ``budgets`` it lies within (``inf`` past the largest), so that "a cheaper attack beats it"
+    means "breaks the image at a smaller budget", the only thing a fixed-budget result can be held to."""
+    levels = np.asarray(sorted(budgets) + [np.inf])
+    at_budget = {a: levels[np.searchsorted(levels, d, side="left")] for a, d in aligned.items()}
+    return {k: v for k, v in cross_checks(at_budget, norm, rtol=0.0).items() if k == attack}
 
 
 def _align(frames: dict[str, pd.DataFrame]) -> dict[str, np.ndarray] | None:

@@ -30,6 +30,7 @@ def main() -> None:
     sweeps = [train_sweep(args.out, name, [*overrides, *common]) for name, overrides in SWEEPS.items()]
     runs = [r for s in sweeps for r in run_dirs(s)]
     eval_runs(args.out, "thesis31_eval", runs, ["attack=[fgsm,deepfool]", "norm=[linf,l2]", "eps.linf=0.2",
+                                                "attack.deepfool.max_step=0.5",  # §3.5: clipped at 0.5 a step
                                                 f"n_examples={args.n}", f"device={args.device}"])
     robust("report", "runs=[" + ",".join(str(s) for s in sweeps) + "]", "name=thesis_table3_1",
            "by=[model,defense,model.dropout,defense.penalty_norm]",

@@ -31,16 +31,19 @@ def main() -> None:
     p.add_argument("--skip-attacks", default="", help="comma-separated attacks to leave out (slow ones)")
     args = p.parse_args()
     common = train_common(args)
+    models = args.models.split(",")
     sweeps = [train_sweep(args.out, f"thesis5_{m}", ["experiment=thesis_mnist_lenet5", *MODELS[m], *common])
-              for m in args.models.split(",")]
+              for m in models]
     runs = [r for s in sweeps for r in run_dirs(s)]
     skip = set(filter(None, args.skip_attacks.split(",")))
     for norm in args.norms.split(","):
         attacks = [a for a in ATTACKS[norm].split(",") if a not in skip]
         eval_runs(args.out, f"thesis5_eval_{norm}", runs, [f"attack=[{','.join(attacks)}]", f"norm={norm}",
                                                             f"n_examples={args.n}", f"device={args.device}"])
-    robust("report", "runs=[" + ",".join(str(s) for s in sweeps) + "]", "name=thesis_tables5",
-           "by=[defense,defense.norm]", f"out_dir={args.out}")
+    # defense.norm is a run parameter only where an adversarially trained model is among the runs
+    by = "by=[defense,defense.norm]" if any(MODELS[m][0] != "defense=none" for m in models) else "by=[defense]"
+    robust("report", "runs=[" + ",".join(str(s) for s in sweeps) + "]", "name=thesis_tables5", by,
+           f"out_dir={args.out}")
 
 
 if __name__ == "__main__":
