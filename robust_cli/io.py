@@ -303,4 +303,18 @@ def unreadable(what: str, err: Exception, hint: str = "robust reads only the fil
         reason = detail.strip().split(". ")[0].rstrip(".") if found else type(err).__name__
         return UserError(f"cannot read {what}: it holds objects other than tensors and plain Python ({reason}); "
                          f"{hint}")
+    if _damaged(err, text):
+        # torch's own text for these is an errno, a bare key or miniz's internals: say what it means
+        return UserError(f"cannot read {what}: not a complete torch file (truncated, or another format: "
+                         f"{type(err).__name__} {text[:80]}); {hint}")
     return UserError(f"cannot read {what}: {text}")
+
+
+def _damaged(err: Exception, text: str) -> bool:
+    """Whether ``torch.load`` failed on the file's bytes themselves (cut short, not a zip or pickle at all)."""
+    import pickle
+
+    if isinstance(err, (EOFError, KeyError, pickle.UnpicklingError)) or isinstance(err, OSError) and \
+            getattr(err, "errno", None) == 22:
+        return True
+    return isinstance(err, RuntimeError) and ("PytorchStreamReader" in text or "zip archive" in text)

@@ -51,6 +51,28 @@ def test_apgd_t_finds_the_exact_boundary_of_a_multiclass_linear_model(norm):
         assert bool(ok.all()) if expect else not bool(ok.any())
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_dlr_is_never_below_the_optimum_and_apgd_t_covers_what_it_misses(norm):
+    """Untargeted DLR (eq. 6) ascends towards the runner-up class, which need not be the class of the nearest
+    boundary, so APGD-DLR alone is not exact on a multi-class linear model (the reason AutoAttack adds
+    APGD-T): here it breaks >= 85% of the images at 1.01x their optimum (torchattacks 3.5.1's APGD-DLR, same
+    problem and steps: 0-38%), none below it, and APGD-T breaks the rest."""
+    from robust_cli.attacks.apgd import apgd, apgd_t
+
+    model, x, y = make_problem(n=16, in_shape=(3, 4, 4), num_classes=5, seed=3)
+    opt = minimal_distance(model, x, y, norm).float()
+    below = _success(model, x, y, apgd(model, x, y, norm=norm, eps=opt * 0.99, steps=100, loss="dlr"),
+                     opt * 0.99, norm)
+    assert not bool(below.any())
+    eps = opt * 1.01
+    dlr = _success(model, x, y, apgd(model, x, y, norm=norm, eps=eps, steps=100, loss="dlr"), eps, norm)
+    assert dlr.float().mean() >= 0.85
+    rest = ~dlr
+    targeted = _success(model, x[rest], y[rest], apgd_t(model, x[rest], y[rest], norm=norm, eps=eps[rest],
+                                                        steps=50), eps[rest], norm)
+    assert bool(targeted.all())
+
+
 def test_square_linf_finds_the_exact_boundary_and_l2_stays_in_budget():
     """linf: the optimum is a vertex of the ball (box aside), which Square's ``±eps`` windows reach by random
     search with 1000 queries. l2 (a random-weight model has no spatial structure to exploit, so no exactness

@@ -240,7 +240,8 @@ CASES = [
     Case("eval-model-missing-key", EVAL_D, "do not fit the architecture its model_cfg names (missing", drop_key),
     Case("eval-model-other-arch", EVAL_D, "do not fit the architecture", other_architecture),
     Case("eval-model-garbage", EVAL_D, "cannot read", edit("model.pt", b"\x80\x04garbage not a torch file")),
-    Case("eval-model-truncated", EVAL_D, "cannot read", edit("model.pt", lambda b: b[: len(b) // 2])),
+    Case("eval-model-truncated", EVAL_D, "not a complete torch file (truncated",
+         edit("model.pt", lambda b: b[: len(b) // 2])),
     Case("eval-model-empty", EVAL_D, "cannot read", edit("model.pt", b"")),
     Case("eval-model-no-cfg", EVAL_D, "lacks model_cfg", no_model_cfg),
     Case("eval-model-tensor", EVAL_D, "lacks state_dict", lambda r: _save(r, torch.zeros(3))),
@@ -460,3 +461,18 @@ def test_a_bad_value_late_in_a_long_sweep_is_refused_before_any_job(monkeypatch)
     chosen = cli._covering(grid)
     assert {o for combo in chosen for o in combo} == {o for combo in grid for o in combo}  # every value once
     assert len(chosen) == 100 + 9  # each seed once (with epochs=1), then one per other epochs value, not 1000
+
+
+def test_a_read_only_eval_folder_is_refused_where_root_would_write_anyway(tmp_path, monkeypatch):
+    """The battery's read-only case skips as root (root writes into read-only folders), which is how CI runs:
+    the check itself, with the permission answer ``os.access`` gives an ordinary user."""
+    from robust_cli.errors import UserError
+    from robust_cli.preflight import check_eval_writable
+    from robust_cli.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.eval.path.mkdir(parents=True)
+    check_eval_writable(run)  # writable: accepted
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != run.eval.path)
+    with pytest.raises(UserError, match=r"eval is not writable: robust eval writes its results in"):
+        check_eval_writable(run)
