@@ -151,6 +151,42 @@ def test_pre_training_is_plain_cross_entropy_then_the_critic_starts():
     assert not math.isnan(out.stats["critic_loss"]) and out.stats["nll"] < out.loss.item()
 
 
+def test_the_cycle_term_is_differentiated_through_both_attacks(monkeypatch):
+    """Eq. 4.5's ``||A(A(x, y_t), y_s) - x||_2``: the classifier's gradient of the cycle term is the one through
+    the second attack *and* its starting point ``A(x, y_t)``; the same term with the start detached (a data
+    point) gives another gradient, so the path through the first attack is really there."""
+    import robust_cli.defenses.critic as critic_mod
+    from robust_cli.defenses.critic import Critic
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 4)).double()
+    x = torch.rand(16, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every image correctly classified: the cycle averages over the hits
+
+    def cycle_gradient():
+        torch.manual_seed(1)
+        critic = Critic(critic_widths=[8], lam=0.0, lam_rec=1.0, pretrain_epochs=0)
+        critic.begin_epoch(0, 1.0)
+        model.zero_grad()
+        out = critic(model, x, y)
+        (out.loss - F.cross_entropy(model(x), y)).backward()  # the cycle term alone
+        assert out.stats["attack_success"] > 0 and out.stats["cycle"] > 0
+        return model[1].weight.grad.clone()
+
+    through = cycle_gradient()
+    real_steps, calls = critic_mod.high_confidence_steps, []
+
+    def detached_start(net, start, *args, **kwargs):
+        calls.append(start)
+        return real_steps(net, start.detach() if len(calls) == 2 else start, *args, **kwargs)
+
+    monkeypatch.setattr(critic_mod, "high_confidence_steps", detached_start)
+    detached = cycle_gradient()
+    assert len(calls) == 2 and calls[1].requires_grad  # the defense hands the second attack a live x_adv
+    assert not torch.allclose(through, detached, rtol=1e-6, atol=1e-12)
+
+
 @pytest.mark.parametrize("override, expected", [
     ("defense.critic_widths=[]", "defense.critic_widths=[]: must be a list of at least 1 entry"),
     ("defense.lam=-0.1", "defense.lam=-0.1: must be >= 0"),
