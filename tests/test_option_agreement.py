@@ -412,7 +412,7 @@ def test_primal_dual_wrappers_pass_every_option_to_the_engine_by_name(monkeypatc
     for module, fn in ((pdgd_module, pdgd_module.pdgd), (pdpgd_module, pdpgd_module.pdpgd)):
         got: dict = {}
 
-        def engine(model, x, y, *, norm, options, primal, got=got):
+        def engine(model, x, y, *, norm, options, primal, x_init=None, got=got):
             got.update(options=options, primal=primal)
             return x
 

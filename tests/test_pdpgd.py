@@ -153,3 +153,76 @@ def test_options_are_validated():
         pdgd(model, x, y, norm="linf")
     assert pdpgd.norms == ("linf", "l2", "l1", "l0") and pdpgd.budget is False
     assert pdgd.norms == ("l2",) and pdgd.budget is False
+
+
+def _far_adversarial(model: LinearModel, x: torch.Tensor, y: torch.Tensor, factor: float = 3.0) -> torch.Tensor:
+    """Misclassified points ``factor`` times as far as the boundary along ``sign(w_j - w_y)`` (``j`` the
+    runner-up; every value pushed 0.6 that way, then bisected back): several times the optimum in every norm."""
+    w = model.fc.weight.detach()
+    with torch.no_grad():
+        j = model(x).scatter(1, y[:, None], float("-inf")).argmax(1)
+        far = (x.flatten(1) + 0.6 * (w[j] - w[y]).sign()).clamp(0, 1).view_as(x)
+        assert (model(far).argmax(1) != y).all()
+        lo, hi = torch.zeros(len(y)), torch.ones(len(y))
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            adv = model(x + mid.view(-1, 1, 1, 1) * (far - x)).argmax(1) != y
+            hi, lo = torch.where(adv, mid, hi), torch.where(adv, lo, mid)
+    return x + (hi * factor).clamp(max=1).view(-1, 1, 1, 1) * (far - x)
+
+
+@pytest.mark.parametrize(("attack", "norm", "tol"), CASES, ids=[f"{a.__name__}-{n}" for a, n, _ in CASES])
+def test_warm_start_from_a_far_adversarial_reaches_the_optimum(attack, norm, tol):
+    """``x_init`` (the evaluation's running best): started there, still within tol of the optimum, and never
+    above the distance of ``x_init`` itself."""
+    model, x, y = make_problem(16, (1, 6, 6), 2, seed=1)
+    opt = minimal_distance(model, x, y, norm)
+    x_init = _far_adversarial(model, x, y)
+    init = perturbation_norm(x_init - x, norm, "element").double()
+    assert (init > 2 * opt).all()  # far indeed
+    adv = attack(model, x, y, norm=norm, x_init=x_init, **_setting(attack, norm))
+    _check(model, x, y, adv, norm, opt, tol)
+    assert (perturbation_norm(adv - x, norm, "element").double() <= init).all()
+
+
+@pytest.mark.parametrize(("attack", "norm"), [(pdgd, "l2"), (pdpgd, "linf"), (pdpgd, "l1"), (pdpgd, "l0")])
+def test_x_init_is_the_first_best_and_ignored_where_not_adversarial(attack, norm):
+    """Too few steps to find anything: rows with an adversarial ``x_init`` return it (never worse), rows where
+    it is the clean image find what a cold start finds; ``x_init`` nowhere adversarial is ``x_init=None``,
+    bit for bit (the default run is unchanged)."""
+    model, x, y = make_problem(8, (1, 6, 6), 3, seed=4)
+    far = _far_adversarial(model, x, y)
+    x_init = torch.where(torch.arange(8).view(-1, 1, 1, 1) < 4, far, x)
+    cold = attack(model, x, y, norm=norm, steps=2)
+    warm = attack(model, x, y, norm=norm, x_init=x_init, steps=2)
+    size = perturbation_norm(warm[:4] - x[:4], norm, "element")
+    assert (model(warm[:4]).argmax(1) != y[:4]).all()
+    assert (size <= perturbation_norm(far[:4] - x[:4], norm, "element")).all()
+    assert torch.equal(warm[4:], cold[4:])
+    assert torch.equal(attack(model, x, y, norm=norm, x_init=x, steps=40), attack(model, x, y, norm=norm, steps=40))
+    assert torch.equal(cold, attack(model, x, y, norm=norm, steps=2))  # deterministic
+    with pytest.raises(ValueError):
+        attack(model, x, y, norm=norm, x_init=x[:3])
+
+
+def test_minimal_hands_pdpgd_the_running_best(monkeypatch):
+    """``attack=minimal`` starts pdpgd from the best point of the members before it (here DeepFool's)."""
+    from robust_cli.attacks import list_attacks
+    from robust_cli.attacks import pdpgd as pdpgd_module
+
+    model, x, y = make_problem(8, (1, 6, 6), 3, seed=4)
+    real, seen = pdpgd_module.primal_dual, []
+
+    def spy(*args, x_init=None, **kwargs):
+        seen.append(x_init)
+        return real(*args, x_init=x_init, **kwargs)
+
+    monkeypatch.setattr(pdpgd_module, "primal_dual", spy)
+    attacks = list_attacks()
+    first = attacks["deepfool"](model, x, y, norm="l2")
+    out = attacks["minimal"](model, x, y, norm="l2", l2_attacks=["deepfool", "pdpgd"])
+    assert len(seen) == 1 and seen[0] is not None
+    with torch.no_grad():
+        fooled = model(first).argmax(1) != y
+    assert fooled.any() and torch.equal(seen[0][fooled], first[fooled])
+    assert (perturbation_norm(out - x, "l2")[fooled] <= perturbation_norm(first - x, "l2")[fooled] + 1e-6).all()

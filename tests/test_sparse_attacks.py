@@ -60,6 +60,28 @@ def test_near_the_exact_optimum_inside_the_box_and_side_effect_free(name, norm, 
     assert ratio.max() <= tol, f"{name}-{norm}: worst ratio {ratio.max():.3f} > {tol}"
 
 
+CONFIDENT = [c for c in CASES if (c[0], c[1]) in {("sigma_zero", "l0"), ("jsma", "l0"), ("sparsefool", "l1"),
+                                                    ("bb", "l2"), ("bb", "linf")}]
+
+
+@pytest.mark.parametrize("name,norm,options,tol", CONFIDENT, ids=[f"{c[0]}-{c[1]}" for c in CONFIDENT])
+def test_confident_over_scaled_model_does_not_defeat_the_gradient_attacks(name, norm, options, tol):
+    """Logits x1000 (margins in the hundreds: float32 softmax gradients underflow there): the same decisions
+    and the same optimum, so every image is still fooled, inside the box, never below the optimum, and as close
+    to it as on the unscaled model."""
+    model, x, y = make_problem(n=12, in_shape=(1, 6, 6), num_classes=3, seed=0)
+    with torch.no_grad():
+        model.fc.weight.mul_(1000.0)
+        model.fc.bias.mul_(1000.0)
+    out = _run(name, norm, options, model, x, y)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    with torch.no_grad():
+        assert bool((model(out).argmax(1) != y).all()), f"{name}-{norm}: an image was not fooled"
+    ratio = perturbation_size(out, x, norm).double() / minimal_distance(model, x, y, norm)
+    assert ratio.min() >= 1 - 1e-4, f"below the exact optimum: {ratio.min():.6f}"
+    assert ratio.max() <= tol, f"{name}-{norm}: worst ratio {ratio.max():.3f} > {tol}"
+
+
 def test_boundary_from_noise_is_local_but_close_on_average():
     """Without a start the Boundary attack follows the boundary of the class its noise landed in (§3): the
     nearest boundary may belong to another class, so only the mean is held to 1.2x."""
@@ -93,8 +115,10 @@ def test_a_member_started_from_a_good_point_is_no_worse_and_minimal_beats_each_m
         assert bool((perturbation_size(out, x, "l2") <= perturbation_size(good, x, "l2") + 1e-6).all()), name
     members = ["deepfool", "pdpgd", "unknown_attack_name"]
     ens = attacks["minimal"](model, x, y, norm="l2", l2_attacks=members)
+    first = attacks["deepfool"](model, x, y, norm="l2")
     for name in members[:2]:
-        single = attacks[name](model, x, y, norm="l2")
+        # pdpgd takes x_init: inside the ensemble it starts from DeepFool's points, so compare with that run
+        single = attacks[name](model, x, y, norm="l2", **({"x_init": first} if name == "pdpgd" else {}))
         with torch.no_grad():
             fooled = model(single).argmax(1) != y
         ens_size, single_size = perturbation_size(ens, x, "l2")[fooled], perturbation_size(single, x, "l2")[fooled]

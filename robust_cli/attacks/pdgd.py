@@ -3,13 +3,14 @@
 The primal player takes Adam steps on the whole proxy-Lagrangian ``lam_1 ||r||_2 + lam_2 g(x + r)`` (eq 5.3,
 with the softplus surrogate ``g`` of the margin by default) and projects onto the box
 (:class:`robust_cli.attacks.primal_steps.GradientStep`); the dual player, the best-so-far bookkeeping,
-restarts, the lr grid and fine-tuning are the engine's (:mod:`robust_cli.attacks.primal_dual`), shared with
-PDPGD.
+restarts, the lr grid, fine-tuning and the warm start from ``x_init`` are the engine's
+(:mod:`robust_cli.attacks.primal_dual`), shared with PDPGD.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -27,22 +28,26 @@ class PDGDOptions(PrimalDualOptions):
 
 
 @register_attack(norms=("l2",), budget=False)
-def pdgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2", **options) -> torch.Tensor:
+def pdgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
+         x_init: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
     """Primal-dual gradient descent (thesis Algorithm 2) minimising the l2 norm.
 
     Args:
         model: maps ``[B, C, H, W]`` in [0,1] to logits ``[B, K]``; its mode and parameters are untouched.
         x: ``[B, C, H, W]`` in [0,1]; y: ``[B]`` int64 true labels (targets when ``targeted``).
+        x_init: ``[B, C, H, W]`` or None: starting adversarials (the best of earlier attacks); where one is
+            misclassified the result is never larger and the first run starts from it (``primal_dual``).
         norm: must be ``"l2"``.
         **options: the fields of ``PDGDOptions`` (an unknown one is a ``TypeError``).
 
     Returns:
-        ``[B, C, H, W]`` in [0,1]: per sample the smallest-l2 misclassified iterate; ``x`` where none was
-        found and where ``x`` is already misclassified.
+        ``[B, C, H, W]`` in [0,1]: per sample the smallest-l2 misclassified point (``x_init`` included); ``x``
+        where none was found and where ``x`` is already misclassified.
     """
     if norm != "l2":
         raise ValueError(f"pdgd supports only norm l2, got {norm!r}")
-    return primal_dual(model, x, y, norm=norm, options=PDGDOptions(**options), primal=GradientStep())
+    return primal_dual(model, x, y, norm=norm, options=PDGDOptions(**options), primal=GradientStep(),
+                       x_init=x_init)
 
 
 pdgd.options = PDGDOptions  # the schema (robust_cli.schema.options_of) reads the options from here

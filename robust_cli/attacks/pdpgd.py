@@ -4,13 +4,14 @@ The primal player takes an Adam step on the constraint surrogate ``g`` alone, th
 ``lam * step * ||.||`` (eq 5.10) in Adam's diagonal metric, solved by a few proximal-gradient inner
 iterations (proximal Adam), then projects onto the box (:class:`robust_cli.attacks.primal_steps.ProximalStep`;
 the operators of eqs 5.11-5.16 are in :mod:`robust_cli.attacks.proximal`). The dual player, restarts, the lr
-grid and fine-tuning are the engine's (:mod:`robust_cli.attacks.primal_dual`), shared with PDGD.
+grid, fine-tuning and the warm start from ``x_init`` are the engine's (:mod:`robust_cli.attacks.primal_dual`),
+shared with PDGD.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import torch
 from torch import nn
@@ -44,18 +45,21 @@ class PDPGDOptions(PrimalDualOptions):
 
 
 @register_attack(norms=("linf", "l2", "l1", "l0"), budget=False)
-def pdpgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, **options) -> torch.Tensor:
+def pdpgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init: Optional[torch.Tensor] = None,
+          **options) -> torch.Tensor:
     """Primal-dual proximal gradient descent (thesis Algorithm 3) for ``norm`` in linf, l2, l1, l0.
 
     Args:
         model: maps ``[B, C, H, W]`` in [0,1] to logits ``[B, K]``; its mode and parameters are untouched.
         x: ``[B, C, H, W]`` in [0,1]; y: ``[B]`` int64 true labels (targets when ``targeted``).
+        x_init: ``[B, C, H, W]`` or None: starting adversarials (the best of earlier attacks); where one is
+            misclassified the result is never larger and the first run starts from it (``primal_dual``).
         norm: the norm minimised; l0 counts pixels (``l0_mode="pixel"``) or values (``"element"``).
         **options: the fields of ``PDPGDOptions`` (an unknown one is a ``TypeError``).
 
     Returns:
-        ``[B, C, H, W]`` in [0,1]: per sample the smallest-norm misclassified iterate over all runs; ``x``
-        itself where none was found and where ``x`` is already misclassified.
+        ``[B, C, H, W]`` in [0,1]: per sample the smallest-norm misclassified point over ``x_init`` and all
+        runs; ``x`` itself where none was found and where ``x`` is already misclassified.
     """
     if norm not in pdpgd.norms:
         raise ValueError(f"pdpgd supports norms {pdpgd.norms}, got {norm!r}")
@@ -63,7 +67,7 @@ def pdpgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, **op
     primal = ProximalStep(norm, channels=x.shape[1], optimizer=o.optimizer, proximal_steps=o.proximal_steps,
                           proximal_tol=o.proximal_tol, proximal_exact=o.proximal_exact, l0_mode=o.l0_mode,
                           l0_prox=o.l0_prox)
-    return primal_dual(model, x, y, norm=norm, options=o, primal=primal)
+    return primal_dual(model, x, y, norm=norm, options=o, primal=primal, x_init=x_init)
 
 
 pdpgd.options = PDPGDOptions  # the schema (robust_cli.schema.options_of) reads the options from here

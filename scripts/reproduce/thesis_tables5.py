@@ -6,7 +6,9 @@ PDPGD; l0: JSMA, SparseFool, PDPGD (the thesis also ran B&B for l1/l0 and One Pi
 ``--skip-attacks bb,cw`` drops slow ones for a quick local run).
 
 The thesis evaluates the first 1000 test images with each attack at its paper settings (500 iterations for
-PDGD/PDPGD, restarts); the defaults here are the attacks' own defaults on ``--n`` images. The AT models:
+PDGD/PDPGD, restarts); the defaults here are the attacks' own defaults on ``--n`` images. PDGD/PDPGD run in
+an eval call of their own, first: in one call they would start from the other attacks' best points
+(``x_init``), and the thesis compares them started from the clean image. The AT models:
 ``pgd_at`` linf eps 0.3 and l2 eps 2.0 (Madry et al.'s MNIST models, which the thesis attacks). On a laptop:
 ``--models plain --epochs 2 --max-batches 200 --n 100``.
 
@@ -22,6 +24,7 @@ MODELS = {"plain": ["defense=none"],
           "l2_at": ["defense=pgd_at", "defense.norm=l2", "defense.eps=2.0"]}
 ATTACKS = {"linf": "deepfool,bb,fab,pgd,pdpgd", "l2": "deepfool,cw,ddn,bb,fab,pdgd",
            "l1": "sparsefool,ead,fab,pdpgd", "l0": "jsma,sparsefool,pdpgd"}
+PRIMAL_DUAL = ("pdpgd", "pdgd")  # evaluated in a call of their own: cold starts, as in the thesis
 
 
 def main() -> None:
@@ -38,8 +41,12 @@ def main() -> None:
     skip = set(filter(None, args.skip_attacks.split(",")))
     for norm in args.norms.split(","):
         attacks = [a for a in ATTACKS[norm].split(",") if a not in skip]
-        eval_runs(args.out, f"thesis5_eval_{norm}", runs, [f"attack=[{','.join(attacks)}]", f"norm={norm}",
-                                                            f"n_examples={args.n}", f"device={args.device}"])
+        for part, group in (("pd", [a for a in attacks if a in PRIMAL_DUAL]),
+                            ("", [a for a in attacks if a not in PRIMAL_DUAL])):
+            if group:
+                eval_runs(args.out, f"thesis5_eval_{norm}{'_' + part if part else ''}", runs,
+                          [f"attack=[{','.join(group)}]", f"norm={norm}", f"n_examples={args.n}",
+                           f"device={args.device}"])
     # defense.norm is a run parameter only where an adversarially trained model is among the runs
     by = "by=[defense,defense.norm]" if any(MODELS[m][0] != "defense=none" for m in models) else "by=[defense]"
     robust("report", "runs=[" + ",".join(str(s) for s in sweeps) + "]", "name=thesis_tables5", by,
