@@ -1,4 +1,4 @@
-"""Benchmark: one iteration of PGD-linf, FMN, DDN and PDPGD against its physical floor.
+"""Benchmark: one iteration of PGD-linf, APGD-linf, FMN, DDN and PDPGD against its physical floor.
 
 An iteration of a gradient attack cannot cost less than one forward plus one input-only backward of the
 model on the batch (the *floor*, measured here on the same model and batch). For each model, one thread,
@@ -12,16 +12,22 @@ then again), and the median is kept:
 ``--ref DIR``: also time the attacks of another checkout's ``robust_cli`` (e.g. a ``git archive main``
 snapshot) in the same run, interleaved with ours, and print both ratios side by side. The two packages are
 imported one after the other under the same name; each function keeps its own module's globals.
+An attack the ``--ref`` snapshot lacks (e.g. APGD in a checkout older than it) gets ``-`` in the main columns.
 ``--peers DIR``: torchattacks' ``PGD`` (a side-directory install, never a dependency of ``robust``) on the
 same model, batch and steps: images x steps per second, ours over theirs.
 
 Models: LeNet-5 (``robust_cli.models.lenet5``) on MNIST (1x28x28, the real test images when ``--mnist``
-points at a torchvision MNIST root, uniform noise otherwise) and on scikit-learn's 8x8 digits, randomly
+points at a torchvision MNIST root that holds them, uniform noise otherwise) and on scikit-learn's 8x8 digits, randomly
 initialised with seed 0 and labelled with the model's own predictions, so that every image is attacked (an
-iteration's cost does not depend on the weights: no attack here stops early). Times are CPU seconds of the
-process (``time.process_time``, one thread), which on a shared machine do not count the neighbours' load.
+iteration's cost does not depend on the weights: no attack here stops early).
 
-Usage: ``OMP_NUM_THREADS=1 python scripts/bench_floor.py [--ref /tmp/main_snapshot] [--peers .bench-peers]``.
+``--device cpu`` (the default): times are CPU seconds of the process (``time.process_time``, one thread),
+which on a shared machine do not count the neighbours' load. ``--device cuda``: the model and the batch live
+on the GPU and times are wall seconds (``time.perf_counter``) between two ``torch.cuda.synchronize()``, since
+the process's CPU time does not see the GPU's work.
+
+Usage: ``OMP_NUM_THREADS=1 python scripts/bench_floor.py [--device cuda] [--ref /tmp/main_snapshot]
+[--peers .bench-peers]``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = {  # label -> (module, function, norm, eps or None for minimal-norm attacks)
     "pgd linf": ("pgd", "pgd", "linf", 0.3),
+    "apgd linf": ("apgd", "apgd", "linf", 0.3),
     "fmn l2": ("fmn", "fmn", "l2", None),
     "fmn linf": ("fmn", "fmn", "linf", None),
     "ddn l2": ("ddn", "ddn", "l2", None),
@@ -48,7 +55,8 @@ ATTACKS = {  # label -> (module, function, norm, eps or None for minimal-norm at
 
 
 def load_attacks(root: Path | None) -> dict[str, Callable]:
-    """The attack functions of the ``robust_cli`` under ``root`` (``None``: the installed one)."""
+    """The attack functions of the ``robust_cli`` under ``root`` (``None``: the installed one). A ``root``
+    that lacks one (an older snapshot) leaves its label out; our own checkout must have every one."""
     saved = {k: v for k, v in sys.modules.items() if k == "robust_cli" or k.startswith("robust_cli.")}
     if root is not None:
         for k in saved:
@@ -57,7 +65,12 @@ def load_attacks(root: Path | None) -> dict[str, Callable]:
     try:
         out = {}
         for label, (module, fn, _, _) in ATTACKS.items():
-            out[label] = getattr(importlib.import_module(f"robust_cli.attacks.{module}"), fn)
+            try:
+                out[label] = getattr(importlib.import_module(f"robust_cli.attacks.{module}"), fn)
+            except (ImportError, AttributeError):
+                if root is None:
+                    raise
+                print(f"--ref {root}: no {label}, skipped", file=sys.stderr)
         where = Path(sys.modules["robust_cli"].__file__).parent.parent
         if root is not None and where.resolve() != root.resolve():
             raise SystemExit(f"--ref {root}: imported robust_cli from {where} instead")
@@ -70,21 +83,30 @@ def load_attacks(root: Path | None) -> dict[str, Callable]:
             sys.modules.update(saved)
 
 
-def build(name: str, mnist_root: str | None, batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """``(LeNet-5, x [batch,1,H,W] in [0,1], y [batch])`` for ``mnist`` or ``digits``."""
+def build(name: str, mnist_root: str | None, batch: int,
+          device: str = "cpu") -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
+    """``(LeNet-5, x [batch,1,H,W] in [0,1], y [batch], where the images came from)`` for ``mnist`` or
+    ``digits``, all on ``device``. A missing MNIST root falls back to uniform noise (said in the source)."""
     from robust_cli.data.info import DatasetInfo
     from robust_cli.models import build_model
 
     torch.manual_seed(0)
     if name == "mnist":
         info = DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,))
-        x = None
+        x, source = None, "uniform noise"
         if mnist_root:
             from robust_cli.data.sets.mnist import load
+            from robust_cli.errors import UserError
 
-            xs, ys = load(False, root=mnist_root, download=False)
-            x = torch.as_tensor(xs[:batch]).float().div(255).unsqueeze(1)
-            y = torch.as_tensor(ys[:batch]).long()
+            try:
+                xs, ys = load(False, root=mnist_root, download=False)
+            except (UserError, OSError, RuntimeError) as e:  # an iteration costs the same on noise
+                print(f"MNIST not found under {mnist_root!r} ({type(e).__name__}): uniform noise instead",
+                      file=sys.stderr)
+            else:
+                x = torch.as_tensor(xs[:batch]).float().div(255).unsqueeze(1)
+                y = torch.as_tensor(ys[:batch]).long()
+                source = f"MNIST test images from {mnist_root}"
         if x is None:
             x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     else:
@@ -95,12 +117,14 @@ def build(name: str, mnist_root: str | None, batch: int) -> tuple[nn.Module, tor
         reps = -(-batch // len(xs))
         x = torch.as_tensor(xs).unsqueeze(1).repeat(reps, 1, 1, 1)[:batch]
         y = torch.as_tensor(ys).repeat(reps)[:batch]
+        source = "scikit-learn digits"
     model = build_model({"_target_": "robust_cli.models.lenet5.LeNet5", "name": "lenet5"}, info).eval()
+    model, x, y = model.to(device), x.to(device), y.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     with torch.no_grad():  # the labels the model predicts: every image is attacked (none is skipped as wrong)
         y = model(x).argmax(1)
-    return model, x, y
+    return model, x, y, source
 
 
 def floor_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> Callable[[], None]:
@@ -128,20 +152,28 @@ def torchattacks_fn(peers: str, model, x, y, eps: float, steps: int) -> Callable
     return lambda: atk(x, y)
 
 
-def seconds(fn: Callable[[], None]) -> float:
-    """CPU seconds of this (one-threaded) process: on a shared machine wall time measures the neighbours."""
+def seconds(fn: Callable[[], None], device: str = "cpu") -> float:
+    """CPU: CPU seconds of this (one-threaded) process, since on a shared machine wall time measures the
+    neighbours. CUDA: wall seconds from an idle GPU to an idle GPU (kernels run asynchronously, and the
+    process's CPU time does not include them)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start
     start = time.process_time()
     fn()
     return time.process_time() - start
 
 
 def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
-    model, x, y = build(name, args.mnist, args.batch)
+    model, x, y, source = build(name, args.mnist, args.batch, args.device)
     s, h = args.steps, args.steps // 2
     jobs: dict[str, Callable[[], None]] = {"floor": floor_fn(model, x, y, s), "floor/2": floor_fn(model, x, y, h)}
     for label, (_, _, norm, eps) in ATTACKS.items():
         for tag, fns in (("ours", ours), ("ref", ref)):
-            if fns is None:
+            if fns is None or label not in fns:
                 continue
             jobs[f"{tag} {label}"] = attack_fn(fns[label], model, x, y, norm, eps, s)
             jobs[f"{tag} {label}/2"] = attack_fn(fns[label], model, x, y, norm, eps, h)
@@ -152,18 +184,21 @@ def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
     times: dict[str, list[float]] = {k: [] for k in jobs}
     for _ in range(args.repeats):
         for k, fn in jobs.items():
-            times[k].append(seconds(fn))
+            times[k].append(seconds(fn, args.device))
     med = {k: statistics.median(v) for k, v in times.items()}
     floor = med["floor"] / s
     marginal_floor = (med["floor"] - med["floor/2"]) / (s - h)
-    lines = [f"### LeNet-5 on {name} {tuple(x.shape)}: floor {1e3 * floor:.3f} ms/iter "
-             f"(forward + input backward), {args.repeats} repeats, median", "",
+    lines = [f"### LeNet-5 on {name} {tuple(x.shape)}, {args.device}: floor {1e3 * floor:.3f} ms/iter "
+             f"(forward + input backward), {args.repeats} repeats, median", "", f"Images: {source}.", "",
              "| attack | ratio (whole call) | marginal (loop body) |"
              + (" main ratio | main marginal |" if ref else ""),
              "|---|---|---|" + ("---|---|" if ref else "")]
     for label in ATTACKS:
         row = f"| {label} |"
         for tag in ("ours", "ref") if ref else ("ours",):
+            if f"{tag} {label}" not in med:
+                row += " - | - |"
+                continue
             whole = med[f"{tag} {label}"] / s / floor
             marg = (med[f"{tag} {label}"] - med[f"{tag} {label}/2"]) / (s - h) / marginal_floor
             row += f" {whole:.3f} | {marg:.3f} |"
@@ -182,14 +217,20 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--models", default="mnist,digits")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu: CPU seconds, one thread; cuda: synchronized wall seconds on the GPU")
     p.add_argument("--mnist", default="/work/shared/data", help="torchvision MNIST root ('' for noise)")
     p.add_argument("--ref", type=Path, default=None, help="another checkout holding robust_cli/ (e.g. main)")
     p.add_argument("--peers", default=None, help="side directory holding torchattacks")
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
     torch.set_num_threads(1)
     ref = load_attacks(args.ref) if args.ref else None
     ours = load_attacks(None)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, batch {args.batch}, {args.steps} steps\n")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU thread"
+    clock = "synchronized wall time" if args.device == "cuda" else "process CPU time"
+    print(f"torch {torch.__version__}, {where}, batch {args.batch}, {args.steps} steps, {clock}\n")
     for name in args.models.split(","):
         print("\n".join(bench(name, args, ours, ref)), "\n", flush=True)
 

@@ -27,6 +27,7 @@ from torch import nn
 from robust_cli.attacks.contract import frozen_eval
 from robust_cli.attacks.losses import loss_gradient
 from robust_cli.attacks.losses import margin as logit_margin
+from robust_cli.device import release_freed_host_memory
 from robust_cli.models.layers import Normalize
 
 
@@ -43,6 +44,8 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
         with frozen_eval(model):
             grad, _ = loss_gradient(model, x[i:i + batch_size], y[i:i + batch_size], "ce", scale_free=scale_free)
         yield grad
+        del grad
+        release_freed_host_memory()  # the batch's freed activations back to the OS (peak flat in N)
 
 
 def input_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250) -> torch.Tensor:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from robust_cli.device import release_freed_host_memory
 from robust_cli.norms import NORMS
 from robust_cli.evaluation.distances import adversarial_distance, perturbation_norms
 from robust_cli.errors import UserError
@@ -76,6 +77,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
                                 "(finite images in [0,1]); its predictions cannot be scored: refused (check the "
                                 "run's model.pt and its training history)")
             out.append(logits.argmax(1))
+            if x.shape[0] > batch_size:  # a whole split: its freed activations back to the OS (peak flat in N)
+                release_freed_host_memory()
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
@@ -356,6 +359,7 @@ def run_attack(
             kept[i:i + batch_size] = x_adv.cpu()
         if on_batch is not None:
             on_batch(int(xb.shape[0]))
+        release_freed_host_memory()  # the batch's freed activations back to the OS: peak flat in N
     seconds = time.perf_counter() - start
     # the attack contract (CONTRIBUTING.md): an attack that breaks it would corrupt later evaluations
     if model.training:

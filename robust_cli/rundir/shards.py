@@ -56,10 +56,22 @@ class ShardResultDir(_Dir):
             return {}
 
     def read_per_sample(self) -> pd.DataFrame:
-        """The shard's rows, read back exactly (``round_trip`` floats, the runner's dtypes), so that the
-        merged ``per_sample.csv`` is byte for byte the one an unsharded run writes."""
-        frame = pd.read_csv(self.per_sample_path, float_precision="round_trip")
-        return frame.astype({c: np.int64 if c in INT_COLUMNS else np.float64 for c in frame.columns})
+        """The shard's rows, read back exactly with the runner's dtypes, so that the merged ``per_sample.csv``
+        is byte for byte the one an unsharded run writes.
+
+        ``to_csv`` writes each float64 as its shortest round-tripping repr and NaN as an empty field; the
+        cells are read as text and converted by Python's correctly rounded ``float`` (numpy's ``astype`` of
+        ``str`` objects), which gives back the written float bit for bit. pandas' own parser is not
+        guaranteed exact (its ``float_precision="round_trip"`` option, which was, is deprecated)."""
+        text = pd.read_csv(self.per_sample_path, dtype=str, keep_default_na=False)
+        columns = {}
+        for c in text.columns:
+            cells = text[c].to_numpy(dtype=object)
+            if c in INT_COLUMNS:
+                columns[c] = cells.astype(np.int64)
+            else:
+                columns[c] = np.where(cells == "", "nan", cells).astype(np.float64)
+        return pd.DataFrame(columns, columns=text.columns)
 
 
 class ShardsDir(_Dir):
