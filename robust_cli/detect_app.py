@@ -10,8 +10,8 @@
 3. with ``evasive=true``, the evasive attack (``detection.evasive``) per norm (l2, linf): its success
    rate (misclassified *and* not flagged, re-checked) and median distance beside the plain attacks'.
 
-Writes ``<run>/detect/summary.json``, ``summary.csv`` and ``gradient_norms.png`` (histograms of the score
-on clean and attacked images).
+Writes ``<run>/detect/summary.json`` (strict JSON: a non-finite value is ``null``), ``summary.csv`` and
+``gradient_norms.png`` (histograms of the score on clean and attacked images).
 """
 
 from __future__ import annotations
@@ -135,11 +135,16 @@ def detect(cfg: DictConfig) -> dict:
 
 
 def _json_safe(value):
+    """``value`` with every non-finite float (NaN, +-inf, numpy's included) as ``None``: ``summary.json`` is
+    strict JSON (no ``NaN``/``Infinity`` tokens). A null ``median_undetected_distance`` means that at least
+    half the images have no undetected adversarial (their distance is infinite)."""
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return None
+    return value
 
 
 @hydra.main(config_path="pkg://robust_cli.conf", config_name="detect", version_base=None)

@@ -12,7 +12,8 @@
 - ``transfer_<attack>_<id>-<norm>/`` (``source=<train run>``: crafted on the source, scored on ``run``);
 - ``universal/<norm>/`` (``universal=true``: a universal perturbation at ``eps.<norm>``, its fooling rate);
 - ``certified/<method>-<norm>/`` (``certify=[lipschitz,ibp,crown]``): certified radii, drawn as the certified
-  (upper-bound) error curves in ``error_curves.png`` and listed in ``summary.csv`` as ``certified_<method>``.
+  (upper-bound) error curves in ``error_curves.png`` and listed in ``summary.csv`` as ``certified_<method>``;
+  train runs only (``model=<kind>`` with ``certify=`` is refused before any attack runs).
 
 ``robust eval -m attack=fgsm,pgd norm=l2,linf`` runs one job per combination; each merges under a file
 lock after writing its own directory, so the merged files end up holding every job.
@@ -218,6 +219,9 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     norms = selected_norms(cfg.norm)
     methods = selected_methods(OmegaConf.to_container(cfg.certify) if isinstance(cfg.certify, ListConfig)
                                else cfg.certify)
+    if methods and cfg.get("model") is not None and cfg.model.get("kind"):
+        raise UserError(f"certify= bounds the project's architectures (run=<dir>), not model={cfg.model.kind}; "
+                        "drop certify= to attack the model")
     attacks = with_targeted(selected_attacks(cfg.attack), bool(cfg.targeted))
     if str(cfg.precision) != "fp32" and any(params.get("targeted") for _, params in attacks.values()):
         raise UserError(f"precision={cfg.precision} finishes untargeted attacks in fp32 only; targeted "

@@ -94,13 +94,50 @@ def _cfg(run, **kw):
                                                          "name": "linear_budget"}}, **kw})
 
 
+def _no_constant(token: str):
+    raise AssertionError(f"summary.json holds {token}: not strict JSON")
+
+
+def test_summary_json_is_strict_json():
+    from robust_cli.detect_app import _json_safe
+
+    value = {"a": math.inf, "b": [-math.inf, math.nan, 1.5, None], "c": np.float32("inf"), "d": (np.float64(2.0),),
+             "e": {"f": float("nan"), "g": "inf", "h": 3}}
+    safe = _json_safe(value)
+    assert safe == {"a": None, "b": [None, None, 1.5, None], "c": None, "d": [2.0],
+                    "e": {"f": None, "g": "inf", "h": 3}}
+    json.loads(json.dumps(safe), parse_constant=_no_constant)
+    with pytest.raises(AssertionError, match="Infinity"):  # the check itself can fail
+        json.loads(json.dumps(value["a"]), parse_constant=_no_constant)
+
+
+def test_score_histograms_show_the_fraction_of_images_per_bin(tmp_path, monkeypatch):
+    """Each histogram sums to 1 whatever its bins' widths: 5 adversarial scores in wide (log) bins next to 200
+    clean ones in narrow bins are as visible as the clean ones (a density would draw them ~1000x lower)."""
+    from robust_cli import io
+    from robust_cli.reporting.plots import plot_score_histograms
+
+    figures = []
+    save = io.save_figure
+    monkeypatch.setattr(io, "save_figure", lambda path, fig, **kw: (figures.append(fig), save(path, fig, **kw))[1])
+    gen = np.random.default_rng(0)
+    scores = {"clean": gen.uniform(1e-3, 2e-3, 200), "pgd-l2": gen.uniform(1.0, 10.0, 5)}
+    path = plot_score_histograms(scores, threshold=0.01, path=tmp_path / "h.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    (ax,) = figures[0].axes
+    assert ax.get_ylabel() == "fraction of images"
+    heights = [np.array([p.get_height() for p in c]) for c in ax.containers]
+    assert len(heights) == 2 and all(h.sum() == pytest.approx(1.0) for h in heights)
+    assert heights[1].max() >= 0.2  # one of 5 images at least
+
+
 @pytest.mark.parametrize("evasive", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_detect_writes_rates_that_match_a_recomputation(linear_run, evasive):
     from robust_cli.detect_app import detect
 
     run, model, x, y = linear_run
     summary = detect(_cfg(run, evasive=evasive))
-    stored = json.loads((run / "detect" / "summary.json").read_text())
+    stored = json.loads((run / "detect" / "summary.json").read_text(), parse_constant=_no_constant)
     assert stored["threshold"] == pytest.approx(summary["threshold"])
     t = threshold_for_fpr(detector_scores(model, x[:20]).numpy(), 0.05)
     assert stored["fpr_held_out"] == pytest.approx(flagged(detector_scores(model, x[20:]).numpy(), t).mean())

@@ -306,14 +306,37 @@ def test_lipschitz_statistics_of_linear_model_match_closed_forms():
     assert stats["weight_norm_product"] == pytest.approx(float(sigma), rel=1e-5)
     assert stats["max_grad_norm"] == pytest.approx(float(grad.norm(dim=1).max()), rel=1e-4)
     assert stats["zero_grad_fraction"] == 0.0
-    # certified: margin / (2L) never exceeds the true minimal l2 distance (box ignored = only larger)
+    # on a one-layer (chain) model margin / (2L) is a bound: it never exceeds the true minimal l2 distance
     exact = minimal_distance(model, x, y, "l2")
     logits = model(x).detach()
     top2 = logits.topk(2, dim=1).values
     bound = (top2[:, 0] - top2[:, 1]) / (2 * sigma.float())
     assert (bound.double() <= exact + 1e-6).all()
-    assert stats["margin_lower_bound"]["max"] == pytest.approx(float(bound.max()), rel=1e-4)
+    assert stats["margin_radius_estimate"]["max"] == pytest.approx(float(bound.max()), rel=1e-4)
+    assert stats["margin_radius_estimate"]["certificate"] is False  # in general an estimate (residual nets)
+    assert "margin_lower_bound" not in stats
     assert not any(p.grad is not None for p in model.parameters())
+
+
+def test_a_lipschitz_json_of_before_the_rename_is_read_and_recomputed():
+    from robust_cli.evaluation.cache import lipschitz_stale
+    from robust_cli.reporting.collect import Run
+    from robust_cli.reporting.paper_tables import LIPSCHITZ, lipschitz_table
+
+    old = {"n": 10, "model": "m", "max_grad_norm": 1.0, "margin_lower_bound": {"median": 0.25},
+           "margin_lower_bound_empirical": {"median": 0.5}}
+    new = {"n": 10, "model": "m", "max_grad_norm": 1.0, "margin_radius_estimate": {"median": 0.125},
+           "margin_radius_estimate_empirical": {"median": 0.375}}
+    assert lipschitz_stale(old, 10, "m") and not lipschitz_stale(new, 10, "m")
+    empty = pd.DataFrame()
+    runs = [Run(f"r{i}", {"seed": str(i)}, empty, empty, None, stats) for i, stats in enumerate((old, new))]
+    table = lipschitz_table(runs, ["seed"])
+    rows = table.mean.set_index("seed")
+    estimate = LIPSCHITZ["margin_radius_estimate.median"]
+    empirical = LIPSCHITZ["margin_radius_estimate_empirical.median"]
+    assert "(estimate)" in estimate
+    assert rows.loc["0", [estimate, empirical]].tolist() == [0.25, 0.5]
+    assert rows.loc["1", [estimate, empirical]].tolist() == [0.125, 0.375]
 
 
 def test_conv_spectral_norm_matches_dense_operator():

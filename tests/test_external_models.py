@@ -150,6 +150,8 @@ def test_every_path_gives_the_results_of_the_train_run(exported, monkeypatch):
     (["model=torchvision", "name=not_a_net", "path=body.pt"], "not a torchvision classification model"),
     (["model=robustbench", "name=Standard", "path=body.pt"], "no RobustBench model Standard for dataset=digits"),
     (["model=lenet5", "path=body.pt"], "robust eval takes model=torchscript"),
+    (["model=torchscript", "path=model_ts.pt", "certify=[lipschitz,ibp]"],
+     "certify= bounds the project's architectures (run=<dir>), not model=torchscript"),
 ])
 def test_refusals_are_one_line(exported, monkeypatch, spec, message):
     tmp = exported[0]
@@ -160,6 +162,18 @@ def test_refusals_are_one_line(exported, monkeypatch, spec, message):
     assert message in str(err.value) and "\n" not in str(err.value)
     assert sorted(p for p in tmp.rglob("*") if "__pycache__" not in str(p)) == \
         [p for p in before if "__pycache__" not in str(p)]  # a refusal writes nothing
+
+
+def test_an_out_dir_inside_a_run_directory_is_refused(exported, monkeypatch):
+    tmp, run = exported[0], exported[1]
+    monkeypatch.chdir(tmp)
+    before = sorted(run.path.rglob("*"))
+    with pytest.raises(UserError) as err:
+        _evaluate(["model=torchscript", "path=model_ts.pt", "dataset=digits", f"out_dir={run.path / 'sub'}",
+                   "attack=fgsm", "norm=linf", "n_examples=5"])
+    assert "puts the results inside the run directory" in str(err.value) and str(run.path) in str(err.value)
+    assert "\n" not in str(err.value)
+    assert sorted(run.path.rglob("*")) == before  # nothing written into the run
 
 
 def test_refusals_need_a_dataset_and_one_target(exported):

@@ -30,12 +30,35 @@ def _compose(config, overrides):
         GlobalHydra.instance().clear()
 
 
-def _train(run_path, extra):
+def _train(run_path, extra, interrupt_after: int | None = None, monkeypatch=None):
+    """Train into ``run_path`` in this process. ``interrupt_after=N``: a Ctrl-C (``KeyboardInterrupt``) right
+    after epoch N is complete and logged: the interrupting hook is appended to ``EPOCH_END_HOOKS`` when
+    ``loop.fit`` starts, after the tracker's (``_fit_in_dir`` adds that one just before)."""
     from robust_cli.rundir import RunDir
     from robust_cli.train_app import _fit_in_dir
+    from robust_cli.training import loop
 
     overrides = [*TRAIN, *extra, f"run_dir={run_path}"]
-    _fit_in_dir(_compose("train", overrides), RunDir(run_path), overrides)
+    if interrupt_after is not None:
+        fit = loop.fit
+
+        def interrupt(epoch, row, run):
+            if epoch == interrupt_after:
+                raise KeyboardInterrupt
+
+        def fit_then_interrupt(*args, **kwargs):
+            loop.EPOCH_END_HOOKS.append(interrupt)
+            try:
+                return fit(*args, **kwargs)
+            finally:
+                loop.EPOCH_END_HOOKS.remove(interrupt)
+
+        monkeypatch.setattr(loop, "fit", fit_then_interrupt)
+    try:
+        _fit_in_dir(_compose("train", overrides), RunDir(run_path), overrides)
+    finally:
+        if interrupt_after is not None:
+            monkeypatch.setattr(loop, "fit", fit)
     return RunDir(run_path)
 
 
@@ -49,19 +72,23 @@ def test_a_missing_package_is_one_line(monkeypatch):
     from robust_cli.reporting import tracking
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match=r"logger=mlflow needs the mlflow package: pip install 'robust\[mlflow\]'"):
+    hint = r"logger=mlflow needs the mlflow package: pip install 'robust-cli\[mlflow\]' \(or logger=csv\)$"
+    with pytest.raises(UserError, match=hint):
         tracking.check_logger("mlflow")
     with pytest.raises(UserError, match="logger=wandb: expected one of csv, tensorboard, mlflow"):
         tracking.check_logger("wandb")
 
 
-def test_tensorboard_history_eval_and_figure(tmp_path):
+def test_tensorboard_history_eval_and_figure(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = _train(tmp_path / "run", ["epochs=2", "logger=tensorboard"])
-    run = _train(tmp_path / "run", ["epochs=3", "logger=tensorboard"])  # resumed from epoch 2
+    train = ["epochs=3", "logger=tensorboard"]
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "run", train, interrupt_after=2, monkeypatch=monkeypatch)
+    run = _train(tmp_path / "run", train)  # the same command again: resumed from epoch 2's checkpoint
     assert run.path.name == "run" and (run.path / "tensorboard").is_dir()
+    assert run.read_history()["epoch"].tolist() == [1, 2, 3]
     _eval(run, ["logger=tensorboard"])
     history = run.read_history()
     events = EventAccumulator(str(run.path / "tensorboard")).Reload()

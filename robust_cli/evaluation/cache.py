@@ -116,5 +116,9 @@ def cached_summary(result: ResultDir, expected: dict[str, Any], eps: float,
 
 
 def lipschitz_stale(stored: dict[str, Any], n: int, model_id: str) -> bool:
-    """``lipschitz.json`` (``stored``, ``{}`` when absent) was computed on other images or other weights."""
-    return (stored.get("n"), stored.get("model")) != (n, model_id)
+    """``lipschitz.json`` (``stored``, ``{}`` when absent) was computed on other images or other weights, or
+    holds the keys of before the margin radii were named estimates (``lipschitz.LEGACY_KEYS``)."""
+    from robust_cli.evaluation.lipschitz import LEGACY_KEYS
+
+    legacy = any(old in stored for old in LEGACY_KEYS.values())
+    return legacy or (stored.get("n"), stored.get("model")) != (n, model_id)

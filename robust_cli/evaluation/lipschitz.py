@@ -9,10 +9,19 @@
   eval-mode BatchNorm (``max |gamma| / sqrt(var + eps)``) and the input normalisation (``1 / min std``).
   A data-independent *upper* bound when every other layer is 1-Lipschitz and the network is a chain;
   it is not a bound for residual networks (a skip adds, it does not multiply), reported all the same.
-- ``margin_lower_bound``: ``margin(x) / (2 L)`` with ``margin = f_y - max_{j!=y} f_j`` on correctly classified
-  images: a perturbation ``r`` moves every logit by at most ``L ||r||_2``, the margin by at most ``2 L ||r||``,
-  so no l2 perturbation smaller than this changes the prediction. Certified with ``L = weight_norm_product``;
-  with ``L = max_jacobian_norm`` it is an estimate only.
+- ``margin_radius_estimate``: Finlay's estimate (§3.5) ``margin(x) / (2 L)`` of the l2 radius, with
+  ``margin = f_y - max_{j!=y} f_j`` on correctly classified images and ``L = weight_norm_product``: if ``L``
+  bounded the Lipschitz constant, a perturbation ``r`` would move every logit by at most ``L ||r||_2``, the
+  margin by at most ``2 L ||r||``, and no smaller l2 perturbation could change the prediction. It is an
+  *estimate, not a certificate*: ``weight_norm_product`` is no bound for residual networks (above) and its
+  conv norms come from power iteration (which approaches the norm from below). Certified radii come from
+  ``robust eval certify=lipschitz`` (``certification.lipschitz_bound``: residual blocks bounded as
+  ``1 + L_branch``, conv norms bounded from above) and ``certify=[ibp,crown]``.
+- ``margin_radius_estimate_empirical``: the same with ``L = max_jacobian_norm`` (a lower estimate of the
+  constant, so the radius is typically larger than the true one).
+
+Files written before the rename hold ``margin_lower_bound`` / ``margin_lower_bound_empirical``
+(:data:`LEGACY_KEYS`); a report reads them under the new names, and ``robust eval`` rewrites such a file.
 """
 
 from __future__ import annotations
@@ -29,6 +38,10 @@ from robust_cli.attacks.losses import loss_gradient
 from robust_cli.attacks.losses import margin as logit_margin
 from robust_cli.device import release_freed_host_memory
 from robust_cli.models.layers import Normalize
+
+#: the keys of lipschitz.json before they were named estimates: new name -> old name
+LEGACY_KEYS = {"margin_radius_estimate": "margin_lower_bound",
+               "margin_radius_estimate_empirical": "margin_lower_bound_empirical"}
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250, *,
@@ -178,6 +191,8 @@ def lipschitz_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bat
         "max_jacobian_norm": max_jac,
         "weight_norm_product": product,
         "weight_norms": layers,
-        "margin_lower_bound": {"L": "weight_norm_product", **_stats(m[correct] / (2 * product))},
-        "margin_lower_bound_empirical": {"L": "max_jacobian_norm", **_stats(m[correct] / (2 * max_jac))},
+        "margin_radius_estimate": {"L": "weight_norm_product", "certificate": False,
+                                   **_stats(m[correct] / (2 * product))},
+        "margin_radius_estimate_empirical": {"L": "max_jacobian_norm", "certificate": False,
+                                             **_stats(m[correct] / (2 * max_jac))},
     }

@@ -35,8 +35,8 @@ METRICS = ("n", "clean_error", "median_distance", "mean_distance", "rho_adv", "e
 DEFAULT_METRICS = ("clean_error", "median_distance", "error_at_eps", "rho_adv")
 LIPSCHITZ = {"max_grad_norm": "max |grad loss|", "mean_grad_norm": "mean |grad loss|",
              "max_jacobian_norm": "max |J|", "weight_norm_product": "prod |W|",
-             "margin_lower_bound.median": "median margin/(2 prod|W|)",
-             "margin_lower_bound_empirical.median": "median margin/(2 max|J|)"}
+             "margin_radius_estimate.median": "median margin/(2 prod|W|) (estimate)",
+             "margin_radius_estimate_empirical.median": "median margin/(2 max|J|) (estimate)"}
 
 
 @dataclass
@@ -207,11 +207,22 @@ def _dig(d: dict, dotted: str):
     return d
 
 
+def _lipschitz_value(stats: dict, dotted: str):
+    """``dotted`` of a ``lipschitz.json``, or its value under the name of before (``lipschitz.LEGACY_KEYS``)."""
+    from robust_cli.evaluation.lipschitz import LEGACY_KEYS
+
+    value = _dig(stats, dotted)
+    head, _, rest = dotted.partition(".")
+    if value is None and head in LEGACY_KEYS:
+        value = _dig(stats, ".".join(filter(None, (LEGACY_KEYS[head], rest))))
+    return value
+
+
 def lipschitz_table(runs: list[Run], by: list[str]) -> Table | None:
     """Rows = ``by``; the Lipschitz statistics of ``eval/lipschitz.json`` (None where no run has one)."""
     if not any(r.lipschitz for r in runs):
         return None
-    rows = [_with_params(run, by, **{label: _dig(run.lipschitz, key) for key, label in LIPSCHITZ.items()})
+    rows = [_with_params(run, by, **{label: _lipschitz_value(run.lipschitz, key) for key, label in LIPSCHITZ.items()})
             for run in runs]
     return _aggregate("lipschitz", "Lipschitz statistics on the evaluated test images (eval/lipschitz.json)",
                       pd.DataFrame(rows), by)

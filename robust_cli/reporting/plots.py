@@ -57,7 +57,11 @@ def plot_error_curves(curves: pd.DataFrame, path: str | Path, title: str | None 
 def plot_score_histograms(scores: dict[str, np.ndarray], threshold: float, path: str | Path,
                           title: str | None = None) -> Path:
     """``detect/gradient_norms.png``: one histogram per entry of ``scores`` (``{label: [N] detector scores}``,
-    clean and attacked images) on a shared log-spaced axis, the threshold as a vertical line."""
+    clean and attacked images) on a shared log-spaced axis, the threshold as a vertical line.
+
+    Each bar is the fraction of that entry's images in the bin (weights ``1/N``; each histogram sums to 1),
+    not a density: on log bins a density divides by the bin width, so the few wide bins of large
+    (adversarial) scores would be drawn orders of magnitude below the narrow bins of small ones."""
     values = [np.asarray(v, dtype=np.float64) for v in scores.values()]
     pos = np.concatenate([v[v > 0] for v in values]) if values else np.zeros(0)
     lo, hi = (float(pos.min()), float(pos.max())) if len(pos) else (1e-6, 1.0)
@@ -66,11 +70,12 @@ def plot_score_histograms(scores: dict[str, np.ndarray], threshold: float, path:
     for label, v in scores.items():
         v = np.asarray(v, dtype=np.float64)
         if len(v):
-            ax.hist(np.clip(v, bins[0], bins[-1]), bins=bins, alpha=0.45, label=f"{label} ({len(v)})", density=True)
+            ax.hist(np.clip(v, bins[0], bins[-1]), bins=bins, weights=np.full(len(v), 1.0 / len(v)), alpha=0.45,
+                    label=f"{label} ({len(v)})")
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
     ax.set_xscale("log")
     ax.set_xlabel(r"$\|\nabla_x \mathrm{CE}(f(x), \hat y)\|_2$")
-    ax.set_ylabel("density")
+    ax.set_ylabel("fraction of images")
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=8)

@@ -11,8 +11,9 @@ add to it, they replace nothing, and the run directory keeps its deterministic n
   same MLflow run); params are the overrides, metrics the history per epoch and the evaluation's numbers,
   artifacts ``history.csv``, ``config.yaml``, ``summary.csv``, ``error_curves.csv`` and ``error_curves.png``.
 
-Both are optional extras (``pip install 'robust[tensorboard]'``, ``'robust[mlflow]'``); asking for one that is
-not installed is a one-line error before anything runs.
+Both are optional extras of the ``robust-cli`` distribution (``pip install 'robust-cli[tensorboard]'``,
+``'robust-cli[mlflow]'``; from a checkout ``pip install -e '.[tensorboard,mlflow]'`` or ``make setup-extras``);
+asking for one that is not installed is a one-line error before anything runs.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def check_logger(kind: str) -> None:
         raise UserError(f"logger={kind}: expected one of {', '.join(LOGGERS)}")
     module = LOGGERS[kind]
     if module is not None and importlib.util.find_spec(module) is None:
-        raise UserError(f"logger={kind} needs the {module} package: pip install 'robust[{kind}]' (or logger=csv)")
+        raise UserError(f"logger={kind} needs the {module} package: pip install 'robust-cli[{kind}]' (or logger=csv)")
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:
