@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from _common import eval_runs, parser, robust, run_dirs, train_common, train_sweep
 
-# Finlay et al. §4.2 compare six attacks on the undefended ResNeXt-34 (Figure 1): the gradient attack
-# (fgm), I-FGSM, PGD (l2 steepest ascent), DeepFool, Carlini-Wagner and the Boundary attack
+# Finlay et al. §4.1 attack every model with six attacks, distances in l2: the gradient attack (fgm), PGD
+# (l2), FGSM, I-FGSM, DeepFool and the Boundary attack. This project's fgsm is the linf attack (its distance
+# is the linf one), so the l2 evaluation runs C&W in its place; Finlay report PGD as the strongest of the six
 ATTACKS = "attack=[fgm,ifgsm,pgd,deepfool,cw,boundary]"
 
 
