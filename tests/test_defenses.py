@@ -261,6 +261,35 @@ def test_margin_weight_gradient_matches_finite_differences():
     assert float(grad @ v) == pytest.approx(fd, rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("none", "critic")])
+def test_lenet5_fast_conv_trains_exactly_as_a_plain_conv(name):
+    """LeNet-5's first layer is ``InputGradConv2d`` on CPU (a custom autograd.Function for the input gradient).
+    Every defense must give the weights the same gradient as with a plain ``nn.Conv2d``: ``margin``'s batched
+    logit gradients once came back through it with the right values but no graph, so its penalty trained
+    nothing on LeNet-5 (the thesis's Table 3.1 margin rows identical for l1 and l2)."""
+    from robust_cli.models.input_grad_conv import InputGradConv2d
+    from robust_cli.models.lenet5 import LeNet5
+
+    torch.manual_seed(0)
+    fast = LeNet5((1, 28, 28), 10).double().train()
+    assert any(isinstance(m, InputGradConv2d) for m in fast.modules())
+    plain = copy.deepcopy(fast)
+    for parent in plain.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, InputGradConv2d):
+                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, padding=child.padding)
+                conv.load_state_dict(child.state_dict())
+                setattr(parent, child_name, conv.double())
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(6, 1, 28, 28, generator=g, dtype=torch.float64), torch.randint(0, 10, (6,), generator=g)
+    grads = []
+    for model in (fast, plain):
+        defense = make(name)
+        torch.manual_seed(1)  # the same random starts and directions for both
+        grads.append(params_grad(lambda defense=defense, model=model: defense(model, x, y).loss, model))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-10)
+
+
 # ---------------------------------------------------------------- PGD-AT, TRADES, VAT
 
 

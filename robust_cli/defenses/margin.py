@@ -44,7 +44,11 @@ def logit_input_gradients(logits: torch.Tensor, x: torch.Tensor, batched: bool =
         seeds = eye[:, None, :].expand(k, b, k).contiguous()  # seed k: d/dx of sum_i f_k(x_i)
         try:
             (g,) = torch.autograd.grad(logits, x, grad_outputs=seeds, is_grads_batched=True, create_graph=True)
-            return g.flatten(2).transpose(0, 1)
+            # vmap over a custom autograd.Function without a vmap rule (LeNet-5's InputGradConv2d on CPU) returns
+            # the right values but *no graph*: the penalty would then train nothing, so loop instead
+            if g.requires_grad or not logits.requires_grad:
+                return g.flatten(2).transpose(0, 1)
+            log.debug("batched logit gradients came back without a graph; looping over the %d classes", k)
         except RuntimeError as err:  # an op without a batching rule: fall back to the loop
             log.debug("batched logit gradients failed (%s); looping over the %d classes", err, k)
     rows = [torch.autograd.grad(logits[:, c].sum(), x, create_graph=True, retain_graph=True)[0].flatten(1)
