@@ -430,6 +430,7 @@ def test_primal_dual_wrappers_pass_every_option_to_the_engine_by_name(monkeypatc
     (["attack=fgsm", "attack.fgsm.loss=foo"], "attack.fgsm.loss='foo': expected one of ce, margin"),
     (["attack=pdpgd", "attack.pdpgd.l0_mode=pixels"], "attack.pdpgd.l0_mode='pixels': expected one of pixel"),
     (["attack=[fgsm,noise]", "attack.noise.restarts=0"], "attack.noise.restarts=0: must be >= 1"),
+    (["attack=bb", "attack.bb.lr=0"], "attack.bb.lr=0.0: must be > 0"),  # optional (None: per norm), still checked
 ])
 def test_values_outside_the_signature_fail_at_compose_time(overrides, message, hydra_compose):
     from robust_cli.config import check_config
