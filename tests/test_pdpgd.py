@@ -205,6 +205,20 @@ def test_x_init_is_the_first_best_and_ignored_where_not_adversarial(attack, norm
         attack(model, x, y, norm=norm, x_init=x[:3])
 
 
+@pytest.mark.parametrize(("attack", "norm"), [(pdgd, "l2"), (pdpgd, "linf"), (pdpgd, "l1")])
+def test_a_warm_start_is_never_worse_than_the_cold_run_per_image(attack, norm):
+    """``x_init`` adds a run to the cold ones, it does not replace run 0: per image the result is at most the
+    cold result and at most ``x_init`` (in an ensemble the cold run finds points the warm one misses)."""
+    model, x, y = make_problem(12, (1, 6, 6), 3, seed=5)
+    far = _far_adversarial(model, x, y)
+    cold = attack(model, x, y, norm=norm, steps=30)
+    warm = attack(model, x, y, norm=norm, x_init=far, steps=30)
+    size = {k: perturbation_norm(v - x, norm, "element") for k, v in (("cold", cold), ("warm", warm), ("far", far))}
+    fooled = model(warm).argmax(1) != y
+    assert fooled.all()
+    assert (size["warm"] <= torch.minimum(size["cold"], size["far"]) * (1 + 1e-6)).all()
+
+
 def test_minimal_hands_pdpgd_the_running_best(monkeypatch):
     """``attack=minimal`` starts pdpgd from the best point of the members before it (here DeepFool's)."""
     from robust_cli.attacks import list_attacks

@@ -53,7 +53,7 @@ def pdpgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_in
         model: maps ``[B, C, H, W]`` in [0,1] to logits ``[B, K]``; its mode and parameters are untouched.
         x: ``[B, C, H, W]`` in [0,1]; y: ``[B]`` int64 true labels (targets when ``targeted``).
         x_init: ``[B, C, H, W]`` or None: starting adversarials (the best of earlier attacks); where one is
-            misclassified the result is never larger and the first run starts from it (``primal_dual``).
+            misclassified the result is never larger, and one more run per lr starts from it (``primal_dual``).
         norm: the norm minimised; l0 counts pixels (``l0_mode="pixel"``) or values (``"element"``).
         **options: the fields of ``PDPGDOptions`` (an unknown one is a ``TypeError``).
 
