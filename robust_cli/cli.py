@@ -172,15 +172,14 @@ def _overrides(args: list[str]) -> tuple[list[str], bool]:
 FIRST_COMBOS = 64
 
 
-def _covering(combos: list[list[str]], first: int | None = None) -> list[list[str]]:
-    """The sweep combinations composed before any job starts: the first ``first``, then, of the rest, each one
-    that holds an override (``key=value``) no earlier chosen combination holds, so that every value of every
-    swept key is checked in at least one job's config (a bad 65th value of a long sweep too), while a huge
-    grid is not composed twice in full."""
-    first = FIRST_COMBOS if first is None else first
+def _covering(combos: list[list[str]]) -> list[list[str]]:
+    """The sweep combinations composed before any job starts: the first ``FIRST_COMBOS``, then, of the rest,
+    each one that holds an override (``key=value``) no earlier chosen combination holds, so that every value of
+    every swept key is checked in at least one job's config (a bad 65th value of a long sweep too), while a
+    huge grid is not composed twice in full."""
     chosen, seen = [], set()
     for i, combo in enumerate(combos):
-        if i < first or not seen.issuperset(combo):
+        if i < FIRST_COMBOS or not seen.issuperset(combo):
             chosen.append(combo)
             seen.update(combo)
     return chosen

@@ -37,6 +37,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from robust_cli.evaluation.checks import failed_checks
+
 # thesis Table 4.1: clean error, then rho_adv under DeepFool, C&W and the high-confidence attack ("Our")
 THESIS = {"lenet5": {"baseline": {"error": 0.0064, "deepfool": 0.157, "cw": 0.148, "high_confidence": 0.207},
                      "critic": {"error": 0.0093, "deepfool": 0.288, "cw": 0.278, "high_confidence": 0.590}},
@@ -157,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {which} | " + " | ".join(cells) + " |")
     print("\nvalidity (success rate of the minimal-norm attack over correctly classified images; checks that "
           "failed)\n")
-    from robust_cli.evaluation.checks import failed_checks
-
     for which in models:
         for a in args.attacks:
             s = rows[which][a]

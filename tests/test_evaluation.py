@@ -606,7 +606,7 @@ def test_fixed_mode_end_to_end_reports_robust_accuracy_at_exactly_the_budgets(fa
     evaluate(_cfg(run, ["linear_budget"], "linf", mode="fixed", eps={"linf": budgets}, lipschitz=False))
     s = json.loads((run / "eval" / "linear_budget-linf" / "summary.json").read_text())
     assert s["mode"] == "fixed" and s["fixed_eps"] == budgets and s["search_resolution"] == 0
-    assert "resolution_valid" not in s  # no search, nothing to resolve
+    assert "resolution_valid" not in s["checks"] and "search" not in s  # no search, nothing to resolve
     d = pd.read_csv(run / "eval" / "linear_budget-linf" / "per_sample.csv")["distance"].to_numpy()
     for eps in budgets:
         # an image is broken at eps exactly when its minimal distance is within eps (up to float32 rounding)

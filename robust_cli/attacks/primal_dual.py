@@ -248,46 +248,42 @@ def primal_dual(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str
         if bool(todo.any()):
             xs, ys = x[todo], y[todo]
             sub_adv, sub_norm, sub_lr = xs.clone(), best_norm[todo], best_lr[todo]
-            warm = torch.zeros_like(sub_norm, dtype=torch.bool)  # rows whose x_init is adversarial
+
+            def keep(rows, adv: torch.Tensor, nrm: torch.Tensor, lr: float | None) -> None:
+                """Where a run on ``rows`` (a slice or index) found a smaller norm, its point (and ``lr``)."""
+                cur = sub_norm[rows]
+                better = nrm < cur
+                sub_norm[rows] = torch.where(better, nrm, cur)
+                sub_adv[rows] = torch.where(view_as_images(better, adv), adv, sub_adv[rows])
+                if lr is not None:
+                    sub_lr[rows] = torch.where(better, torch.full_like(cur, lr), sub_lr[rows])
+
+            warm = None  # the rows whose x_init is adversarial
             if x_init is not None:
                 xi = x_init.detach().to(x)[todo].clamp(0, 1)
                 with torch.no_grad():
-                    warm = signed_margin(model(xi), ys, o.targeted) < 0
-                sub_adv = torch.where(view_as_images(warm, xs), xi, sub_adv)  # x_init is the first best
-                sub_norm = torch.where(warm, primal.size(xi - xs).to(sub_norm), sub_norm)
+                    is_adv = signed_margin(model(xi), ys, o.targeted) < 0
+                warm = is_adv.nonzero().squeeze(1) if bool(is_adv.any()) else None
+                if warm is not None:  # x_init is the first best
+                    keep(warm, xi[warm], primal.size(xi[warm] - xs[warm]).to(sub_norm), None)
             for lr in lrs:
                 for k in range(int(o.restarts)):
                     # draw every restart's start in order so that restart k is the same for any `restarts`
                     noise = torch.rand(xs.shape, generator=gen, device=x.device, dtype=x.dtype)
                     r0 = torch.zeros_like(xs) if k == 0 else (2 * noise - 1) * o.init_range
-                    adv, nrm = run(model, xs, ys, r0, primal, o, lr=lr, steps=int(o.steps))
-                    better = nrm < sub_norm
-                    sub_norm = torch.where(better, nrm, sub_norm)
-                    sub_adv = torch.where(view_as_images(better, xs), adv, sub_adv)
-                    sub_lr = torch.where(better, torch.full_like(sub_lr, lr), sub_lr)
-                if bool(warm.any()):
+                    keep(slice(None), *run(model, xs, ys, r0, primal, o, lr=lr, steps=int(o.steps)), lr)
+                if warm is not None:
                     # one more run from x_init on the rows that have one, besides the cold runs (not instead
                     # of run 0: in an ensemble the cold run finds other points, and the best of both is kept)
-                    sel = warm.nonzero().squeeze(1)
-                    adv, nrm = run(model, xs[sel], ys[sel], xi[sel] - xs[sel], primal, o, lr=lr,
-                                   steps=int(o.steps))
-                    cur = sub_norm[sel]
-                    better = nrm < cur
-                    sub_norm[sel] = torch.where(better, nrm, cur)
-                    sub_adv[sel] = torch.where(view_as_images(better, adv), adv, sub_adv[sel])
-                    sub_lr[sel] = torch.where(better, torch.full_like(cur, lr), sub_lr[sel])
+                    keep(warm, *run(model, xs[warm], ys[warm], xi[warm] - xs[warm], primal, o, lr=lr,
+                                    steps=int(o.steps)), lr)
             found = torch.isfinite(sub_norm)
             if o.finetune_steps > 0 and bool(found.any()):
                 # one run per distinct best lr keeps the lr a per-sample choice without a Python loop
                 for lr in sorted(set(sub_lr[found].tolist())):
-                    sel = found & (sub_lr == lr)
-                    r0 = sub_adv[sel] - xs[sel]
-                    adv, nrm = run(model, xs[sel], ys[sel], r0, primal, o, lr=lr * o.finetune_lr_factor,
-                                   steps=int(o.finetune_steps))
-                    cur = sub_norm[sel]
-                    better = nrm < cur
-                    sub_norm[sel] = torch.where(better, nrm, cur)
-                    sub_adv[sel] = torch.where(view_as_images(better, adv), adv, sub_adv[sel])
+                    sel = (found & (sub_lr == lr)).nonzero().squeeze(1)
+                    keep(sel, *run(model, xs[sel], ys[sel], sub_adv[sel] - xs[sel], primal, o,
+                                   lr=lr * o.finetune_lr_factor, steps=int(o.finetune_steps)), None)
             best_adv[todo] = sub_adv
             best_norm[todo] = sub_norm
         best_adv = best_adv.detach().clamp_(0, 1)

@@ -54,18 +54,19 @@ def write_result(result_dir: ResultDir, result: AttackResult, *, attack: str, no
     if budgets is not None:
         summary["fixed_eps"] = list(budgets)
     summary["search_resolution"] = result.resolution
-    if budget and search is not None and budgets is None:
-        summary.update(search_precision(result, search, thresholds))
+    searched = budget and search is not None and budgets is None
+    if searched:
+        summary["search"] = search_precision(result, search, thresholds)
     summary["checks"] = {
         **curve_check(err, result.non_monotone),
         **unbounded_check(bool(budget), summary["success_rate"], attack),
         "zero_grad_fraction": zero_grad,
         **(model_checks or {}),
     }
-    if "resolution_valid" in summary:  # a check, so that the console's failed checks name it too
+    if searched:  # a check, so that the console's failed checks name it too
         coarse = summary["search"]["coarser_than_gap"]
-        summary["checks"]["resolution_valid"] = {"ok": summary["resolution_valid"], "coarser_than_gap": coarse}
-        if not summary["resolution_valid"]:
+        summary["checks"]["resolution_valid"] = {"ok": coarse == 0, "coarser_than_gap": coarse}
+        if coarse:
             log.warning("%s %s: the eps search resolved %d images more coarsely than the smallest gap between two "
                         "thresholds (%.4g); the robust accuracies may swap images between thresholds (lower "
                         "eps_rtol or give eps_tol)", attack, norm, coarse, summary["search"]["threshold_gap"])
@@ -88,19 +89,19 @@ def search_settings(cfg: Any) -> dict[str, Any]:
 
 
 def search_precision(result: AttackResult, search: dict[str, Any], thresholds: list[float]) -> dict[str, Any]:
-    """What ``summary.json`` says of a budget attack's distances: the tolerance asked (``search``), the
+    """``summary.json``'s ``search`` of a budget attack's distances: the tolerance asked (``search``), the
     resolution achieved (``hi - lo`` per searched image: max, median, fraction within the tolerance) and
-    ``resolution_valid``: false where some image's resolution is coarser than the smallest gap between two of
-    the norm's thresholds (the robust accuracies read at them could then swap images between thresholds)."""
+    ``coarser_than_gap``, the images resolved more coarsely than the smallest gap between two of the norm's
+    thresholds (the robust accuracies read at them could then swap images between thresholds; the check
+    ``resolution_valid`` fails where there is any)."""
     res, tol = result.resolutions, result.tolerances
     gaps = [b - a for a, b in zip(sorted(thresholds), sorted(thresholds)[1:]) if b > a]
     coarse = int((res > min(gaps)).sum()) if gaps and len(res) else 0
-    return {"search": {**search,
-                       "resolution_max": float(res.max()) if len(res) else 0.0,
-                       "resolution_median": float(np.median(res)) if len(res) else 0.0,
-                       "within_tolerance": float((res <= tol * (1 + 1e-4)).mean()) if len(res) else 1.0,
-                       "threshold_gap": min(gaps) if gaps else None, "coarser_than_gap": coarse},
-            "resolution_valid": coarse == 0}
+    return {**search,
+            "resolution_max": float(res.max()) if len(res) else 0.0,
+            "resolution_median": float(np.median(res)) if len(res) else 0.0,
+            "within_tolerance": float((res <= tol * (1 + 1e-4)).mean()) if len(res) else 1.0,
+            "threshold_gap": min(gaps) if gaps else None, "coarser_than_gap": coarse}
 
 
 def write_merged(eval_dir: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int,
