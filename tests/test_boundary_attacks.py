@@ -14,7 +14,7 @@ from linear_reference import make_problem, minimal_distance
 
 from robust_cli.attacks.deepfool import deepfool
 from robust_cli.attacks.ead import ead
-from robust_cli.attacks.fab import fab, fab_t, hyperplane_step
+from robust_cli.attacks.fab import fab, fab_t, hyperplane_step, nearest_hyperplane
 from robust_cli.attacks.geometry import batch_norm
 from robust_cli.attacks.high_confidence import high_confidence, high_confidence_steps, nearest_boundary_class
 
@@ -184,3 +184,22 @@ def test_eval_fab_and_ead_end_to_end(tmp_path):
     for name in done:
         summary = json.loads((run / "eval" / name / "summary.json").read_text())
         assert summary, name
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_fab_class_choice_by_bounds_equals_projecting_onto_every_hyperplane(norm):
+    """Eq. 7 inside the box with Hölder-bound pruning picks the class (and step) that the exact projection onto
+    all ``m`` hyperplanes picks, including hyperplanes the box cannot reach and binary (box-face) iterates."""
+    gen = torch.Generator().manual_seed(1)
+    b, m, d = 64, 9, 49
+    for trial in range(12):
+        z = torch.rand(b, d, generator=gen)
+        if trial % 3 == 0:
+            z = (z > 0.5).float()  # every value on a box face: many hyperplanes unreachable
+        w = torch.randn(b, m, d, generator=gen) * torch.rand(b, m, 1, generator=gen) * 3
+        g = torch.randn(b, m, generator=gen) * (3 if trial % 2 else 0.3)
+        every = hyperplane_step(z.repeat_interleave(m, 0), w.reshape(b * m, d), -g.reshape(-1), norm).view(b, m, d)
+        norms = batch_norm(every.reshape(b * m, d), norm).view(b, m)
+        pick, step = nearest_hyperplane(z, w, g, norm)
+        assert torch.equal(pick, norms.argmin(1))
+        assert torch.equal(step, every[torch.arange(b), pick])

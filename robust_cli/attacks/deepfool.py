@@ -27,6 +27,7 @@ from typing import Annotated
 import torch
 from torch import nn
 
+from robust_cli.attacks.class_gradients import logit_difference_gradients
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import batch_norm, view_as_images
 from robust_cli.attacks.losses import is_adversarial
@@ -79,21 +80,16 @@ def deepfool(
             if idx.numel() == 0:
                 break
             xa = x_adv[idx]
-            xr = xa.repeat_interleave(m, dim=0).requires_grad_(True)  # [b*m, C, H, W]
-            with torch.enable_grad():
-                logits = model(xr)
-                yr = y[idx].repeat_interleave(m)
-                diff = logits.gather(1, cand[idx].reshape(-1, 1)).squeeze(1) - logits.gather(1, yr[:, None]).squeeze(1)
-                (w,) = torch.autograd.grad(diff.sum(), xr)
-            # every copy of a sample carries its logits at x_adv: the first copy says whether it is fooled
-            fooled = is_adversarial(logits.detach()[::m], y[idx])
+            # diff [b, m] = f_cand - f_y and its gradient w [b, m, C, H, W]: one forward, m backward passes
+            diff, w, logits = logit_difference_gradients(model, xa, y[idx], cand[idx])
+            fooled = is_adversarial(logits, y[idx])
             found[idx] = fooled
             still = ~fooled
             active[idx] = still
             if not bool(still.any()) or t == steps:
                 break
-            keep = still.repeat_interleave(m)
-            w, diff, xa, sel = w[keep], diff.detach()[keep], xa[still], idx[still]
+            # rows [b' * m]: sample-major, candidate-minor
+            w, diff, xa, sel = w[still].flatten(0, 1), diff[still].reshape(-1), xa[still], idx[still]
             # values on a box face that w pushes outwards cannot move: leave them out
             xrep = xa.repeat_interleave(m, dim=0)
             blocked = ((xrep <= 0) & (w < 0)) | ((xrep >= 1) & (w > 0))

@@ -17,8 +17,9 @@ and when ``x_{i+1}`` is adversarial it is recorded (if smaller than the best) an
 
 Eq. 7 measures the distance to ``pi_l`` without the box, ``|g_l| / ||w_l||_q``; here it is the length of the
 box-constrained projection ``||delta_l||`` (eq. 7's value wherever the box does not bind), so the class whose
-boundary is nearest *inside* the box is chosen. Each step costs one forward/backward pass on ``m`` copies of
-the batch (``m`` = K-1 untargeted, 1 targeted) and one forward pass (the success check).
+boundary is nearest *inside* the box is chosen, projecting exactly only onto the hyperplanes whose lower bound
+can beat the best so far (:func:`nearest_hyperplane`). Each step costs one forward and ``m`` input-only backward
+passes (``m`` = K-1 untargeted, 1 targeted) and one forward pass (the success check).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Annotated
 import torch
 from torch import nn
 
+from robust_cli.attacks.class_gradients import logit_difference_gradients
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import batch_norm, view_as_images
 from robust_cli.schema import Range, schema_of
@@ -78,20 +80,15 @@ def hyperplane_step(t: torch.Tensor, w: torch.Tensor, gap: torch.Tensor, norm: s
 def linearise(model: nn.Module, z: torch.Tensor, y: torch.Tensor, mode: str, target: torch.Tensor | None):
     """``(g [B,m], w [B,m,d], logits [B,K])`` at ``z``: ``g_l = f_l - f_y`` and its input gradient ``w_l``.
 
-    ``mode`` ``untargeted``: ``l`` runs over all classes but ``y`` (``m = K-1``, one pass on ``m`` copies);
+    ``mode`` ``untargeted``: ``l`` runs over all classes but ``y`` (``m = K-1``; one forward and ``m`` backward
+    passes, :func:`robust_cli.attacks.class_gradients.logit_difference_gradients`);
     ``fixed``: ``l = target`` (FAB-T); ``targeted``: ``y`` is the target and the hyperplane is
     ``f_y - f_j`` for the strongest other class ``j`` at ``z`` (``m = 1``), signed so that ``g >= 0`` means success.
     """
     with torch.enable_grad():
         if mode == "untargeted":
-            with torch.no_grad():
-                k = model(z[:1]).shape[1]
-            m = k - 1
-            others = torch.arange(k, device=z.device).expand(len(z), k)
-            others = others[others != y[:, None]].view(len(z), m)
-            zr = z.repeat_interleave(m, dim=0).requires_grad_(True)
-            logits = model(zr)
-            up, down = others.reshape(-1), y.repeat_interleave(m)
+            g, w, logits = logit_difference_gradients(model, z, y)  # every class but y, in order
+            return g, w.flatten(2), logits
         else:
             zr = z.detach().requires_grad_(True)
             logits = model(zr)
@@ -102,7 +99,50 @@ def linearise(model: nn.Module, z: torch.Tensor, y: torch.Tensor, mode: str, tar
             m = 1
         g = logits.gather(1, up[:, None]).squeeze(1) - logits.gather(1, down[:, None]).squeeze(1)
         (w,) = torch.autograd.grad(g.sum(), zr)
-    return g.detach().view(len(z), m), w.flatten(1).view(len(z), m, -1), logits.detach()[::m]
+    return g.detach().view(len(z), m), w.flatten(1).view(len(z), m, -1), logits.detach()
+
+
+def nearest_hyperplane(z: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
+                       norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 7 inside the box: ``(pick [B], d [B,d])``, the class whose box-constrained projection
+    (:func:`hyperplane_step` of ``z`` onto ``g_l + w_l . (t - z) = 0``) is shortest, and that projection.
+
+    ``z`` ``[B,d]`` in [0,1], ``w`` ``[B,m,d]``, ``g`` ``[B,m]``. The same choice as projecting onto all ``m``
+    hyperplanes and taking the argmin of the norms (lowest class index on ties), but the exact projection (a
+    sort per row) is computed only where it can win: for a hyperplane the box can reach, Hölder's inequality
+    bounds its projection from below by ``|g_l| / ||w_l||_q`` (``q`` the dual norm), and a class whose bound
+    exceeds the best exact norm found so far is skipped (branch and bound, classes taken in order of their
+    bound; on LeNet-5 typically one or two of the nine). A hyperplane the box cannot reach gets its projection
+    (every value moved to its face) in closed form, exactly as :func:`hyperplane_step` returns it.
+    """
+    b, m, _ = w.shape
+    w64, need = w.double(), g.double().abs()
+    a_pos = torch.where(g.double()[:, :, None] <= 0, w64, -w64)  # a = sign(gap) w with gap = -g
+    room = torch.where(a_pos > 0, 1 - z.double()[:, None], z.double()[:, None]).clamp_min(0) * (a_pos != 0)
+    reachable = (a_pos.abs() * room).sum(2) >= need
+    dual = {"l2": 2, "linf": 1, "l1": float("inf")}[norm]
+    holder = need / torch.linalg.vector_norm(w64, ord=dual, dim=2).clamp_min(1e-300)
+    face = batch_norm(room.reshape(b * m, -1).to(w.dtype), norm).view(b, m)  # unreachable: d = sign(a) room
+    bound = torch.where(reachable, holder, face.double())
+    order = bound.argsort(dim=1, stable=True)
+    rows = torch.arange(b, device=z.device)
+    best_norm = torch.full((b,), float("inf"), dtype=w.dtype, device=z.device)
+    pick = torch.zeros(b, dtype=torch.long, device=z.device)
+    d = torch.zeros_like(z)
+    for r in range(m):
+        cand = order[:, r]
+        # the margin keeps a class whose float32 norm could round below its float64 bound
+        open_ = bound[rows, cand] * (1 - 1e-6) <= best_norm.double()
+        if not bool(open_.any()):
+            break
+        idx = open_.nonzero().squeeze(1)
+        c = cand[idx]
+        dc = hyperplane_step(z[idx], w[idx, c], -g[idx, c], norm)
+        nc = batch_norm(dc, norm)
+        better = (nc < best_norm[idx]) | ((nc == best_norm[idx]) & (c < pick[idx]))
+        win = idx[better]
+        best_norm[win], pick[win], d[win] = nc[better], c[better], dc[better]
+    return pick, d
 
 
 def _fab_run(model, x, y, start, best_norm, *, norm, mode, target, steps, alpha_max, eta, beta):
@@ -113,12 +153,8 @@ def _fab_run(model, x, y, start, best_norm, *, norm, mode, target, steps, alpha_
     best = x0.clone()
     for _ in range(steps):
         g, w, _ = linearise(model, z.view_as(x), y, mode, target)
-        m = g.shape[1]
-        zr = z.repeat_interleave(m, dim=0)
-        d_all = hyperplane_step(zr, w.reshape(b * m, -1), -g.reshape(-1), norm).view(b, m, -1)
-        pick = batch_norm(d_all.reshape(b * m, -1), norm).view(b, m).argmin(1)  # eq. 7, inside the box
+        pick, d = nearest_hyperplane(z, w, g, norm)  # eq. 7, inside the box
         ws, gs = w[torch.arange(b), pick], g[torch.arange(b), pick]
-        d = d_all[torch.arange(b), pick]
         # the same hyperplane seen from x_orig: g(x0) ~ g(z) + w . (x0 - z)
         d0 = hyperplane_step(x0, ws, -(gs + (ws * (x0 - z)).sum(1)), norm)
         n1, n0 = batch_norm(d, norm), batch_norm(d0, norm)

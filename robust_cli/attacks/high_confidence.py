@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from robust_cli.attacks.contract import frozen_eval, register_attack
-from robust_cli.attacks.fab import linearise
+from robust_cli.attacks.class_gradients import all_but, logit_difference_gradients
 from robust_cli.attacks.geometry import batch_norm, view_as_images
 from robust_cli.schema import Range, schema_of
 
@@ -39,12 +39,9 @@ AIM = 1e-4  # the step aims this far past log C
 
 def nearest_boundary_class(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``[B]`` the class ``j != y`` whose linearised boundary is nearest to ``x`` in l2 (no graph kept)."""
-    g, w, _ = linearise(model, x.detach(), y, "untargeted", None)  # g = f_j - f_y, w = its gradient
-    dist = g.abs() / w.norm(dim=2).clamp_min(1e-12)  # [B, K-1]
-    k = g.shape[1] + 1
-    others = torch.arange(k, device=x.device).expand(len(x), k)
-    others = others[others != y[:, None]].view(len(x), k - 1)
-    return others.gather(1, dist.argmin(1, keepdim=True)).squeeze(1)
+    g, w, _ = logit_difference_gradients(model, x, y)  # g = f_j - f_y, w = its gradient, j over all_but(y)
+    dist = g.abs() / w.flatten(2).norm(dim=2).clamp_min(1e-12)  # [B, K-1]
+    return all_but(y, g.shape[1] + 1).gather(1, dist.argmin(1, keepdim=True)).squeeze(1)
 
 
 def high_confidence_steps(
