@@ -29,13 +29,16 @@ from _bench import verified_sizes as verified_norms
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def attacks(steps: int, rounds: int) -> list[tuple[str, str, str, dict, str, dict]]:
-    """(label, our attack, norm, our options, adv-lib function, adv-lib options) at the same iterations."""
+def attacks(steps: int, rounds: int,
+            cw_tau_decrease: float | None = None) -> list[tuple[str, str, str, dict, str, dict]]:
+    """(label, our attack, norm, our options, adv-lib function, adv-lib options) at the same iterations.
+    ``cw_tau_decrease``: our C&W linf's ``tau_decrease`` (None: its default); adv-lib's stays at its own."""
     per_round = max(steps // rounds, 1)
+    tau = {} if cw_tau_decrease is None else {"tau_decrease": cw_tau_decrease}
     return [
         ("cw l2", "cw", "l2", {"steps": per_round, "search_steps": rounds},
          "carlini_wagner_l2", {"max_iterations": per_round, "binary_search_steps": rounds}),
-        ("cw linf", "cw", "linf", {"steps": per_round, "search_steps": rounds},
+        ("cw linf", "cw", "linf", {"steps": per_round, "search_steps": rounds, **tau},
          "carlini_wagner_linf", {"max_iterations": per_round}),
         ("ddn l2", "ddn", "l2", {"steps": steps}, "ddn", {"steps": steps, "levels": None}),
         *[(f"fmn {n}", "fmn", n, {"steps": steps}, "fmn", {"norm": p, "steps": steps})
@@ -55,6 +58,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--advlib", default=os.environ.get("ADVLIB_PATH"), help="directory holding adv_lib")
     ap.add_argument("--only", default="", help="comma-separated labels, e.g. 'fmn l2,ddn l2'")
+    ap.add_argument("--cw-tau-decrease", type=float, default=None, help="our C&W linf's tau_decrease")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,7 +83,7 @@ def main() -> None:
     ours = list_attacks()
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     rows = []
-    for label, name, norm, our_kw, lib_name, lib_kw in attacks(args.steps, args.rounds):
+    for label, name, norm, our_kw, lib_name, lib_kw in attacks(args.steps, args.rounds, args.cw_tau_decrease):
         if only and label not in only:
             continue
         impls = [("robust", lambda m, xb, yb, fn=ours[name], norm=norm, kw=our_kw: fn(m, xb, yb, norm=norm, **kw))]
