@@ -44,8 +44,8 @@ SAFETY = 1e-5
 PULL_STEPS = 8
 #: :func:`probe_search`: the probes' step down from hi before any of them failed (a fraction of hi); the
 #: walk's step after a full attack's success (in ``rtol``); the first bracket above a minimal-norm attack's
-#: distance (in ``rtol``); rounds in all per ``max_rounds``. Tuned on MNIST LeNet-5, pgd linf and l2 (the
-#: passes per image of ``scripts/bench_search.py`` flat within 5% over 0.1-0.3, 1-5, 1-10 and 2-4)
+#: distance (in ``rtol``); rounds in all per ``max_rounds``. Tuned on MNIST LeNet-5, pgd linf and l2
+#: (``scripts/bench_search.py``; the variants tried are in BENCHMARKS.md: none went below 3.1x in linf)
 DESCENT, AFTER_FULL, FIRST, ROUND_FACTOR = 0.2, 2.0, 5.0, 4
 
 
@@ -73,6 +73,11 @@ def verify(model: nn.Module, sign: float, norm: str, xs: torch.Tensor, ys: torch
     # caller re-classifies in batches of its own, and a point it sees as clean would be a failure
     deep = m < -SAFETY * (1 + logits.abs().amax(1))
     return deep & (size <= eps * (1 + 1e-6)), m, size
+
+
+def tolerance(rtol: float, eps_tol: float | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``hi [b] -> tol [b]``: the resolution asked of each distance, ``rtol * hi`` or the absolute ``eps_tol``."""
+    return lambda hi: torch.full_like(hi, float(eps_tol)) if eps_tol is not None else rtol * hi
 
 
 def adaptive_search(
@@ -112,8 +117,7 @@ def adaptive_search(
         failed even at ``hi0``), ``resolution`` ``hi - lo`` (0 where ``inf``).
     """
     if probe:
-        return probe_search(attack, model, x, y, norm, params, hi0=hi0, rtol=rtol, eps_tol=eps_tol,
-                            max_rounds=max_rounds, upper=upper, attack_model=attack_model)
+        return probe_search(attack, model, x, y, norm, params, hi0, rtol, eps_tol, max_rounds, upper, attack_model)
     attack_model = model if attack_model is None else attack_model
     # the margin left to cross, < 0 once adversarial: ``y`` holds targets when targeted, and success is then
     # the target on top (the sign of ``losses.margin`` flipped)
@@ -121,8 +125,7 @@ def adaptive_search(
     B = x.shape[0]
     inf = torch.full((B,), float("inf"), dtype=x.dtype, device=x.device)
 
-    def tol(hi: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(hi, float(eps_tol)) if eps_tol is not None else rtol * hi
+    tol = tolerance(rtol, eps_tol)
 
     def test(xs: torch.Tensor, ys: torch.Tensor, p: torch.Tensor, eps: torch.Tensor):
         return verify(model, sign, norm, xs, ys, p, eps)
@@ -209,22 +212,11 @@ def adaptive_search(
     return best, hi, resolution
 
 
-def probe_search(
-    attack: Callable[..., torch.Tensor],
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    norm: str,
-    params: dict[str, Any],
-    *,
-    hi0: torch.Tensor,
-    rtol: float = 0.01,
-    eps_tol: float | None = None,
-    max_rounds: int = 10,
-    upper: torch.Tensor | None = None,
-    attack_model: nn.Module | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`adaptive_search` (same arguments and returns) for an attack with early stop and probes (``pgd``).
+def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
+                 params: dict[str, Any], hi0: torch.Tensor, rtol: float, eps_tol: float | None, max_rounds: int,
+                 upper: torch.Tensor | None, attack_model: nn.Module | None) -> tuple[torch.Tensor, ...]:
+    """:func:`adaptive_search` (its arguments, all given, and its returns) for an attack with early stop and
+    probes (``pgd``).
 
     The attack is called three ways (all with ``early_stop``, so a success costs only the steps it took):
 
@@ -241,16 +233,12 @@ def probe_search(
       resumes from that adversarial (the full attack from ``x`` often gets past where a warm walk stalls).
 
     Rounds: up to ``ROUND_FACTOR * max_rounds``, most of them probes. MNIST LeNet-5 (BENCHMARKS.md): about
-    3x one attack's passes per image where the regula falsi search took 5.5x, and no image weaker than the
-    bisection beyond the tolerance.
+    3x one attack's passes per image where the regula falsi search took 5.5-6.3x; one image in 96 weaker than
+    the bisection beyond the tolerance, where PGD itself fails at an eps between two at which it succeeds.
     """
     attack_model = model if attack_model is None else attack_model
-    sign = -1.0 if params.get("targeted") else 1.0
-    B = x.shape[0]
-    inf = torch.full((B,), float("inf"), dtype=x.dtype, device=x.device)
-
-    def tol(hi: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(hi, float(eps_tol)) if eps_tol is not None else rtol * hi
+    sign = -1.0 if params.get("targeted") else 1.0  # as in adaptive_search
+    tol = tolerance(rtol, eps_tol)
 
     def run(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None, probe: bool = False):
         """``(ok [b], x_adv [b,C,H,W], size [b])``: the attack on ``idx`` at ``eps``, re-verified."""
@@ -261,9 +249,9 @@ def probe_search(
         return ok, out, size
 
     best = x.clone()
-    hi, lo = inf.clone(), torch.zeros_like(inf)
-    hint = torch.zeros_like(inf)  # the largest eps below hi where a probe failed (not a bound)
-    step = torch.full_like(inf, DESCENT)  # the probes' next step down from hi, a fraction of hi
+    hi, lo = torch.full_like(hi0, float("inf")), torch.zeros_like(hi0)
+    hint = torch.zeros_like(hi0)  # the largest eps below hi where a probe failed (not a bound)
+    step = torch.full_like(hi0, DESCENT)  # the probes' next step down from hi, a fraction of hi
 
     def pull(idx: torch.Tensor) -> None:
         """Forward-only bisection of the held adversarial's size on ``(lo, hi]``: the smallest it stays, to
