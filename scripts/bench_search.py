@@ -4,8 +4,9 @@ On the first ``--n`` test images of a trained run, each budget attack (``pgd`` l
 is evaluated by ``robust_cli.evaluation.runner.run_attack`` three ways, side by side:
 
 - ``bisection``: the old default, 10 halvings over ``[0, box radius]`` after a try at the radius;
-- ``adaptive``: per image to 1% of the distance (``eps_rtol=0.01``), the batch shrinking, warm starts,
-  forward-only tests of the held adversarial;
+- ``adaptive``: per image to 1% of the distance (``eps_rtol=0.01``), the batch shrinking; for ``pgd``
+  with early stop per image and probes (short runs from the held adversarial), the full attack only where
+  its failure resolves the image (``adaptive_search.probe_search``);
 - ``adaptive+fmn``: the same with the distances of a minimal-norm attack (``fmn``, ``--steps``) of the same
   evaluation as first upper brackets (``upper``; fmn's own passes are reported separately).
 

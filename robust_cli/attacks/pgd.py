@@ -25,10 +25,15 @@ FGSM on some images is a weak evaluation, see ``evaluation/checks.py``):
   ``eps * u`` with the same ``u`` at every eps: success stays (close to) monotone in eps, which the
   bisection over eps assumes.
 
-All steps run (no early stop); the function returns, per sample, the misclassified candidate with the most
+By default all steps run; the function returns, per sample, the misclassified candidate with the most
 negative margin ``f_y - max_{j!=y} f_j`` over all steps and restarts (any point inside the budget will do for
 the evaluation, and the deepest one survives its re-verification), else the candidate with the smallest
-margin.
+margin. ``early_stop`` (what the eps search asks for, where only success at each eps matters) drops a sample
+from the batch at its first candidate past the boundary by a safe margin and returns that one.
+
+The gradient of the default scale-free CE is formed in closed form on the logits and handed to the model's
+backward (:func:`scale_free_ce_gradient`, bit for bit autograd's), and the bookkeeping shares its masked
+logits: on small inputs a step's cost is mostly the dispatch of its small ops.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from torch import nn
 
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, project, view_as_images
-from robust_cli.attacks.losses import attack_loss, is_adversarial, margin, objective_gradient
+from robust_cli.attacks.losses import attack_loss, objective_gradient
 from robust_cli.schema import Range, schema_of
 
 #: ``on_iterate(t, x_adv, logits, direction)``: what :func:`pgd_iterations` reports before each step
@@ -183,6 +188,41 @@ def linf_box(x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return (x - e).clamp_(min=0), (x + e).clamp_(max=1)
 
 
+#: early stop: a sample leaves the batch once its margin is past the boundary by this much relative to
+#: ``1 + max |logit|``, twice the eps search's ``adaptive_search.SAFETY``, so the search's re-test on another
+#: batch (last-bit differences) still sees it adversarial and never mistakes a stopped success for a failure
+EARLY_STOP_DEPTH = 2e-5
+#: ``probe``: the run from the warm start takes ``steps // PROBE_RUN`` steps, each ``PROBE_STEP`` of the
+#: first step of the schedule (constant)
+PROBE_RUN, PROBE_STEP = 10, 0.8
+
+
+def scale_free_ce_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, targeted: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(grad [B,C,H,W], logits [B,K], others [B,K])``: the input gradient of the scale-free CE at ``x``.
+
+    The gradient of ``attack_loss(logits, y, "ce", targeted, scale_free=True)`` (``s = logsumexp_{j!=y} f_j
+    - f_y``, negated when targeted) without autograd through the loss: ``ds/df`` is ``softmax_{j!=y}(f)``
+    with ``-1`` at ``y``, formed as autograd's own ``logsumexp`` backward forms it (``exp(f - lse)``, the
+    ``-inf`` at ``y`` giving 0, the gather's ``-1`` added there), so it is bit for bit the same and is
+    handed to the model's backward as ``grad_outputs``. Saves the loss's ~12 autograd nodes a step, which
+    dominate a small model's step (thesis-size inputs, 8x8 digits). ``others`` is ``logits`` with ``-inf``
+    at ``y`` (detached), shared with the margin of :func:`projected_gradient`'s bookkeeping.
+    (A local copy of the closed form for PGD's loop; ``losses.attack_loss`` stays the reference.)
+    """
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        logits = model(xr)
+        others = logits.detach().scatter(1, y[:, None], float("-inf"))
+        g = (others - others.logsumexp(dim=1, keepdim=True)).exp_()
+        g.scatter_(1, y[:, None], -1.0)
+        if targeted:
+            g.neg_()
+        (grad,) = torch.autograd.grad(logits, xr, g)
+    return grad, logits.detach(), others
+
+
 def projected_gradient(
     model: nn.Module,
     x: torch.Tensor,
@@ -201,6 +241,8 @@ def projected_gradient(
     schedule: Literal["constant", "cosine"] = "constant",
     single_step: bool = True,
     x_init: torch.Tensor | None = None,
+    early_stop: bool = False,
+    probe: bool = False,
 ) -> torch.Tensor:
     """The iterative engine behind ``pgd``, ``ifgsm`` and ``bim`` (see the module docstring).
 
@@ -223,66 +265,142 @@ def projected_gradient(
             projection onto ball ∩ box is a candidate (one forward pass) and the start of the second run in
             place of its random start. The first run still starts at ``x``: started from the projection (a
             corner of the ball in linf) PGD ended weaker than from ``x`` on 12% of MNIST images (BENCHMARKS.md).
+        early_stop: a sample leaves the batch (no more passes, in this run or the later ones) as soon as a
+            candidate is adversarial with margin below ``-EARLY_STOP_DEPTH * (1 + max |logit|)`` (checked on
+            the logits every step computes anyway; the working tensors are compacted to the samples left).
+            Success at this eps is then decided at least as strongly as without it (the same iterates up to
+            the stop), but the point returned is the first deep enough one, not the deepest: for an eps
+            search, where only success at each eps matters, a success costs the steps it took instead of all
+            of them.
+        probe: with ``x_init``, only one short run from its projection (``steps // PROBE_RUN`` constant steps
+            of ``PROBE_STEP * step_size``), no run from ``x``: a probe of the eps search, whose success is an
+            adversarial like any other and whose failure proves nothing (the search certifies a failure with
+            the full attack). Without ``x_init`` it is ignored.
 
     Returns:
         ``[B,C,H,W]`` in [0,1] with ``||x_adv - x|| <= eps`` per sample.
     """
     eps_t = as_batch_eps(eps, x)
-    e = view_as_images(eps_t, x)
     x = x.detach()
     generator = None
     if seed is not None:
         generator = torch.Generator(device=x.device).manual_seed(seed)
     sizes = step_schedule(step_size, steps, schedule)
     best = x.clone()
-    best_adv = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    # per sample the lowest score (margin to cross, < 0 once adversarial) of the candidates so far. Keeping the
+    # lowest keeps the deepest adversarial (it survives the evaluation's re-run on another batch) and, where
+    # none is adversarial, the nearest miss: a point is adversarial iff its score is < 0 (ties of the top two
+    # logits aside, where ``argmax`` decides), so "adversarial first, then the lowest score" is this one test
     best_score = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
+    done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # early_stop: left the batch
+    fused = loss == "ce"  # the closed-form gradient (scale_free_ce_gradient); margin: autograd
 
-    def keep(point: torch.Tensor, logits: torch.Tensor) -> None:
-        # Per sample the point with the lowest margin, adversarial points first: the deepest one past the
-        # boundary survives the evaluation's re-run on another batch (last-bit differences), and where no
-        # point is adversarial the nearest miss is returned.
-        score = -margin(logits, y) if targeted else margin(logits, y)
-        adv = is_adversarial(logits, y, targeted)
-        better = (adv & ~best_adv) | ((adv == best_adv) & (score < best_score))
-        torch.where(view_as_images(better, x), point, best, out=best)  # in place: no allocation per step
-        best_adv.logical_or_(adv)
-        torch.where(better, score, best_score, out=best_score)
+    def keep(idx: torch.Tensor | None, point: torch.Tensor, logits: torch.Tensor, others: torch.Tensor | None,
+             ys: torch.Tensor) -> torch.Tensor | None:
+        """Keep ``point`` ``[b,C,H,W]`` where it beats the best of the samples ``idx`` (``None``: all);
+        ``early_stop``: return ``[b]`` which of them are now deep enough to stop."""
+        if others is None:
+            others = logits.scatter(1, ys[:, None], float("-inf"))
+        score = logits.gather(1, ys[:, None]).squeeze(1) - others.amax(dim=1)
+        if targeted:
+            score = score.neg_()
+        if idx is None:
+            better = score < best_score
+            torch.where(view_as_images(better, point), point, best, out=best)  # in place: no allocation
+            torch.where(better, score, best_score, out=best_score)
+        else:
+            held = best_score[idx]
+            better = score < held
+            best[idx] = torch.where(view_as_images(better, point), point, best[idx])
+            best_score[idx] = torch.where(better, score, held)
+        if not early_stop:
+            return None
+        return score < -EARLY_STOP_DEPTH * (1 + logits.abs().amax(dim=1))
+
+    def gradient(xa: torch.Tensor, ys: torch.Tensor):
+        if fused:
+            return scale_free_ce_gradient(model, xa, ys, targeted)
+        grad, logits = objective_gradient(model, xa, lambda z: attack_loss(z, ys, loss, targeted))
+        return grad, logits, None
+
+    def run(delta: torch.Tensor, candidate: bool, sizes: Sequence[float]) -> None:
+        """One run of ``len(sizes)`` steps from ``x + delta`` ``[B,C,H,W]`` on the samples not done."""
+        idx = None if not early_stop else (~done).nonzero().squeeze(1)
+        xs, ys, eps_s, d = x, y, eps_t, delta.detach()
+        if idx is not None:
+            if not idx.numel():
+                return
+            if idx.numel() < x.shape[0]:
+                xs, ys, eps_s, d = x[idx], y[idx], eps_t[idx], d[idx]
+            else:
+                idx = None
+        es = view_as_images(eps_s, xs)
+        box = linf_box(xs, es) if norm == "linf" else None
+        xa = xs + d
+        for size in sizes:
+            grad, logits, others = gradient(xa, ys)
+            direction = ascent_direction(grad, xa, norm, l1_top)
+            stop = keep(idx, xa, logits, others, ys)
+            if candidate:
+                # The first iterate of the first run is x itself and its direction is exactly what fgsm
+                # (linf) and fgm (l2) compute (the same scale-free loss at the same point, the same unit
+                # step), so one full step along it is their point bit for bit, and no gradient is spent on it
+                # twice.
+                candidate = False
+                one = enforce_budget(xs + es * direction, xs, eps_s, norm)
+                with torch.no_grad():
+                    more = keep(idx, one, model(one), None, ys)
+                if stop is not None:
+                    stop |= more
+            if stop is not None and bool(stop.any()):
+                ids = torch.arange(xs.shape[0], device=x.device) if idx is None else idx
+                done[ids[stop]] = True
+                live = ~stop
+                if not bool(live.any()):
+                    return
+                idx = ids[live]
+                xs, ys, eps_s, es, xa, direction = xs[live], ys[live], eps_s[live], es[live], xa[live], direction[live]
+                if box is not None:
+                    box = (box[0][live], box[1][live])
+                else:
+                    d = d[live]
+            # linf: ball ∩ box is the box [max(x - eps, 0), min(x + eps, 1)], fixed for the whole run, so the
+            # point itself is iterated and clamped against precomputed bounds (two ops a step, no x + delta /
+            # - x round trips); l2/l1 step delta through the exact projection
+            if box is not None:
+                xa = torch.addcmul(xa, es, direction, value=size).clamp_(*box)
+            else:
+                d = project(d + size * es * direction, xs, eps_s, norm)
+                xa = xs + d
+        with torch.no_grad():
+            stop = keep(idx, xa, model(xa), None, ys)
+        if stop is not None:
+            done[(torch.arange(xs.shape[0], device=x.device) if idx is None else idx)[stop]] = True
 
     runs = max(1, restarts) if random_start else 1  # without random starts every run would be the same
-    candidate = single_step  # still to add: the single step's point, from the first gradient of the first run
-
-    def on_iterate(t: int, point: torch.Tensor, logits: torch.Tensor, direction: torch.Tensor) -> None:
-        nonlocal candidate
-        keep(point, logits)
-        if candidate:
-            # The first iterate of the first run is x itself and its direction is exactly what fgsm (linf)
-            # and fgm (l2) compute (the same scale-free loss at the same point, the same unit step), so one
-            # full step along it is their point bit for bit, and no gradient is spent on it twice.
-            candidate = False
-            one = enforce_budget(x + e * direction, x, eps_t, norm)
-            with torch.no_grad():
-                keep(one, model(one))
-
-    def objective(logits: torch.Tensor) -> torch.Tensor:
-        return attack_loss(logits, y, loss, targeted, scale_free=True)  # direction only
-
     with frozen_eval(model):
         start = None
         if x_init is not None:
             start = project(x_init.detach().to(x).clamp(0, 1) - x, x, eps_t, norm)
             with torch.no_grad():
-                keep(x + start, model(x + start))
-        for run in range(runs):
-            delta = torch.zeros_like(x)
-            if run == 1 and start is not None:
+                stop = keep(None, x + start, model(x + start), None, y)
+            if stop is not None:
+                done |= stop
+            if probe:
+                # only a short run from the warm start: an adversarial found at a slightly larger eps and
+                # projected onto this ball is next to the boundary, and a few small steps usually cross it
+                # again, for a fraction of a run
+                run(start, candidate=False, sizes=[step_size * PROBE_STEP] * max(1, steps // PROBE_RUN))
+                return enforce_budget(best, x, eps_t, norm)
+        for r in range(runs):
+            if r == 1 and start is not None:
                 delta = start  # the warm start replaces the first random start (the first run stays at x)
-            elif run > 0:
+            elif r > 0:
                 delta = project(random_start_in_ball(x, eps_t, norm, generator), x, eps_t, norm)
-            point, _ = pgd_points(model, x, delta, objective, eps=eps_t, norm=norm, step_sizes=sizes,
-                                  l1_top=l1_top, on_iterate=on_iterate)
-            with torch.no_grad():
-                keep(point, model(point))
+            else:
+                delta = torch.zeros_like(x)
+            # the single step's point, from the first gradient of the first run
+            run(delta, candidate=single_step and r == 0, sizes=sizes)
     return enforce_budget(best, x, eps_t, norm)
 
 
@@ -305,6 +423,8 @@ def pgd(
     schedule: Literal["constant", "cosine"] = "cosine",
     single_step: bool = True,
     x_init: Optional[torch.Tensor] = None,
+    early_stop: bool = False,
+    probe: bool = False,
 ) -> torch.Tensor:
     """PGD from ``x``, then ``restarts - 1`` random starts; l1 by sparse l1 descent (thesis §5.4: 1% sparsity).
 
@@ -327,11 +447,15 @@ def pgd(
         single_step: the ``fgsm``/``fgm`` point is a candidate (never weaker than the single step).
         x_init: supplied by the caller (the eps search: the adversarial of its previous round), ``[B,C,H,W]``:
             a candidate, and the second run's start (see ``projected_gradient``).
+        early_stop: set by the eps search: an image leaves the batch once adversarial (by a safe margin), so
+            a success costs the steps it took; the point returned is then the first such iterate, not the
+            deepest (see ``projected_gradient``).
+        probe: set by the eps search: only a short run from ``x_init`` (see ``projected_gradient``).
     """
     return projected_gradient(model, x, y, norm=norm, eps=eps, steps=steps, step_size=step_size,
                               random_start=random_start, restarts=restarts, targeted=targeted, loss=loss,
                               l1_top=l1_top, seed=seed, schedule=schedule, single_step=single_step,
-                              x_init=x_init)
+                              x_init=x_init, early_stop=early_stop, probe=probe)
 
 
 SCHEMAS = {"pgd": schema_of(pgd, "pgd")}

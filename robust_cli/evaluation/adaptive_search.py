@@ -19,6 +19,10 @@ keeps, per image, a bracket ``(lo, hi]``: the attack failed at ``lo`` and a re-v
   bracket (regula falsi with the Illinois correction, kept ``tol / 2`` inside the bracket), which on a
   locally linear model lands on the boundary in one or two rounds where bisection needs ``log2(hi / tol)``.
 
+An attack that stops early per image and takes probes (``pgd``) is searched by :func:`probe_search`
+instead: with early stop a success costs only the steps it took, so hi is walked down by cheap short runs
+from the held adversarial, and the full attack runs where its failure resolves the image.
+
 Every success is re-verified on the bare model (misclassified, within the eps it was asked for).
 """
 
@@ -38,6 +42,11 @@ from robust_cli.attacks.losses import margin
 SAFETY = 1e-5
 #: forward-only bisection rounds pulling a held adversarial towards ``x`` (its size to 2^-8 of itself)
 PULL_STEPS = 8
+#: :func:`probe_search`: the probes' step down from hi before any of them failed (a fraction of hi); the
+#: walk's step after a full attack's success (in ``rtol``); the first bracket above a minimal-norm attack's
+#: distance (in ``rtol``); rounds in all per ``max_rounds``. Tuned on MNIST LeNet-5, pgd linf and l2
+#: (``scripts/bench_search.py``; the variants tried are in BENCHMARKS.md: none went below 3.1x in linf)
+DESCENT, AFTER_FULL, FIRST, ROUND_FACTOR = 0.2, 2.0, 5.0, 4
 
 
 def within(x: torch.Tensor, p: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
@@ -49,6 +58,26 @@ def within(x: torch.Tensor, p: torch.Tensor, eps: torch.Tensor, norm: str) -> to
     n = batch_norm(r, norm)
     scale = torch.where(n > eps, eps / n.clamp_min(1e-30), torch.ones_like(n))
     return (x + r * view_as_images(scale, r)).clamp(0, 1)
+
+
+def verify(model: nn.Module, sign: float, norm: str, xs: torch.Tensor, ys: torch.Tensor, p: torch.Tensor,
+           eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(adversarial [b] bool, margin [b], size [b])`` of points ``p`` ``[b,C,H,W]`` asked to be within
+    ``eps`` ``[b]`` of ``xs``, on the bare ``model``; ``margin`` is ``sign * losses.margin`` (< 0 once
+    adversarial: ``sign = -1`` when ``ys`` holds targets)."""
+    with torch.no_grad(), frozen_eval(model):
+        logits = model(p)
+    m = sign * margin(logits, ys)
+    size = batch_norm(p - xs, norm)
+    # past the boundary by more than the last bits that another batch composition can change: the
+    # caller re-classifies in batches of its own, and a point it sees as clean would be a failure
+    deep = m < -SAFETY * (1 + logits.abs().amax(1))
+    return deep & (size <= eps * (1 + 1e-6)), m, size
+
+
+def tolerance(rtol: float, eps_tol: float | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``hi [b] -> tol [b]``: the resolution asked of each distance, ``rtol * hi`` or the absolute ``eps_tol``."""
+    return lambda hi: torch.full_like(hi, float(eps_tol)) if eps_tol is not None else rtol * hi
 
 
 def adaptive_search(
@@ -66,6 +95,7 @@ def adaptive_search(
     upper: torch.Tensor | None = None,
     attack_model: nn.Module | None = None,
     warm_start: bool = False,
+    probe: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_adv [B,C,H,W], dist [B], resolution [B])`` of ``attack`` searched per image to ``tol``.
 
@@ -79,11 +109,15 @@ def adaptive_search(
         upper: ``[B]`` distances of a minimal-norm attack on the same images (``inf`` where none).
         attack_model: the model handed to the attack (a counting wrapper); default ``model``.
         warm_start: the attack takes ``x_init``.
+        probe: the attack takes ``x_init``, ``early_stop`` and ``probe`` (``pgd``): the search of
+            :func:`probe_search` instead of regula falsi.
 
     Returns:
         ``x_adv`` (``x`` where never adversarial), ``dist`` the size of ``x_adv`` (``inf`` where the attack
         failed even at ``hi0``), ``resolution`` ``hi - lo`` (0 where ``inf``).
     """
+    if probe:
+        return probe_search(attack, model, x, y, norm, params, hi0, rtol, eps_tol, max_rounds, upper, attack_model)
     attack_model = model if attack_model is None else attack_model
     # the margin left to cross, < 0 once adversarial: ``y`` holds targets when targeted, and success is then
     # the target on top (the sign of ``losses.margin`` flipped)
@@ -91,19 +125,10 @@ def adaptive_search(
     B = x.shape[0]
     inf = torch.full((B,), float("inf"), dtype=x.dtype, device=x.device)
 
-    def tol(hi: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(hi, float(eps_tol)) if eps_tol is not None else rtol * hi
+    tol = tolerance(rtol, eps_tol)
 
     def test(xs: torch.Tensor, ys: torch.Tensor, p: torch.Tensor, eps: torch.Tensor):
-        """``(adversarial [b] bool, margin [b], size [b])`` of points ``p`` asked to be within ``eps``."""
-        with torch.no_grad(), frozen_eval(model):
-            logits = model(p)
-        m = sign * margin(logits, ys)
-        size = batch_norm(p - xs, norm)
-        # past the boundary by more than the last bits that another batch composition can change: the
-        # caller re-classifies in batches of its own, and a point it sees as clean would be a failure
-        deep = m < -SAFETY * (1 + logits.abs().amax(1))
-        return deep & (size <= eps * (1 + 1e-6)), m, size
+        return verify(model, sign, norm, xs, ys, p, eps)
 
     def run(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
         extra = {"x_init": start} if warm_start and start is not None else {}
@@ -181,6 +206,118 @@ def adaptive_search(
         m_lo[idx[stale & ok]] /= 2
         m_hi[idx[stale & ~ok]] /= 2
         side[idx] = moved
+
+    found = torch.isfinite(hi)
+    resolution = torch.where(found, hi - lo, torch.zeros_like(hi))
+    return best, hi, resolution
+
+
+def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
+                 params: dict[str, Any], hi0: torch.Tensor, rtol: float, eps_tol: float | None, max_rounds: int,
+                 upper: torch.Tensor | None, attack_model: nn.Module | None) -> tuple[torch.Tensor, ...]:
+    """:func:`adaptive_search` (its arguments, all given, and its returns) for an attack with early stop and
+    probes (``pgd``).
+
+    The attack is called three ways (all with ``early_stop``, so a success costs only the steps it took):
+
+    - **the first bracket**, as in :func:`adaptive_search`, but a little higher above a minimal-norm
+      attack's distance (``FIRST * rtol``: a success well above the boundary is cheap, one at it is not);
+      the success is pulled towards ``x`` by forward passes;
+    - **probes** (``probe=True``: a short run from the held adversarial projected onto the new ball, a tenth
+      of a run at most): they walk hi down, a step ``DESCENT`` of hi at a time until one fails, then bisect
+      between that failure and hi. A probe's failure is only a hint (a short warm run is weaker than the
+      attack), so it never moves ``lo``;
+    - **the full attack** only where its failure would resolve the image: once the probes have narrowed
+      ``(hint, hi]`` to the tolerance, at ``hi - 0.9 tol``. A failure there is the lower end (the image is
+      done: one full failure per image is the least any search can do); a success moves hi and the walk
+      resumes from that adversarial (the full attack from ``x`` often gets past where a warm walk stalls).
+
+    Rounds: up to ``ROUND_FACTOR * max_rounds``, most of them probes. MNIST LeNet-5 (BENCHMARKS.md): about
+    3x one attack's passes per image where the regula falsi search took 5.5-6.3x; one image in 96 weaker than
+    the bisection beyond the tolerance, where PGD itself fails at an eps between two at which it succeeds.
+    """
+    attack_model = model if attack_model is None else attack_model
+    sign = -1.0 if params.get("targeted") else 1.0  # as in adaptive_search
+    tol = tolerance(rtol, eps_tol)
+
+    def run(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None, probe: bool = False):
+        """``(ok [b], x_adv [b,C,H,W], size [b])``: the attack on ``idx`` at ``eps``, re-verified."""
+        extra = {"x_init": start} if start is not None else {}
+        out = attack(attack_model, x[idx], y[idx], norm=norm, eps=eps, early_stop=True, probe=probe, **params,
+                     **extra).detach().clamp(0, 1)
+        ok, _, size = verify(model, sign, norm, x[idx], y[idx], out, eps)
+        return ok, out, size
+
+    best = x.clone()
+    hi, lo = torch.full_like(hi0, float("inf")), torch.zeros_like(hi0)
+    hint = torch.zeros_like(hi0)  # the largest eps below hi where a probe failed (not a bound)
+    step = torch.full_like(hi0, DESCENT)  # the probes' next step down from hi, a fraction of hi
+
+    def pull(idx: torch.Tensor) -> None:
+        """Forward-only bisection of the held adversarial's size on ``(lo, hi]``: the smallest it stays, to
+        half the tolerance (finer is wasted: only an attack's failure moves ``lo``)."""
+        a, b = lo[idx].clone(), hi[idx].clone()
+        p0, xs, ys = best[idx], x[idx], y[idx]
+        for _ in range(PULL_STEPS):
+            on = (b - a > tol(b) / 2).nonzero().squeeze(1)
+            if not on.numel():
+                break
+            mid = (a[on] + b[on]) / 2
+            p = within(xs[on], p0[on], mid, norm)
+            ok, _, size = verify(model, sign, norm, xs[on], ys[on], p, mid)
+            b[on] = torch.where(ok, size, b[on])
+            a[on] = torch.where(ok, a[on], mid)
+            keep = ok & (size < hi[idx[on]])
+            k = idx[on][keep]
+            best[k], hi[k] = p[keep], size[keep]
+
+    first = hi0 if upper is None else torch.where(torch.isfinite(upper), torch.minimum(upper * (1 + FIRST * rtol), hi0),
+                                                  hi0)
+    for eps0 in (first, hi0):
+        idx = (torch.isinf(hi) & (eps0 > lo)).nonzero().squeeze(1)
+        if not idx.numel():
+            break
+        ok, p, size = run(idx, eps0[idx], None)
+        if ok.any():
+            best[idx[ok]], hi[idx[ok]] = p[ok], size[ok]
+            pull(idx[ok])
+        lo[idx[~ok]] = eps0[idx[~ok]]
+    lo = torch.where(torch.isinf(hi), torch.zeros_like(lo), lo)
+
+    for _ in range(ROUND_FACTOR * max_rounds):
+        idx = (torch.isfinite(hi) & (hi - lo > tol(hi))).nonzero().squeeze(1)
+        if not idx.numel():
+            break
+        a, b, t_i = lo[idx], hi[idx], tol(hi[idx])
+        h = torch.maximum(hint[idx], a)
+        full = b - h <= t_i
+        probe_at = torch.where(h > a, (h + b) / 2, b * (1 - step[idx]))
+        guess = torch.where(full, b - 0.9 * t_i, torch.maximum(probe_at, a + t_i / 2))
+        # the held adversarial projected onto the new ball: the attack's warm start and first candidate (it
+        # is tested there, and a sample it still breaks stops at once)
+        start = within(x[idx], best[idx], guess, norm)
+        ok = torch.zeros_like(full)
+        size = torch.zeros_like(guess)
+        for kind in (True, False):
+            todo = full == kind
+            if not todo.any():
+                continue
+            ok2, p, size2 = run(idx[todo], guess[todo], start[todo], probe=not kind)
+            start[todo], size[todo], ok[todo] = p, size2, ok2
+            failed = idx[todo][~ok2]
+            if kind:
+                lo[failed] = guess[todo][~ok2]
+            else:
+                hint[failed] = guess[todo][~ok2]
+        if ok.any():
+            k = idx[ok]
+            best[k], hi[k] = start[ok], size[ok]
+            # a probe's failure at or above the new hi is contradicted (the full attack got past it): forget it
+            hint[k] = torch.where(hint[k] < hi[k], hint[k], lo[k])
+            # after a full attack's success the walk resumes with small steps (it is near the boundary), and
+            # every probe's success doubles the step (up to DESCENT)
+            step[k] = torch.where(full[ok], torch.full_like(step[k], AFTER_FULL * rtol),
+                                  (step[k] * 2).clamp_max(DESCENT))
 
     found = torch.isfinite(hi)
     resolution = torch.where(found, hi - lo, torch.zeros_like(hi))

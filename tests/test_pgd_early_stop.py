@@ -1,0 +1,117 @@
+"""PGD's early stop, probes and closed-form gradient, and the eps search built on them (``probe_search``).
+
+On the linear reference model (``tests/linear_reference.py``) the smallest adversarial is known exactly, so
+the searched distances are checked against it; early stop is checked to decide success exactly as the full
+run does, to keep every image's result at its own index through the compaction of the batch, and to stop
+only past the boundary by the margin the search's re-test needs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from linear_reference import make_problem, minimal_distance
+
+from robust_cli.attacks import pgd as pgd_module
+from robust_cli.attacks.geometry import batch_norm
+from robust_cli.attacks.losses import attack_loss, margin, objective_gradient
+from robust_cli.attacks.pgd import pgd, scale_free_ce_gradient
+from robust_cli.evaluation import adaptive_search
+from robust_cli.evaluation.eps_search import search_distance
+from robust_cli.evaluation.runner import CountingModel
+
+
+def _grey_problem(seed=0, n=24, num_classes=3):
+    model, x, y = make_problem(n=n, in_shape=(1, 4, 4), num_classes=num_classes, seed=seed)
+    return model, 0.5 + (x - 0.5) * 0.2, y  # towards grey: the box never binds
+
+
+def _conv_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 5)).eval()
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_closed_form_gradient_is_autograds_bit_for_bit(targeted):
+    model = _conv_model()
+    x = torch.rand(16, 1, 8, 8)
+    y = torch.randint(0, 5, (16,))
+    with torch.no_grad():  # a few confident points, where the float32 CE gradient would lose its true term
+        x[:4] = x[:4] * 0
+    grad, logits, others = scale_free_ce_gradient(model, x, y, targeted)
+    ref, ref_logits = objective_gradient(model, x, lambda z: attack_loss(z, y, "ce", targeted, scale_free=True))
+    assert torch.equal(grad, ref) and torch.equal(logits, ref_logits)
+    assert torch.equal(others.gather(1, y[:, None]), torch.full((16, 1), float("-inf")))
+    assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_early_stop_decides_success_as_the_full_run_and_keeps_indices(norm):
+    """Images above and below their optimum, interleaved: early stop succeeds exactly where the full run
+    does, each output belongs to its own image (its own eps, its own label), and a failure is the full run's."""
+    model, x, y = _grey_problem(seed=1, n=24, num_classes=2)
+    exact = minimal_distance(model, x, y, norm).float()
+    scale = torch.tensor([2.0, 0.7, 1.3, 0.9] * 6)
+    eps = exact * scale
+    full = pgd(model, x, y, norm=norm, eps=eps, steps=20)
+    early = pgd(model, x, y, norm=norm, eps=eps, steps=20, early_stop=True)
+    with torch.no_grad():
+        ok_full = model(full).argmax(1) != y
+        logits = model(early)
+    ok_early = logits.argmax(1) != y
+    assert torch.equal(ok_full, ok_early)
+    assert ok_early[scale > 1].all() and not ok_early[scale < 1].any()  # the test can fail both ways
+    assert (batch_norm(early - x, norm) <= eps * (1 + 1e-6)).all()
+    # a stop is past the boundary by the margin the search's re-test needs
+    deep = margin(logits, y) < -pgd_module.EARLY_STOP_DEPTH * (1 + logits.abs().amax(1))
+    assert deep[ok_early].all()
+    # failures ran every step, as without early stop (another batch composition: last bits only)
+    assert torch.allclose(early[~ok_early], full[~ok_early], atol=1e-6)
+    # a permuted batch gives the permuted outputs: the compaction kept every row with its image
+    perm = torch.randperm(24, generator=torch.Generator().manual_seed(0))
+    again = pgd(model, x[perm], y[perm], norm=norm, eps=eps[perm], steps=20, early_stop=True)
+    assert torch.allclose(again, early[perm], atol=1e-6)
+
+
+def test_early_stop_saves_passes_and_probe_needs_a_warm_start():
+    model, x, y = _grey_problem(seed=2, n=16)
+    eps = minimal_distance(model, x, y, "linf").float() * 2
+    full, early = CountingModel(model), CountingModel(model)
+    pgd(full, x, y, norm="linf", eps=eps, steps=30)
+    pgd(early, x, y, norm="linf", eps=eps, steps=30, early_stop=True)
+    assert early.backward_samples * 5 < full.backward_samples, (early.backward_samples, full.backward_samples)
+    # probe without x_init: the ordinary attack; with one, only the short warm run
+    plain = pgd(model, x, y, norm="linf", eps=eps, steps=30, early_stop=True)
+    assert torch.equal(plain, pgd(model, x, y, norm="linf", eps=eps, steps=30, early_stop=True, probe=True))
+    warm = pgd(model, x, y, norm="linf", eps=eps * 1.2, steps=30, early_stop=True)
+    probe = CountingModel(model)
+    out = pgd(probe, x, y, norm="linf", eps=eps, steps=30, early_stop=True, probe=True, x_init=warm)
+    assert probe.backward_samples <= 16 * (30 // pgd_module.PROBE_RUN)
+    assert (batch_norm(out - x, "linf") <= eps * (1 + 1e-6)).all()
+
+
+def test_early_stop_is_deeper_than_the_searchs_safety():
+    assert pgd_module.EARLY_STOP_DEPTH >= 2 * adaptive_search.SAFETY
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_probe_search_distance_is_the_exact_one_within_tolerance(norm, targeted):
+    model, x, y = _grey_problem(seed=3, n=20, num_classes=2)  # two classes: CE ascends the margin exactly
+    if targeted:
+        y = 1 - y  # two classes: the target is the other one, whose minimal distance is the untargeted one
+    exact = minimal_distance(model, x, 1 - y if targeted else y, norm)
+    counted = CountingModel(model)
+    params = {"steps": 20, "targeted": targeted}
+    found = search_distance(pgd, model, x, y, norm, params, method="adaptive", attack_model=counted)
+    d = batch_norm(found.x_adv - x, norm).double()
+    pred = model(found.x_adv).argmax(1)
+    assert ((pred == y) if targeted else (pred != y)).all()
+    assert (d >= exact * (1 - 1e-5)).all()  # a verified adversarial is never below the optimum
+    assert (d <= exact * 1.01 + 1e-6).all(), (d / exact).max()
+    assert (found.resolution <= 0.01 * found.eps * (1 + 1e-4)).all()
+    one = CountingModel(model)
+    pgd(one, x, y, norm=norm, eps=exact.float() * 1.05, **params)
+    passes = counted.forward_samples + counted.backward_samples
+    assert passes < 3 * (one.forward_samples + one.backward_samples), passes
