@@ -40,7 +40,7 @@ from torch import nn
 from robust_cli.attacks.apgd_schedule import StepSizeRule, checkpoints
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, project, view_as_images
-from robust_cli.attacks.losses import attack_loss, dlr_loss, is_adversarial, margin
+from robust_cli.attacks.losses import attack_loss, attack_loss_grad, dlr_loss, is_adversarial, margin
 from robust_cli.attacks.pgd import random_start_in_ball
 from robust_cli.schema import Range, schema_of
 
@@ -66,8 +66,19 @@ class Deepest:
         return sub
 
     def offer(self, point: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """Offer ``point`` ``[b,C,H,W]`` with its ``logits`` ``[b,K]`` for the samples ``rows`` ``[b]`` (all)."""
-        rows = torch.arange(self.x.shape[0], device=point.device) if rows is None else rows
+        """Offer ``point`` ``[b,C,H,W]`` with its ``logits`` ``[b,K]`` for the samples ``rows`` ``[b]`` (all).
+
+        The whole batch (``rows=None``, every APGD iterate) is kept without indexing: per-sample ``where`` on
+        the flags and scores, and the points by an in-place ``lerp_`` with a 0/1 weight per sample (an exact
+        selection, see ``BestAdversarial.update``; ``where`` with a broadcast bool mask is a slow CPU path).
+        """
+        if rows is None:
+            score, adv = margin(logits, self.y), is_adversarial(logits, self.y)
+            better = (adv & ~self.adv) | ((adv == self.adv) & (score < self.score))
+            self.x.lerp_(point.detach(), view_as_images(better.to(self.x.dtype), self.x))
+            self.adv = torch.where(better, adv, self.adv)
+            self.score = torch.where(better, score, self.score)
+            return
         y = self.y[rows]
         score, adv = margin(logits, y), is_adversarial(logits, y)
         old_adv, old_score = self.adv[rows], self.score[rows]
@@ -76,6 +87,29 @@ class Deepest:
         self.x[keep] = point.detach()[better]
         self.adv[keep] = adv[better]
         self.score[keep] = score[better]
+
+
+class LogitObjective:
+    """An objective (logits ``[B,K]`` -> ``[B]``) that also gives its gradient w.r.t. the logits,
+    ``value_grad(logits) -> (value [B], grad [B,K])``: in closed form for the scale-free CE
+    (``losses.attack_loss_grad``), else by autograd through the objective on the logits alone. Either way
+    ``torch.autograd.grad(logits, z, grad)`` is then the input gradient, bit for bit autograd's through
+    ``objective(model(z)).sum()``, without autograd through the loss's small kernels."""
+
+    def __init__(self, objective: Objective, ce_labels: torch.Tensor | None = None):
+        self.objective, self.ce_labels = objective, ce_labels
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.objective(logits)
+
+    def value_grad(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ce_labels is not None:
+            return attack_loss_grad(logits, self.ce_labels, "ce", scale_free=True)
+        with torch.enable_grad():
+            leaf = logits.detach().requires_grad_(True)
+            value = self.objective(leaf)
+            (g,) = torch.autograd.grad(value.sum(), leaf)
+        return value.detach(), g
 
 
 def objective_of(loss: str, y: torch.Tensor, target: torch.Tensor | None = None) -> Objective:
@@ -90,7 +124,18 @@ def objective_of(loss: str, y: torch.Tensor, target: torch.Tensor | None = None)
 
 
 def value_and_gradient(model: nn.Module, z: torch.Tensor, objective: Objective, eot: int = 1):
-    """``(f [B], grad_z f [B,C,H,W], logits [B,K])`` averaged over ``eot`` passes (the logits of the last)."""
+    """``(f [B], grad_z f [B,C,H,W], logits [B,K])`` averaged over ``eot`` passes (the logits of the last).
+
+    A :class:`LogitObjective` with ``eot == 1`` (every APGD step): one forward and ``autograd.grad(logits,
+    z, df/dlogits)``, the same values as the general path below (which adds them to zeros and divides by 1).
+    """
+    if eot == 1 and isinstance(objective, LogitObjective):
+        with torch.enable_grad():
+            zr = z.detach().requires_grad_(True)
+            logits = model(zr)
+            value, g = objective.value_grad(logits)
+            (grad,) = torch.autograd.grad(logits, zr, grad_outputs=g)
+        return value, grad, logits.detach()
     value, grad = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device), torch.zeros_like(z)
     with torch.enable_grad():
         for _ in range(eot):
@@ -159,9 +204,10 @@ def apgd_run(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, objective: 
         f_new, g_new, logits = value_and_gradient(model, x_new, objective, eot)
         best.offer(x_new, logits)
         rule.observe(f_new, f_k)
-        up = f_new > f_max
-        u = view_as_images(up, x)
-        x_max, g_max, f_max = torch.where(u, x_new, x_max), torch.where(u, g_new, g_max), torch.maximum(f_new, f_max)
+        u = view_as_images((f_new > f_max).to(x.dtype), x)  # x_max, g_max: exact 0/1 selection in place
+        x_max.lerp_(x_new, u)
+        g_max.lerp_(g_new, u)
+        f_max = torch.maximum(f_new, f_max)
         x_prev, x_k, f_k, g_k = x_k, x_new, f_new, g_new
         if it in marks and it < steps:
             halve = rule.at_checkpoint(it, f_max)
@@ -192,7 +238,7 @@ def _apgd(model, x, y, *, norm, eps, steps, restarts, momentum, rho, eot, random
                 # drawn for the whole batch, so a sample's start does not depend on which others are left
                 start = start_point(x, eps_t, norm, gen) if random_start_ else torch.zeros_like(x)
                 sub = best.subset(rows)
-                apgd_run(model, x[rows], start[rows], lambda logits, o=objective, r=rows: o(logits, r), sub,
+                apgd_run(model, x[rows], start[rows], objective.on(rows), sub,
                          eps=eps_t[rows], norm=norm, steps=steps, momentum=momentum, rho=rho, eot=eot)
                 best.x[rows], best.adv[rows], best.score[rows] = sub.x, sub.adv, sub.score
     return enforce_budget(best.x, x, eps_t, norm)
@@ -207,6 +253,11 @@ class _RowObjective:
     def __call__(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         target = None if self.target is None else self.target[rows]
         return objective_of(self.loss, self.y[rows], target)(logits)
+
+    def on(self, rows: torch.Tensor) -> LogitObjective:
+        """The objective of the rows ``rows`` ``[b]``, with its logit gradient (closed form for CE)."""
+        ce = self.loss == "ce" and self.target is None
+        return LogitObjective(lambda logits: self(logits, rows), self.y[rows] if ce else None)
 
 
 _Fraction = Annotated[float, Range(gt=0, lt=1)]

@@ -122,22 +122,34 @@ def objective_gradient(
     return grad, logits.detach()
 
 
-def loss_gradient(
+def loss_value_gradient(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce", targeted: bool = False,
     *, scale_free: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(grad_x sum_b loss_b, logits)``: the per-sample input gradient ``[B,C,H,W]`` and the logits ``[B,K]``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss [B], grad_x sum_b loss_b [B,C,H,W], logits [B,K])``: :func:`attack_loss` per sample, its input
+    gradient (each sample's own: summed, not averaged) and the logits, all detached.
 
-    The gradient of :func:`attack_loss` through the model, the loss's own part in closed form
-    (:func:`attack_loss_grad`: the same bits as autograd through the loss). ``scale_free``: see
-    ``attack_loss`` (direction-only users).
+    One forward and one input-only backward; the loss's own part of the backward in closed form
+    (:func:`attack_loss_grad`: the same bits as autograd through the loss). Runs with grad enabled even
+    under ``torch.no_grad()``; only ``x`` requires grad (call inside ``frozen_eval``).
     """
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = model(x)
-        _, g = attack_loss_grad(logits, y, loss, targeted, scale_free=scale_free)
+        value, g = attack_loss_grad(logits, y, loss, targeted, scale_free=scale_free)
         (grad,) = torch.autograd.grad(logits, x, grad_outputs=g)
-    return grad, logits.detach()
+    return value, grad, logits.detach()
+
+
+def loss_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce", targeted: bool = False,
+    *, scale_free: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_x sum_b loss_b, logits)``: the per-sample input gradient ``[B,C,H,W]`` and the logits ``[B,K]``
+    of :func:`loss_value_gradient`. ``scale_free``: see ``attack_loss`` (direction-only users).
+    """
+    _, grad, logits = loss_value_gradient(model, x, y, loss, targeted, scale_free=scale_free)
+    return grad, logits
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
