@@ -39,7 +39,7 @@ from torch import nn
 
 from robust_cli.attacks.apgd_schedule import StepSizeRule, checkpoints
 from robust_cli.attacks.contract import frozen_eval, register_attack
-from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, project, view_as_images
+from robust_cli.attacks.geometry import Projector, as_batch_eps, batch_norm, enforce_budget, project, view_as_images
 from robust_cli.attacks.losses import attack_loss, attack_loss_grad, dlr_loss, is_adversarial, margin
 from robust_cli.attacks.pgd import random_start_in_ball
 from robust_cli.schema import Range, schema_of
@@ -147,6 +147,20 @@ def value_and_gradient(model: nn.Module, z: torch.Tensor, objective: Objective, 
     return value / eot, grad / eot, logits.detach()
 
 
+def objective_value(model: nn.Module, z: torch.Tensor, objective: Objective, eot: int = 1):
+    """``(f [B], logits [B,K])`` of :func:`value_and_gradient` without the backward passes (the same values:
+    the same forwards, the same sum over ``eot`` passes)."""
+    value = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+    with torch.no_grad():
+        for _ in range(eot):
+            logits = model(z)
+            v = objective(logits)
+            if eot == 1:
+                return v, logits
+            value = value + v
+    return value / eot, logits
+
+
 def sparse_direction(grad: torch.Tensor, z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """l1 ascent direction ``[B,C,H,W]``: the signs of the ``k`` ``[B]`` largest ``|grad_i|`` among the values
     of ``z`` in [0,1] that can still move in their ascent direction, divided by their number (unit l1)."""
@@ -191,6 +205,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, objective: 
     l1 = norm == "l1"
     eta = eps.clone() * (L1_STEP if l1 else 2.0)
     k = torch.full_like(eps, math.ceil(L1_SPARSITY * d))
+    proj = Projector(x, norm)
     x_k = x + delta
     f_k, g_k, logits = value_and_gradient(model, x_k, objective, eot)
     best.offer(x_k, logits)
@@ -198,9 +213,13 @@ def apgd_run(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, objective: 
     x_prev = x_k.clone()
     rule, marks = StepSizeRule(f_max, rho), set(checkpoints(steps))
     for it in range(1, steps + 1):
-        z = x + project(x_k - x + view_as_images(eta, x) * unit_direction(g_k, x_k, norm, k), x, eps, norm)
+        r_k = x_k - x
+        z = x + proj(r_k + view_as_images(eta, x) * unit_direction(g_k, x_k, norm, k), eps)
         a = 1.0 if it == 1 else momentum
-        x_new = x + project(x_k - x + a * (z - x_k) + (1 - a) * (x_k - x_prev), x, eps, norm)
+        x_new = x + proj(r_k + a * (z - x_k) + (1 - a) * (x_k - x_prev), eps)
+        if it == steps:  # the last iterate: only its value counts (offered below), its gradient is never used
+            best.offer(x_new, objective_value(model, x_new, objective, eot)[1])
+            break
         f_new, g_new, logits = value_and_gradient(model, x_new, objective, eot)
         best.offer(x_new, logits)
         rule.observe(f_new, f_k)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from robust_cli.attacks.contract import frozen_eval, register_attack
-from robust_cli.attacks.geometry import batch_norm, project, view_as_images
+from robust_cli.attacks.geometry import Projector, batch_norm, view_as_images
 from robust_cli.attacks.losses import loss_value_gradient
 from robust_cli.attacks.best_adversarial import BestAdversarial, worst_norm
 from robust_cli.norms import check_norm
@@ -106,6 +106,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             eps = torch.where(found, best.norm, torch.ones_like(best.norm))
         else:
             eps = torch.full((B,), float("inf"), device=x.device, dtype=x.dtype)
+        proj = None if norm == "l0" else Projector(x, norm)
         for k in range(steps):
             cosine = (1 + math.cos(math.pi * k / steps)) / 2
             alpha = lr * (lr_final + (1 - lr_final) * cosine)
@@ -115,6 +116,8 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             value, grad, logits = loss_value_gradient(model, xa, y, "margin", targeted)
             r = xa - x
             adv = best.update(xa, logits, r=r)
+            if k == steps - 1:  # the next point would never be evaluated
+                break
             found |= adv
             size = best.last_norm  # ||xa - x||, measured by the update
             gn = batch_norm(grad, "l2").clamp_min(1e-30)
@@ -129,7 +132,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             eps = torch.minimum(eps, cap)
             delta = r.add_(grad.mul_(alpha).div_(view_as_images(gn, x)))  # xa - x + alpha grad / ||grad||
             l0 = norm == "l0"
-            delta = _keep_top_pixels((x + delta).clamp(0, 1) - x, eps) if l0 else project(delta, x, eps, norm)
+            delta = _keep_top_pixels((x + delta).clamp(0, 1) - x, eps) if l0 else proj(delta, eps)
     return best.adv
 
 

@@ -179,23 +179,34 @@ def _project_l1_box(v: torch.Tensor, eps: torch.Tensor, lo: torch.Tensor, hi: to
     return torch.where(inside[:, None], clipped, torch.minimum(torch.maximum(soft, lo), hi))
 
 
+class Projector:
+    """:func:`project` for a fixed ``x`` ``[B,C,H,W]`` and ``norm``: ``Projector(x, norm)(delta, eps)`` is
+    ``project(delta, x, eps, norm)``, with the box bounds ``-x`` and ``1 - x`` formed once instead of at
+    every call (an iterative attack projects once or twice per step)."""
+
+    def __init__(self, x: torch.Tensor, norm: str):
+        if norm not in ("linf", "l2", "l1"):
+            raise ValueError(f"projection onto the {norm!r} ball is not supported")
+        self.x, self.norm = x, norm
+        if norm != "linf":
+            self.lo, self.hi = -x.flatten(1), (1 - x).flatten(1)
+
+    def __call__(self, delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        if self.norm == "linf":
+            e = view_as_images(eps, delta)
+            return (self.x + torch.maximum(torch.minimum(delta, e), -e)).clamp(0, 1) - self.x
+        box = _project_l2_box if self.norm == "l2" else _project_l1_box
+        return box(delta.flatten(1), eps, self.lo, self.hi).view_as(delta)
+
+
 def project(delta: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
     """Map a perturbation ``delta`` ``[B,C,H,W]`` into ``{||r|| <= eps} ∩ {x + r in [0,1]}``; ``eps`` ``[B]``.
 
     All three are exact Euclidean projections onto the intersection (linf: a per-value clamp; l2 and l1:
-    a scalar KKT multiplier found in closed form by sorting the breakpoints, see ``_project_l2_box`` and
-    ``_project_l1_box``).
+    a scalar KKT multiplier, see ``_project_l2_box`` (an active set) and ``_project_l1_box`` (sorted
+    breakpoints)). :class:`Projector` is the same with the box bounds formed once for many calls.
     """
-    if norm == "linf":
-        e = view_as_images(eps, delta)
-        return (x + torch.maximum(torch.minimum(delta, e), -e)).clamp(0, 1) - x
-    if norm == "l2":
-        flat = _project_l2_box(delta.flatten(1), eps, -x.flatten(1), (1 - x).flatten(1))
-    elif norm == "l1":
-        flat = _project_l1_box(delta.flatten(1), eps, -x.flatten(1), (1 - x).flatten(1))
-    else:
-        raise ValueError(f"projection onto the {norm!r} ball is not supported")
-    return flat.view_as(delta)
+    return Projector(x, norm)(delta, eps)
 
 
 def enforce_budget(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
