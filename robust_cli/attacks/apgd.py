@@ -212,11 +212,17 @@ def apgd_run(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, objective: 
     x_max, f_max, g_max = x_k.clone(), f_k.clone(), g_k.clone()
     x_prev = x_k.clone()
     rule, marks = StepSizeRule(f_max, rho), set(checkpoints(steps))
+    r_k = torch.empty_like(x)
     for it in range(1, steps + 1):
-        r_k = x_k - x
-        z = x + proj(r_k + view_as_images(eta, x) * unit_direction(g_k, x_k, norm, k), eps)
+        # z = x + P(x_k - x + eta s), x_new = x + P(x_k - x + a (z - x_k) + (1 - a)(x_k - x_prev)): the same
+        # operations in the same order, in place (sums and products commute exactly in floating point)
+        torch.sub(x_k, x, out=r_k)
+        z = unit_direction(g_k, x_k, norm, k).mul_(view_as_images(eta, x)).add_(r_k)
+        z = proj.project_(z, eps).add_(x)
         a = 1.0 if it == 1 else momentum
-        x_new = x + proj(r_k + a * (z - x_k) + (1 - a) * (x_k - x_prev), eps)
+        x_new = z.sub_(x_k).mul_(a).add_(r_k)
+        x_new.add_(torch.sub(x_k, x_prev, out=x_prev).mul_(1 - a))  # x_prev is not needed after this
+        x_new = proj.project_(x_new, eps).add_(x)
         if it == steps:  # the last iterate: only its value counts (offered below), its gradient is never used
             best.offer(x_new, objective_value(model, x_new, objective, eot)[1])
             break

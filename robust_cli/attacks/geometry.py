@@ -198,6 +198,16 @@ class Projector:
         box = _project_l2_box if self.norm == "l2" else _project_l1_box
         return box(delta.flatten(1), eps, self.lo, self.hi).view_as(delta)
 
+    def project_(self, delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``self(delta, eps)``, written into ``delta`` where the norm allows it (linf: the same operations
+        in place, the same values with no allocation), else a new tensor. The caller owns ``delta``."""
+        if self.norm != "linf":
+            return self(delta, eps)
+        e = view_as_images(eps, delta)
+        torch.minimum(delta, e, out=delta)
+        torch.maximum(delta, -e, out=delta)
+        return delta.add_(self.x).clamp_(0, 1).sub_(self.x)  # x + d (sums commute exactly)
+
 
 def project(delta: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
     """Map a perturbation ``delta`` ``[B,C,H,W]`` into ``{||r|| <= eps} ∩ {x + r in [0,1]}``; ``eps`` ``[B]``.
