@@ -67,8 +67,8 @@ def ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
             delta = delta.add_(unit, alpha=alpha)
             eps = torch.minimum(torch.where(adv, eps * (1 - gamma), eps * (1 + gamma)), cap)
             delta = delta.mul_(view_as_images(eps / batch_norm(delta, "l2").clamp_min(1e-30), x))
-            xa = (x + delta).clamp_(0, 1)  # the next iterate, in the box
-            delta = xa - x
+            xa = torch.add(x, delta, out=xa).clamp_(0, 1)  # the next iterate, in the box (its graph is gone)
+            delta = torch.sub(xa, x, out=delta)
     return best.adv
 
 

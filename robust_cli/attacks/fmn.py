@@ -111,7 +111,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             cosine = (1 + math.cos(math.pi * k / steps)) / 2
             alpha = lr * (lr_final + (1 - lr_final) * cosine)
             g = gamma_final + (gamma - gamma_final) * cosine
-            xa = (x + delta).clamp_(0, 1)
+            xa = delta.add_(x).clamp_(0, 1)  # x + delta, in the buffer of delta (owned, not needed after)
             # ascend -m (untargeted) or m towards the target: attack_loss "margin", its value |m| reused below
             value, grad, logits = loss_value_gradient(model, xa, y, "margin", targeted)
             r = xa - x
@@ -132,7 +132,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             eps = torch.minimum(eps, cap)
             delta = r.add_(grad.mul_(alpha).div_(view_as_images(gn, x)))  # xa - x + alpha grad / ||grad||
             l0 = norm == "l0"
-            delta = _keep_top_pixels((x + delta).clamp(0, 1) - x, eps) if l0 else proj(delta, eps)
+            delta = _keep_top_pixels((x + delta).clamp(0, 1) - x, eps) if l0 else proj.project_(delta, eps)
     return best.adv
 
 
