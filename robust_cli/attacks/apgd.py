@@ -68,14 +68,13 @@ class Deepest:
     def offer(self, point: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """Offer ``point`` ``[b,C,H,W]`` with its ``logits`` ``[b,K]`` for the samples ``rows`` ``[b]`` (all).
 
-        The whole batch (``rows=None``, every APGD iterate) is kept without indexing: per-sample ``where`` on
-        the flags and scores, and the points by an in-place ``lerp_`` with a 0/1 weight per sample (an exact
-        selection, see ``BestAdversarial.update``; ``where`` with a broadcast bool mask is a slow CPU path).
+        The whole batch (``rows=None``, every APGD iterate) is kept without indexing (``where``, the points
+        in place): no ``nonzero``/``index_put`` per step.
         """
         if rows is None:
             score, adv = margin(logits, self.y), is_adversarial(logits, self.y)
             better = (adv & ~self.adv) | ((adv == self.adv) & (score < self.score))
-            self.x.lerp_(point.detach(), view_as_images(better.to(self.x.dtype), self.x))
+            torch.where(view_as_images(better, self.x), point.detach(), self.x, out=self.x)
             self.adv = torch.where(better, adv, self.adv)
             self.score = torch.where(better, score, self.score)
             return
@@ -229,9 +228,9 @@ def apgd_run(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, objective: 
         f_new, g_new, logits = value_and_gradient(model, x_new, objective, eot)
         best.offer(x_new, logits)
         rule.observe(f_new, f_k)
-        u = view_as_images((f_new > f_max).to(x.dtype), x)  # x_max, g_max: exact 0/1 selection in place
-        x_max.lerp_(x_new, u)
-        g_max.lerp_(g_new, u)
+        u = view_as_images(f_new > f_max, x)
+        torch.where(u, x_new, x_max, out=x_max)  # in place: no allocation per step
+        torch.where(u, g_new, g_max, out=g_max)
         f_max = torch.maximum(f_new, f_max)
         x_prev, x_k, f_k, g_k = x_k, x_new, f_new, g_new
         if it in marks and it < steps:

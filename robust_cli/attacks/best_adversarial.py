@@ -44,11 +44,7 @@ class BestAdversarial:
                r: torch.Tensor | None = None) -> torch.Tensor:
         """Keep ``xa`` ``[b,C,H,W]`` (the point whose ``logits`` ``[b,K]`` these are) where it is adversarial
         and smaller. ``rows``: the sample indices ``[b]`` of a sub-batch (``None``: all). ``r``: ``xa - x``
-        when the caller has it (not recomputed). Returns the adversarial mask ``[b]``.
-
-        The whole-batch update writes the kept points in place by ``lerp_`` with a 0/1 weight per sample,
-        which selects exactly (``a + 0 (b - a) = a``, ``b - (b - a) 0 = b``; finite images) at a fraction
-        of the cost of ``torch.where`` with a broadcast bool mask on the CPU (a slow path there)."""
+        when the caller has it (not recomputed). Returns the adversarial mask ``[b]``."""
         xa, logits = xa.detach(), logits.detach()
         idx = slice(None) if rows is None else rows
         ok = is_adversarial(logits, self.y[idx], self.targeted)
@@ -57,7 +53,7 @@ class BestAdversarial:
         self.last_norm = dist  # the caller's size of xa, without a second reduction
         if rows is None:
             self.norm = torch.where(better, dist, self.norm)
-            self.adv.lerp_(xa, view_as_images(better.to(xa.dtype), xa))
+            torch.where(view_as_images(better, xa), xa, self.adv, out=self.adv)  # in place
         else:
             self.norm[rows] = torch.where(better, dist, self.norm[rows])
             self.adv[rows] = torch.where(view_as_images(better, xa), xa, self.adv[rows])

@@ -189,8 +189,7 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, r0: torch.Tensor, pr
             dist = primal.size(r)
             better = (m < 0) & (dist < best_norm)
             torch.where(better, dist, best_norm, out=best_norm)  # in place: no allocation per step
-            # the points by an exact 0/1 lerp (a where with a broadcast bool mask is a slow CPU path)
-            best_adv.lerp_(xa, view_as_images(better.to(dt), x))
+            torch.where(view_as_images(better, x), xa, best_adv, out=best_adv)
             if k == steps - 1:  # the next iterate would never be evaluated
                 break
 

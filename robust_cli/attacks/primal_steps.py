@@ -83,9 +83,8 @@ def proximal_step(prox: proximal.ProxFn, v: torch.Tensor, x: torch.Tensor, mu: t
         z_new = z_new.add_(x).clamp_(0, 1).sub_(x)
         change = torch.sub(z_new, z, out=work).flatten(1).norm(dim=1)
         size = z_new.flatten(1).norm(dim=1)
-        # rows already settled keep their z: an exact 0/1 lerp in place, once some have (torch.where with a
-        # broadcast bool mask is a slow CPU path)
-        z = z_new if all_active else z_new.lerp_(z, view_as_images((~active).to(z.dtype), z))
+        # rows already settled keep their z (a where only once some have: a slow CPU path)
+        z = z_new if all_active else torch.where(view_as_images(active, z), z_new, z, out=z_new)
         active = active & (change > tol * size)
         all_active = bool(active.all())
         if not all_active and not bool(active.any()):
