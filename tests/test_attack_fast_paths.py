@@ -126,3 +126,14 @@ def test_l2_box_projection_float64_input_is_left_alone():
     got = _project_l2_box(v, eps, lo, hi)
     assert torch.equal(v, v0)
     assert torch.allclose(got, _project_l2_box_sorted(v, eps, lo, hi), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_l2_box_projection_low_precision_equals_the_sort(dtype):
+    """The split into values surely clipped / in doubt rounds ``b`` in the input's dtype: still the sort's
+    result in half precision. Rows that overflow float16 to inf (no projection of theirs is meaningful) are
+    left out."""
+    v, eps, lo, hi = (t.to(dtype) for t in _rows(6))
+    finite = torch.isfinite(v).all(1)
+    v, eps, lo, hi = v[finite], eps[finite], lo[finite], hi[finite]
+    assert torch.equal(_project_l2_box(v, eps, lo, hi), _project_l2_box_sorted(v, eps, lo, hi))

@@ -111,9 +111,10 @@ def _project_l2_box(v: torch.Tensor, eps: torch.Tensor, lo: torch.Tensor, hi: to
     clipped for every ``t >= t_0``; only the rest (on MNIST FMN-l2 iterates at most ~35 of 784 per row, ~6
     on average) are gathered, once, into a ``[B, m]`` block where the breakpoints are formed exactly
     (``b = |clip(v)_i| / |v_i|`` in float64: where the clip binds, ``cap_i = |clip(v)_i|``). The full rows
-    are only read to split them: the float32 ``b`` with a relative margin of ``1e-6`` (float32 rounds it
-    by at most ``6e-8``) and float indicators (bool masks and ``where`` are slow CPU paths), their sums of
-    squares accumulated in float64.
+    are only read to split them: ``b`` in the input's dtype against ``t_0`` shrunk by 8 ulps of it (rounding
+    is monotone, so ``fl(b) < fl(t)`` already implies ``b < t``; the margin only files borderline values as
+    in doubt, which costs nothing) and float indicators (bool masks and ``where`` are slow CPU paths), their
+    sums of squares accumulated in float64.
     """
     clipped = torch.clamp(v, lo, hi)
     inside = clipped.norm(dim=1) <= eps
@@ -127,7 +128,8 @@ def _project_l2_box(v: torch.Tensor, eps: torch.Tensor, lo: torch.Tensor, hi: to
     binds = torch.sub(v, clipped).abs_().sign_().mul_(view_as_images(~inside, v).to(v.dtype))
     # 1 where b < t_0 for sure: clipped at every t >= t_0 (b = 0/0 at v = 0: never)
     sure = (clipped / v).nan_to_num_(nan=2.0)
-    sure = torch.sub((t * (1 - 1e-6)).to(v.dtype)[:, None], sure, out=sure).sign_().clamp_min_(0)
+    margin = 1 - 8 * torch.finfo(v.dtype).eps
+    sure = torch.sub((t * margin).to(v.dtype)[:, None], sure, out=sure).sign_().clamp_min_(0)
     fixed_cap2 = torch.linalg.vector_norm(clipped * sure, dim=1, dtype=f64).square_()  # sum_{sure} cap^2
     fixed_v2 = sum_v2 - torch.linalg.vector_norm(v * binds, dim=1, dtype=f64).square_()  # sum_{free} v^2
     rows, cols = binds.sub_(sure).nonzero().unbind(1)  # the values in doubt
