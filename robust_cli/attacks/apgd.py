@@ -39,8 +39,8 @@ from torch import nn
 
 from robust_cli.attacks.apgd_schedule import StepSizeRule, checkpoints
 from robust_cli.attacks.contract import frozen_eval, register_attack
-from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, project, view_as_images
-from robust_cli.attacks.losses import attack_loss, dlr_loss, is_adversarial, margin
+from robust_cli.attacks.geometry import Projector, as_batch_eps, batch_norm, enforce_budget, project, view_as_images
+from robust_cli.attacks.losses import attack_loss, attack_loss_grad, dlr_loss, is_adversarial, margin
 from robust_cli.attacks.pgd import random_start_in_ball
 from robust_cli.schema import Range, schema_of
 
@@ -66,8 +66,18 @@ class Deepest:
         return sub
 
     def offer(self, point: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """Offer ``point`` ``[b,C,H,W]`` with its ``logits`` ``[b,K]`` for the samples ``rows`` ``[b]`` (all)."""
-        rows = torch.arange(self.x.shape[0], device=point.device) if rows is None else rows
+        """Offer ``point`` ``[b,C,H,W]`` with its ``logits`` ``[b,K]`` for the samples ``rows`` ``[b]`` (all).
+
+        The whole batch (``rows=None``, every APGD iterate) is kept without indexing (``where``, the points
+        in place): no ``nonzero``/``index_put`` per step.
+        """
+        if rows is None:
+            score, adv = margin(logits, self.y), is_adversarial(logits, self.y)
+            better = (adv & ~self.adv) | ((adv == self.adv) & (score < self.score))
+            torch.where(view_as_images(better, self.x), point.detach(), self.x, out=self.x)
+            self.adv = torch.where(better, adv, self.adv)
+            self.score = torch.where(better, score, self.score)
+            return
         y = self.y[rows]
         score, adv = margin(logits, y), is_adversarial(logits, y)
         old_adv, old_score = self.adv[rows], self.score[rows]
@@ -76,6 +86,29 @@ class Deepest:
         self.x[keep] = point.detach()[better]
         self.adv[keep] = adv[better]
         self.score[keep] = score[better]
+
+
+class LogitObjective:
+    """An objective (logits ``[B,K]`` -> ``[B]``) that also gives its gradient w.r.t. the logits,
+    ``value_grad(logits) -> (value [B], grad [B,K])``: in closed form for the scale-free CE
+    (``losses.attack_loss_grad``), else by autograd through the objective on the logits alone. Either way
+    ``torch.autograd.grad(logits, z, grad)`` is then the input gradient, bit for bit autograd's through
+    ``objective(model(z)).sum()``, without autograd through the loss's small kernels."""
+
+    def __init__(self, objective: Objective, ce_labels: torch.Tensor | None = None):
+        self.objective, self.ce_labels = objective, ce_labels
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.objective(logits)
+
+    def value_grad(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ce_labels is not None:
+            return attack_loss_grad(logits, self.ce_labels, "ce", scale_free=True)
+        with torch.enable_grad():
+            leaf = logits.detach().requires_grad_(True)
+            value = self.objective(leaf)
+            (g,) = torch.autograd.grad(value.sum(), leaf)
+        return value.detach(), g
 
 
 def objective_of(loss: str, y: torch.Tensor, target: torch.Tensor | None = None) -> Objective:
@@ -90,7 +123,18 @@ def objective_of(loss: str, y: torch.Tensor, target: torch.Tensor | None = None)
 
 
 def value_and_gradient(model: nn.Module, z: torch.Tensor, objective: Objective, eot: int = 1):
-    """``(f [B], grad_z f [B,C,H,W], logits [B,K])`` averaged over ``eot`` passes (the logits of the last)."""
+    """``(f [B], grad_z f [B,C,H,W], logits [B,K])`` averaged over ``eot`` passes (the logits of the last).
+
+    A :class:`LogitObjective` with ``eot == 1`` (every APGD step): one forward and ``autograd.grad(logits,
+    z, df/dlogits)``, the same values as the general path below (which adds them to zeros and divides by 1).
+    """
+    if eot == 1 and isinstance(objective, LogitObjective):
+        with torch.enable_grad():
+            zr = z.detach().requires_grad_(True)
+            logits = model(zr)
+            value, g = objective.value_grad(logits)
+            (grad,) = torch.autograd.grad(logits, zr, grad_outputs=g)
+        return value, grad, logits.detach()
     value, grad = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device), torch.zeros_like(z)
     with torch.enable_grad():
         for _ in range(eot):
@@ -100,6 +144,20 @@ def value_and_gradient(model: nn.Module, z: torch.Tensor, objective: Objective, 
             (g,) = torch.autograd.grad(v.sum(), zr)
             value, grad = value + v.detach(), grad + g
     return value / eot, grad / eot, logits.detach()
+
+
+def objective_value(model: nn.Module, z: torch.Tensor, objective: Objective, eot: int = 1):
+    """``(f [B], logits [B,K])`` of :func:`value_and_gradient` without the backward passes (the same values:
+    the same forwards, the same sum over ``eot`` passes)."""
+    value = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+    with torch.no_grad():
+        for _ in range(eot):
+            logits = model(z)
+            v = objective(logits)
+            if eot == 1:
+                return v, logits
+            value = value + v
+    return value / eot, logits
 
 
 def sparse_direction(grad: torch.Tensor, z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -146,22 +204,34 @@ def apgd_run(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, objective: 
     l1 = norm == "l1"
     eta = eps.clone() * (L1_STEP if l1 else 2.0)
     k = torch.full_like(eps, math.ceil(L1_SPARSITY * d))
+    proj = Projector(x, norm)
     x_k = x + delta
     f_k, g_k, logits = value_and_gradient(model, x_k, objective, eot)
     best.offer(x_k, logits)
     x_max, f_max, g_max = x_k.clone(), f_k.clone(), g_k.clone()
     x_prev = x_k.clone()
     rule, marks = StepSizeRule(f_max, rho), set(checkpoints(steps))
+    r_k = torch.empty_like(x)
     for it in range(1, steps + 1):
-        z = x + project(x_k - x + view_as_images(eta, x) * unit_direction(g_k, x_k, norm, k), x, eps, norm)
+        # z = x + P(x_k - x + eta s), x_new = x + P(x_k - x + a (z - x_k) + (1 - a)(x_k - x_prev)): the same
+        # operations in the same order, in place (sums and products commute exactly in floating point)
+        torch.sub(x_k, x, out=r_k)
+        z = unit_direction(g_k, x_k, norm, k).mul_(view_as_images(eta, x)).add_(r_k)
+        z = proj.project_(z, eps).add_(x)
         a = 1.0 if it == 1 else momentum
-        x_new = x + project(x_k - x + a * (z - x_k) + (1 - a) * (x_k - x_prev), x, eps, norm)
+        x_new = z.sub_(x_k).mul_(a).add_(r_k)
+        x_new.add_(torch.sub(x_k, x_prev, out=x_prev).mul_(1 - a))  # x_prev is not needed after this
+        x_new = proj.project_(x_new, eps).add_(x)
+        if it == steps:  # the last iterate: only its value counts (offered below), its gradient is never used
+            best.offer(x_new, objective_value(model, x_new, objective, eot)[1])
+            break
         f_new, g_new, logits = value_and_gradient(model, x_new, objective, eot)
         best.offer(x_new, logits)
         rule.observe(f_new, f_k)
-        up = f_new > f_max
-        u = view_as_images(up, x)
-        x_max, g_max, f_max = torch.where(u, x_new, x_max), torch.where(u, g_new, g_max), torch.maximum(f_new, f_max)
+        u = view_as_images(f_new > f_max, x)
+        torch.where(u, x_new, x_max, out=x_max)  # in place: no allocation per step
+        torch.where(u, g_new, g_max, out=g_max)
+        f_max = torch.maximum(f_new, f_max)
         x_prev, x_k, f_k, g_k = x_k, x_new, f_new, g_new
         if it in marks and it < steps:
             halve = rule.at_checkpoint(it, f_max)
@@ -192,7 +262,7 @@ def _apgd(model, x, y, *, norm, eps, steps, restarts, momentum, rho, eot, random
                 # drawn for the whole batch, so a sample's start does not depend on which others are left
                 start = start_point(x, eps_t, norm, gen) if random_start_ else torch.zeros_like(x)
                 sub = best.subset(rows)
-                apgd_run(model, x[rows], start[rows], lambda logits, o=objective, r=rows: o(logits, r), sub,
+                apgd_run(model, x[rows], start[rows], objective.on(rows), sub,
                          eps=eps_t[rows], norm=norm, steps=steps, momentum=momentum, rho=rho, eot=eot)
                 best.x[rows], best.adv[rows], best.score[rows] = sub.x, sub.adv, sub.score
     return enforce_budget(best.x, x, eps_t, norm)
@@ -207,6 +277,11 @@ class _RowObjective:
     def __call__(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         target = None if self.target is None else self.target[rows]
         return objective_of(self.loss, self.y[rows], target)(logits)
+
+    def on(self, rows: torch.Tensor) -> LogitObjective:
+        """The objective of the rows ``rows`` ``[b]``, with its logit gradient (closed form for CE)."""
+        ce = self.loss == "ce" and self.target is None
+        return LogitObjective(lambda logits: self(logits, rows), self.y[rows] if ce else None)
 
 
 _Fraction = Annotated[float, Range(gt=0, lt=1)]

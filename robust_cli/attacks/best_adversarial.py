@@ -40,19 +40,20 @@ class BestAdversarial:
         """``[B]``: the norm of ``xa - x`` as this tracker measures it."""
         return perturbation_norm(xa - self.x, self.norm_name)
 
-    def update(self, xa: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def update(self, xa: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None = None,
+               r: torch.Tensor | None = None) -> torch.Tensor:
         """Keep ``xa`` ``[b,C,H,W]`` (the point whose ``logits`` ``[b,K]`` these are) where it is adversarial
-        and smaller. ``rows``: the sample indices ``[b]`` of a sub-batch (``None``: all). Returns the
-        adversarial mask ``[b]``."""
+        and smaller. ``rows``: the sample indices ``[b]`` of a sub-batch (``None``: all). ``r``: ``xa - x``
+        when the caller has it (not recomputed). Returns the adversarial mask ``[b]``."""
         xa, logits = xa.detach(), logits.detach()
         idx = slice(None) if rows is None else rows
         ok = is_adversarial(logits, self.y[idx], self.targeted)
-        dist = perturbation_norm(xa - self.x[idx], self.norm_name)
+        dist = perturbation_norm(xa - self.x[idx] if r is None else r, self.norm_name)
         better = ok & (dist < self.norm[idx])
         self.last_norm = dist  # the caller's size of xa, without a second reduction
         if rows is None:
             self.norm = torch.where(better, dist, self.norm)
-            self.adv = torch.where(view_as_images(better, xa), xa, self.adv)
+            torch.where(view_as_images(better, xa), xa, self.adv, out=self.adv)  # in place
         else:
             self.norm[rows] = torch.where(better, dist, self.norm[rows])
             self.adv[rows] = torch.where(view_as_images(better, xa), xa, self.adv[rows])

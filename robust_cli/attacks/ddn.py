@@ -56,15 +56,19 @@ def ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
         xa = x.clone()
         for k in range(steps):
             grad, logits = loss_gradient(model, xa, y, "ce", targeted, scale_free=True)
-            adv = best.update(xa, logits)
+            adv = best.update(xa, logits, r=delta)  # delta is xa - x
+            if k == steps - 1:  # the next point would never be evaluated
+                break
             gn = batch_norm(grad, "l2")
-            unit = torch.where(view_as_images(gn > 0, x), grad / view_as_images(gn.clamp_min(1e-30), x), fallback)
+            unit = grad.div_(view_as_images(gn.clamp_min(1e-30), x))
+            if not bool((gn > 0).all()):  # rare: a vanished gradient steps along the fallback
+                unit = torch.where(view_as_images(gn > 0, x), unit, fallback)
             alpha = lr * (lr_final + (1 - lr_final) * (1 + math.cos(math.pi * k / steps)) / 2)
             delta = delta.add_(unit, alpha=alpha)
             eps = torch.minimum(torch.where(adv, eps * (1 - gamma), eps * (1 + gamma)), cap)
             delta = delta.mul_(view_as_images(eps / batch_norm(delta, "l2").clamp_min(1e-30), x))
-            xa = (x + delta).clamp_(0, 1)  # the next iterate, in the box
-            delta = xa - x
+            xa = torch.add(x, delta, out=xa).clamp_(0, 1)  # the next iterate, in the box (its graph is gone)
+            delta = torch.sub(xa, x, out=delta)
     return best.adv
 
 

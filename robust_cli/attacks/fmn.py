@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from robust_cli.attacks.contract import frozen_eval, register_attack
-from robust_cli.attacks.geometry import batch_norm, project, view_as_images
-from robust_cli.attacks.losses import attack_loss, objective_gradient
+from robust_cli.attacks.geometry import Projector, batch_norm, view_as_images
+from robust_cli.attacks.losses import loss_value_gradient
 from robust_cli.attacks.best_adversarial import BestAdversarial, worst_norm
 from robust_cli.norms import check_norm
 from robust_cli.schema import Range, schema_of
@@ -106,29 +106,33 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             eps = torch.where(found, best.norm, torch.ones_like(best.norm))
         else:
             eps = torch.full((B,), float("inf"), device=x.device, dtype=x.dtype)
+        proj = None if norm == "l0" else Projector(x, norm)
         for k in range(steps):
             cosine = (1 + math.cos(math.pi * k / steps)) / 2
             alpha = lr * (lr_final + (1 - lr_final) * cosine)
             g = gamma_final + (gamma - gamma_final) * cosine
-            xa = (x + delta).clamp(0, 1)
-            # ascend -m (untargeted) or m towards the target: attack_loss "margin"
-            grad, logits = objective_gradient(model, xa, lambda z: attack_loss(z, y, "margin", targeted))
-            adv = best.update(xa, logits)
+            xa = delta.add_(x).clamp_(0, 1)  # x + delta, in the buffer of delta (owned, not needed after)
+            # ascend -m (untargeted) or m towards the target: attack_loss "margin", its value |m| reused below
+            value, grad, logits = loss_value_gradient(model, xa, y, "margin", targeted)
+            r = xa - x
+            adv = best.update(xa, logits, r=r)
+            if k == steps - 1:  # the next point would never be evaluated
+                break
             found |= adv
             size = best.last_norm  # ||xa - x||, measured by the update
+            gn = batch_norm(grad, "l2").clamp_min(1e-30)
             if norm == "l0":
                 eps = torch.where(adv, torch.minimum(torch.minimum(eps - 1, (eps * (1 - g)).floor()), best.norm),
                                   torch.maximum(eps + 1, (eps * (1 + g)).floor())).clamp_min(0)
             else:
-                m = attack_loss(logits, y, "margin", targeted).abs()
-                to_boundary = m / batch_norm(grad, DUAL[norm]).clamp_min(1e-30)
+                dual = gn if norm == "l2" else batch_norm(grad, DUAL[norm]).clamp_min(1e-30)
+                to_boundary = value.abs_() / dual
                 eps = torch.where(adv, torch.minimum(eps * (1 - g), best.norm),
                                   torch.where(found, eps * (1 + g), (size + to_boundary) * (1 + g)))
             eps = torch.minimum(eps, cap)
-            gn = batch_norm(grad, "l2").clamp_min(1e-30)
-            delta = xa - x + alpha * grad / view_as_images(gn, x)
+            delta = r.add_(grad.mul_(alpha).div_(view_as_images(gn, x)))  # xa - x + alpha grad / ||grad||
             l0 = norm == "l0"
-            delta = _keep_top_pixels((x + delta).clamp(0, 1) - x, eps) if l0 else project(delta, x, eps, norm)
+            delta = _keep_top_pixels((x + delta).clamp(0, 1) - x, eps) if l0 else proj.project_(delta, eps)
     return best.adv
 
 

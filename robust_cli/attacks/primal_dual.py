@@ -190,6 +190,8 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, r0: torch.Tensor, pr
             better = (m < 0) & (dist < best_norm)
             torch.where(better, dist, best_norm, out=best_norm)  # in place: no allocation per step
             torch.where(view_as_images(better, x), xa, best_adv, out=best_adv)
+            if k == steps - 1:  # the next iterate would never be evaluated
+                break
 
             step_lr = lr_at(k, steps, lr, o.lr_final, o.lr_decay)
             if primal.optimizer == "adam":

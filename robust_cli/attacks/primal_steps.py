@@ -72,13 +72,22 @@ def proximal_step(prox: proximal.ProxFn, v: torch.Tensor, x: torch.Tensor, mu: t
     mu = mu / psi
     z = v
     active = torch.ones(v.shape[0], dtype=torch.bool, device=v.device)
+    all_active = True
+    work = torch.empty_like(v)
     for _ in range(inner):
-        z_new = (x + prox(z - h * (z - v), mu)).clamp_(0, 1) - x
-        change = (z_new - z).flatten(1).norm(dim=1)
+        # z_new = box(prox(z - h (z - v))), the same operations in place (products and sums commute exactly)
+        torch.sub(z, v, out=work).mul_(h)
+        z_new = prox(torch.sub(z, work, out=work), mu)
+        if z_new.data_ptr() == work.data_ptr():  # an operator that returned its input: keep work free
+            z_new = z_new.clone()
+        z_new = z_new.add_(x).clamp_(0, 1).sub_(x)
+        change = torch.sub(z_new, z, out=work).flatten(1).norm(dim=1)
         size = z_new.flatten(1).norm(dim=1)
-        z = torch.where(view_as_images(active, z), z_new, z)
+        # rows already settled keep their z (a where only once some have: a slow CPU path)
+        z = z_new if all_active else torch.where(view_as_images(active, z), z_new, z, out=z_new)
         active = active & (change > tol * size)
-        if not bool(active.any()):
+        all_active = bool(active.all())
+        if not all_active and not bool(active.any()):
             break
     return z
 
