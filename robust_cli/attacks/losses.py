@@ -90,19 +90,35 @@ def attack_loss_grad(
             (g,) = torch.autograd.grad(value.sum(), z)
         return value.detach(), g
     yi = y[:, None]
-    other = logits.scatter(1, yi, float("-inf"))
     true = logits.gather(1, yi).squeeze(1)
     if loss == "ce":
-        lse = other.logsumexp(dim=1, keepdim=True)
+        g, _, lse = scale_free_ce_logit_gradient(logits, y)
         value = lse.squeeze(1) - true
-        g = (other - lse).exp_()
     else:
+        other = logits.scatter(1, yi, float("-inf"))
         top = other.amax(dim=1, keepdim=True)
         value = top.squeeze(1) - true
         g = (other == top).to(logits.dtype)
-        g = g.div_(g.sum(1, keepdim=True))
-    g = g.scatter_(1, yi, -1.0)
+        g = g.div_(g.sum(1, keepdim=True)).scatter_(1, yi, -1.0)
     return (value.neg_(), g.neg_()) if targeted else (value, g)
+
+
+def scale_free_ce_logit_gradient(
+    logits: torch.Tensor, y: torch.Tensor, targeted: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(G [B,K], others [B,K], lse [B,1])``: the gradient of the scale-free CE ``s = logsumexp_{j!=y} f_j - f_y``
+    (negated when targeted) w.r.t. the ``logits`` ``[B,K]``, with the pieces a caller may reuse: ``others``,
+    the logits with ``-inf`` at ``y``, and ``lse = logsumexp_{j!=y} f_j``. All detached.
+
+    ``G_j = exp(f_j - lse)`` for ``j != y`` (``logsumexp``'s backward: the softmax over the other classes),
+    ``G_y = -1``; formed with autograd's own operations, so bit for bit its gradient (see
+    :func:`attack_loss_grad`, tested in ``tests/test_attack_fast_paths.py``).
+    """
+    yi = y[:, None]
+    others = logits.detach().scatter(1, yi, float("-inf"))
+    lse = others.logsumexp(dim=1, keepdim=True)
+    g = (others - lse).exp_().scatter_(1, yi, -1.0)
+    return (g.neg_() if targeted else g), others, lse
 
 
 def objective_gradient(

@@ -47,7 +47,7 @@ from torch import nn
 
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, project, view_as_images
-from robust_cli.attacks.losses import attack_loss, objective_gradient
+from robust_cli.attacks.losses import attack_loss, objective_gradient, scale_free_ce_logit_gradient
 from robust_cli.schema import Range, schema_of
 
 #: ``on_iterate(t, x_adv, logits, direction)``: what :func:`pgd_iterations` reports before each step
@@ -208,17 +208,13 @@ def scale_free_ce_gradient(
     ``-inf`` at ``y`` giving 0, the gather's ``-1`` added there), so it is bit for bit the same and is
     handed to the model's backward as ``grad_outputs``. Saves the loss's ~12 autograd nodes a step, which
     dominate a small model's step (thesis-size inputs, 8x8 digits). ``others`` is ``logits`` with ``-inf``
-    at ``y`` (detached), shared with the margin of :func:`projected_gradient`'s bookkeeping.
-    (A local copy of the closed form for PGD's loop; ``losses.attack_loss`` stays the reference.)
+    at ``y`` (detached), shared with the margin of :func:`projected_gradient`'s bookkeeping
+    (:func:`robust_cli.attacks.losses.scale_free_ce_logit_gradient`).
     """
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
         logits = model(xr)
-        others = logits.detach().scatter(1, y[:, None], float("-inf"))
-        g = (others - others.logsumexp(dim=1, keepdim=True)).exp_()
-        g.scatter_(1, y[:, None], -1.0)
-        if targeted:
-            g.neg_()
+        g, others, _ = scale_free_ce_logit_gradient(logits, y, targeted)
         (grad,) = torch.autograd.grad(logits, xr, g)
     return grad, logits.detach(), others
 
