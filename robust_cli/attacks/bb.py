@@ -73,9 +73,10 @@ def shrink_towards(x: torch.Tensor, far: torch.Tensor, t: torch.Tensor, norm: st
 
 
 STEP_DEFAULT = {"l2": "exact", "linf": "exact", "l1": "exact", "l0": "scaled"}
-"""``step`` where none is given, per norm (BENCHMARKS.md, issue 10). On the digits LeNet-5 (94 images, B&B
-refining the same starts) the exact step ended at or below foolbox's B&B on more images: within 0.1%, linf
-0.904 -> 0.936, l1 0.894 -> 0.936; l2 at most 1e-6 above it 0.404 -> 0.915 (within 0.1% unchanged). Its
+"""``step`` where none is given, per norm (BENCHMARKS.md, issue 10). On the digits LeNet-5 (94 images) the
+exact step ended at or below the peers' per-image minimum (foolbox's B&B included) on more images: within
+0.1%, B&B from the same ensemble points linf 0.904 -> 0.936 and l1 0.894 -> 0.936; in l2 the whole ensemble
+at most 1e-6 above it 0.404 -> 0.915 (within 0.1% unchanged, 0.968). Its
 cost: 10-20 ms a step on 94 8x8 images against ~2 ms (one sort per bisection round), ~0.3-0.9 s on 50
 MNIST images: ``scaled`` is the cheap option. l0 has no exact step (a combinatorial problem) and keeps the
 scaled one."""
