@@ -110,7 +110,8 @@ def trust_region_step(x0: torch.Tensor, x: torch.Tensor, g: torch.Tensor, level:
         level: ``[b]`` the plane ``g . z = level``; radius: ``[b]`` the l2 trust region around ``x``.
         unconstrained: ``[b,D]`` or None, the minimiser on the plane without the region (``mu = 0``;
             ``bb.project_on_plane``, computed here where None); kept where it lies inside the region.
-        iters: bisection rounds of the outer multiplier, geometric for ``mu`` over 1e-8..1e3, then two
+        iters: bisection rounds of the outer multiplier, geometric on ``s = 1 / (1 + mu)`` in [1e-8, 1] (l2)
+            or ``t = 1 / (2 mu)`` in [1e-8, 1e3] (l1; below the range: the shortest step), then two
             regula falsi rounds on the step length (the plane is hit exactly either way; the multiplier sets
             how much of the region is used); for ``eps``, the objective itself, ``iters + 6`` rounds on
             ``[0, ||x - x0||_inf + r]``, which holds every point of the region.
