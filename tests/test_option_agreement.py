@@ -254,7 +254,9 @@ ATTACK_CHANGES = {
                        "linf_attacks": ["deepfool"]}, {
                            "l0_attacks": (["jsma"], {"norm": "l0"}), "l1_attacks": (["sparsefool"], {"norm": "l1"}),
                            "l2_attacks": (["deepfool"], {}), "linf_attacks": (["pgd"], {"norm": "linf"}),
-                           "search_steps": (2, {"norm": "linf", "linf_attacks": ["pgd"]})}),
+                           "search_steps": (2, {"norm": "linf", "linf_attacks": ["pgd"]}),
+                           "refiners": ([], {"l2_attacks": ["ddn", "bb"]}),
+                           "refine_starts": (1, {"l2_attacks": ["ddn", "bb"]})}),
     "sigma_zero": ("l0", {"steps": 20}, {"steps": (5, {}), "lr": (0.1, {}), "sigma": (1.0, {}),
                                          "threshold": (0.0, {}), "threshold_lr": (0.5, {})}),
     "jsma": ("l0", {}, {"gamma": (0.02, {}), "saliency": ("margin", {}), "directions": ("increase", {}),
@@ -270,7 +272,7 @@ ATTACK_CHANGES = {
     "bb": ("l2", {"steps": 6}, {"steps": (1, {"search_steps": 0}), "lr": (0.01, {"search_steps": 0}),
                                 "lr_num_decay": (0, {"lr": 0.01, "search_steps": 0}), "momentum": (0.0, {}),
                                 "overshoot_frac": (0.5, {}),
-                                "search_steps": (0, {})}),
+                                "search_steps": (0, {}), "step": ("scaled", {"norm": "l1"})}),
     # --- FAB, EAD, DeepFool clip, high-confidence
     **{name: ("l2", {"steps": 1}, {
         "steps": (2, {}), "restarts": (3, {"eta": 1.0}), "alpha_max": (0.5, {}), "eta": (1.5, {}),

@@ -166,3 +166,31 @@ def test_eval_minimal_end_to_end_and_later_attacks_start_from_the_running_best(t
     started = {name: json.loads((run / "eval" / f"{name}-l2" / "summary.json").read_text())["started_from"]
                for name in ("deepfool", "boundary")}
     assert started == {"deepfool": [], "boundary": ["deepfool"]}  # where a result's start came from
+
+
+def test_refiner_starts_prefer_other_classes_then_distinct_sizes():
+    """``minimal``'s refiner starts: the running best, then the smallest point of a class not taken yet, then
+    the smallest of a size not taken yet; the clean image where nothing is left (found or not)."""
+    from robust_cli.attacks.best import Best
+    from robust_cli.attacks.minimal import _ranked_starts
+
+    class FirstPixelClass(torch.nn.Module):  # the class is ten times the first value
+        def forward(self, z):
+            return torch.nn.functional.one_hot((z.flatten(1)[:, 0] * 10).round().long(), 11).float()
+
+    def point(size, cls):
+        z = torch.zeros(1, 2, 2)
+        z[0, 0, 0], z[0, 1, 1] = cls / 10, size
+        return z
+
+    x = torch.zeros(3, 1, 2, 2)
+    best = Best(x, "l2")
+    best.x_adv = torch.stack([point(0.1, 1), point(0.2, 2), x[2]])
+    best.size = torch.tensor([0.1, 0.2, float("inf")], dtype=torch.float64)
+    members = [([point(0.1, 1), point(0.3, 2), point(0.5, 3)], [0.1, 0.3, 0.5]),
+               ([point(0.2, 1), point(0.25, 3), x[2]], [0.2, 0.25, float("inf")]),
+               ([point(0.15, 1), point(0.4, 2), x[2]], [0.15, 0.4, float("inf")])]
+    results = [(torch.stack(p), torch.tensor(s, dtype=torch.float64)) for p, s in members]
+    starts = _ranked_starts(FirstPixelClass(), best, results, 3).view(3, 3, -1)  # [start, image, values]
+    assert torch.allclose(starts[..., 3], torch.tensor([[0.1, 0.2, 0.0], [0.15, 0.25, 0.5], [0.2, 0.3, 0.0]]))
+    assert torch.allclose(starts[..., 0] * 10, torch.tensor([[1.0, 2, 0], [1, 3, 3], [1, 2, 0]]))

@@ -1,0 +1,110 @@
+"""B&B's exact trust-region step (``robust_cli.attacks.trust_region``): on small random problems it is
+feasible (on the plane, inside the region and the box) and at least as good as scipy's SLSQP from several
+starts; without a binding region it is the minimiser on the plane; and B&B with it on the linear reference
+model (``linear_reference``) ends within 1.05x of the exact optimum and never below it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from linear_reference import make_problem, minimal_distance
+from robust_cli.attacks import list_attacks
+from robust_cli.attacks.bb import project_on_plane
+from robust_cli.attacks.best import perturbation_size
+from robust_cli.attacks.trust_region import trust_region_step
+
+torch.set_num_threads(1)
+ORD = {"l2": 2, "l1": 1, "linf": np.inf}
+
+
+def _problem(b=12, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(b, d, generator=g, dtype=torch.float64)
+    x = (x0 + 0.3 * torch.randn(b, d, generator=g, dtype=torch.float64)).clamp(0, 1)
+    normal = torch.randn(b, d, generator=g, dtype=torch.float64)
+    level = (normal * x).sum(1) + 0.2 * torch.randn(b, generator=g, dtype=torch.float64)
+    radius = 0.05 + 0.5 * torch.rand(b, generator=g, dtype=torch.float64)
+    return x0, x, normal, level, radius
+
+
+def _scipy_best(x0, x, g, level, r, norm, starts=6):
+    """The smallest feasible objective SLSQP finds (epigraph form for l1 / linf); inf where none."""
+    from scipy.optimize import minimize
+
+    d = x0.size
+    rng = np.random.default_rng(0)
+    plane = {"type": "eq", "fun": lambda v: g @ v[:d] - level}
+    region = {"type": "ineq", "fun": lambda v: r * r - ((v[:d] - x) ** 2).sum()}
+    best = np.inf
+    for _ in range(starts):
+        z0 = np.clip(x + 0.01 * rng.standard_normal(d), 0, 1)
+        if norm == "l2":
+            res = minimize(lambda v: ((v - x0) ** 2).sum(), z0, method="SLSQP", bounds=[(0, 1)] * d,
+                           constraints=[plane, region], options={"maxiter": 500, "ftol": 1e-12})
+        else:
+            k = d if norm == "l1" else 1  # l1: one bound per value; linf: one for all
+            cost = (lambda v: v[d:].sum()) if norm == "l1" else (lambda v: v[d])
+            epi = [{"type": "ineq", "fun": lambda v: v[d:] - (v[:d] - x0)},
+                   {"type": "ineq", "fun": lambda v: v[d:] + (v[:d] - x0)}]
+            res = minimize(cost, np.r_[z0, np.ones(k)], method="SLSQP", bounds=[(0, 1)] * d + [(0, None)] * k,
+                           constraints=[plane, region, *epi], options={"maxiter": 500, "ftol": 1e-12})
+        z = res.x[:d]
+        if abs(g @ z - level) < 1e-7 and ((z - x) ** 2).sum() <= r * r + 1e-9 and z.min() >= -1e-9 \
+                and z.max() <= 1 + 1e-9:
+            best = min(best, np.linalg.norm(z - x0, ORD[norm]))
+    return best
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_step_is_feasible_and_no_worse_than_slsqp(norm):
+    pytest.importorskip("scipy")
+    x0, x, g, level, r = _problem()
+    z = trust_region_step(x0, x, g, level, r, norm)
+    assert z.min() >= 0 and z.max() <= 1
+    compared = 0
+    for i in range(len(x0)):
+        ref = _scipy_best(*(t[i].numpy() for t in (x0, x, g)), float(level[i]), float(r[i]), norm)
+        if not np.isfinite(ref):
+            continue  # the plane is out of reach: the step goes towards it, checked below
+        compared += 1
+        zi = z[i].numpy()
+        assert abs(g[i].numpy() @ zi - float(level[i])) < 1e-6, "not on the plane"
+        assert np.linalg.norm(zi - x[i].numpy()) <= float(r[i]) * (1 + 1e-9), "outside the region"
+        assert np.linalg.norm(zi - x0[i].numpy(), ORD[norm]) <= ref * (1 + 1e-4) + 1e-9
+    assert compared >= len(x0) // 2
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_unreachable_plane_gives_a_step_of_the_region_towards_it(norm):
+    x0, x, g, level, _ = _problem(seed=1)
+    r = torch.full_like(level, 1e-3)  # far too small to reach any of the planes
+    z = trust_region_step(x0, x, g, level, r, norm)
+    step = (z - x).norm(dim=1)
+    assert torch.allclose(step, r, rtol=1e-6) or bool((step <= r * (1 + 1e-9)).all())
+    # it moves g . z towards the level
+    before, after = (g * x).sum(1) - level, (g * z).sum(1) - level
+    assert bool((after.abs() <= before.abs() + 1e-12).all())
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_large_region_gives_the_minimiser_on_the_plane(norm):
+    x0, x, g, level, _ = _problem(seed=2)
+    free = project_on_plane(x0[:, None, None], g[:, None, None], level, norm).flatten(1)
+    z = trust_region_step(x0, x, g, level, torch.full_like(level, 100.0), norm)
+    size = (z - x0).norm(p=ORD[norm], dim=1)
+    assert torch.allclose(size, (free - x0).norm(p=ORD[norm], dim=1), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_bb_with_the_exact_step_is_near_the_exact_optimum_of_the_linear_model(norm):
+    model, x, y = make_problem(n=12, in_shape=(1, 6, 6), num_classes=3, seed=0)
+    start = list_attacks()["deepfool"](model, x, y, norm="l2")
+    out = list_attacks()["bb"](model, x, y, norm=norm, steps=200, step="exact", x_init=start)
+    assert out.min() >= 0 and out.max() <= 1
+    with torch.no_grad():
+        assert bool((model(out).argmax(1) != y).all())
+    ratio = perturbation_size(out, x, norm).double() / minimal_distance(model, x, y, norm)
+    assert ratio.min() >= 1 - 1e-4, f"below the exact optimum: {ratio.min():.6f}"
+    assert ratio.max() <= 1.05, f"worst ratio {ratio.max():.4f}"
