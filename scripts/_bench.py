@@ -9,6 +9,7 @@ with the bare model (inside [0,1], misclassified) and its size recomputed as the
 
 from __future__ import annotations
 
+import argparse
 import importlib.machinery
 import importlib.util
 import sys
@@ -31,6 +32,19 @@ class Counter(nn.Module):
     def forward(self, x):
         self.rows += x.shape[0]
         return self.model(x)
+
+
+def peer_parser(description: str, norms: str, peers_required: bool) -> argparse.ArgumentParser:
+    """The options every peer benchmark shares: ``--run``, ``--n``, ``--norms`` (default ``norms``),
+    ``--advlib`` and ``--peers`` (side-directory installs; required when ``peers_required``)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--run", required=True, help="a robust train run directory")
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--norms", default=norms)
+    ap.add_argument("--advlib", required=peers_required, default=None, help="directory holding adv_lib")
+    ap.add_argument("--peers", required=peers_required, default=None,
+                    help="directory holding foolbox, eagerpy, numba")
+    return ap
 
 
 def add_peers(path: str | Path | None) -> bool:

@@ -15,23 +15,16 @@ the gap is the start's basin, not the step. Every result is re-verified (``verif
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 
 import torch
-from _bench import add_peers, correct_test_images, load_advlib, timed, verified_sizes
+from _bench import add_peers, correct_test_images, load_advlib, peer_parser, timed, verified_sizes
 from bench_ensemble import advlib_members, foolbox_bb
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="a robust train run directory")
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--norms", default="l2,linf,l1")
-    ap.add_argument("--advlib", required=True, help="directory holding adv_lib")
-    ap.add_argument("--peers", required=True, help="directory holding foolbox, eagerpy, numba")
-    args = ap.parse_args()
+    args = peer_parser(__doc__.splitlines()[0], "l2,linf,l1", peers_required=True).parse_args()
     torch.set_num_threads(1)
     from robust_cli.attacks import list_attacks
 

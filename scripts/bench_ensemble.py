@@ -16,11 +16,10 @@ Peers live in side directories (``scripts/_bench.py`` says how to install them):
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
-from _bench import add_peers, correct_test_images, load_advlib, timed, verified_sizes
+from _bench import add_peers, correct_test_images, load_advlib, peer_parser, timed, verified_sizes
 
 P = {"linf": float("inf"), "l2": 2.0, "l1": 1.0, "l0": 0.0}
 
@@ -58,12 +57,7 @@ def foolbox_bb(norm: str, start: torch.Tensor):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="a robust train run directory")
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--norms", default="l2,linf,l1,l0")
-    ap.add_argument("--advlib", default=None, help="directory holding adv_lib")
-    ap.add_argument("--peers", default=None, help="directory holding foolbox, eagerpy, numba")
+    ap = peer_parser(__doc__.splitlines()[0], "l2,linf,l1,l0", peers_required=False)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
