@@ -47,11 +47,8 @@ from torch import nn
 
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import as_batch_eps, batch_norm, enforce_budget, project, view_as_images
-from robust_cli.attacks.losses import attack_loss, objective_gradient, scale_free_ce_logit_gradient
+from robust_cli.attacks.losses import loss_value_gradient, objective_gradient, scale_free_ce_logit_gradient
 from robust_cli.schema import Range, schema_of
-
-#: ``on_iterate(t, x_adv, logits, direction)``: what :func:`pgd_iterations` reports before each step
-OnIterate = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 def ascent_direction(grad: torch.Tensor, x_adv: torch.Tensor, norm: str, l1_top: float = 0.01) -> torch.Tensor:
@@ -123,7 +120,6 @@ def pgd_iterations(
     norm: str,
     step_sizes: Sequence[float],
     l1_top: float = 0.01,
-    on_iterate: OnIterate | None = None,
 ) -> torch.Tensor:
     """Projected gradient ascent of a per-sample objective from ``x + delta``; returns the last ``delta``.
 
@@ -133,9 +129,10 @@ def pgd_iterations(
         delta <- Proj_{||r|| <= eps, x + r in [0,1]} (delta + a_t * eps * s(grad_x objective(model(x + delta))))
 
     with ``s`` the unit steepest-ascent direction of the norm (:func:`ascent_direction`) and ``Proj`` the
-    exact projection onto ball ∩ box (:func:`robust_cli.attacks.geometry.project`). The engine of ``pgd``,
-    ``ifgsm`` and ``bim`` (:func:`projected_gradient`) and of the inner maximisation of the ``pgd_at`` and
-    ``trades`` defenses. Call inside ``frozen_eval`` (or a defense's ``attack_mode``).
+    exact projection onto ball ∩ box (:func:`robust_cli.attacks.geometry.project`), one :func:`projected_step`
+    each: the inner maximisation of the ``pgd_at`` and ``trades`` defenses (``pgd``, ``ifgsm`` and ``bim`` take
+    the same steps in :func:`projected_gradient`, with their bookkeeping). Call inside ``frozen_eval`` (or a
+    defense's ``attack_mode``).
 
     Args:
         model: ``[B,C,H,W]`` in [0,1] -> logits ``[B,K]``.
@@ -145,42 +142,38 @@ def pgd_iterations(
         eps: float or ``[B]`` budget in ``norm`` (linf, l2 or l1).
         step_sizes: ``a_t``, each step's length as a fraction of eps (see :func:`step_schedule`).
         l1_top: l1 only, the fraction of values moved per step (SLIDE sparsity).
-        on_iterate: called as ``on_iterate(t, x + delta, logits, direction)`` before step ``t`` (the logits
-            ``[B,K]`` at ``x + delta``, detached; the unit direction the step takes).
 
     Returns:
         ``delta`` ``[B,C,H,W]`` after the last step (detached), inside ball ∩ box up to rounding.
     """
     eps_t = as_batch_eps(eps, x)
     x = x.detach()
-    return pgd_points(model, x, delta, objective, eps=eps_t, norm=norm, step_sizes=step_sizes, l1_top=l1_top,
-                      on_iterate=on_iterate)[1]
-
-
-def pgd_points(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, objective, *, eps: torch.Tensor, norm: str,
-               step_sizes: Sequence[float], l1_top: float, on_iterate: OnIterate | None,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`pgd_iterations` (``eps`` ``[B]``), returning ``(x + delta, delta)`` after the last step (detached).
-
-    linf: ball ∩ box is the box ``[max(x - eps, 0), min(x + eps, 1)]``, fixed for the whole run, so the point
-    itself is iterated and projected by one clamp against precomputed bounds (two ops a step, no
-    ``x + delta`` / ``- x`` round trips); l2/l1 step ``delta`` through the exact projection.
-    """
-    e = view_as_images(eps, x)
+    e = view_as_images(eps_t, x)
     box = linf_box(x, e) if norm == "linf" else None
     delta = delta.detach()
     xa = x + delta
-    for t, size in enumerate(step_sizes):
-        grad, logits = objective_gradient(model, xa, objective)
-        direction = ascent_direction(grad, xa, norm, l1_top)
-        if on_iterate is not None:
-            on_iterate(t, xa, logits, direction)
-        if box is not None:
-            xa = torch.addcmul(xa, e, direction, value=size).clamp_(*box)
-        else:
-            delta = project(delta + size * e * direction, x, eps, norm)
-            xa = x + delta
-    return xa, (xa - x if box is not None else delta)
+    for size in step_sizes:
+        grad, _ = objective_gradient(model, xa, objective)
+        xa, delta = projected_step(xa, delta, x, eps_t, ascent_direction(grad, xa, norm, l1_top), size, norm, box)
+    return xa - x if box is not None else delta
+
+
+def projected_step(xa: torch.Tensor, delta: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, direction: torch.Tensor,
+                   size: float, norm: str, box: tuple[torch.Tensor, torch.Tensor] | None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step ``size * eps`` along the unit ``direction`` ``[B,C,H,W]`` from ``xa = x + delta``, projected onto
+    ball ∩ box: returns the new ``(xa, delta)``.
+
+    linf (``box`` = :func:`linf_box`): ball ∩ box is the box ``[max(x - eps, 0), min(x + eps, 1)]``, fixed for
+    the whole run, so the point itself is stepped and clamped against precomputed bounds (two ops, no
+    ``x + delta`` / ``- x`` round trips; ``delta`` is passed through untouched and not kept up to date).
+    l2/l1 (``box`` None): ``delta`` through the exact projection (:func:`robust_cli.attacks.geometry.project`).
+    """
+    e = view_as_images(eps, x)
+    if box is not None:
+        return torch.addcmul(xa, e, direction, value=size).clamp_(*box), delta
+    delta = project(delta + size * e * direction, x, eps, norm)
+    return x + delta, delta
 
 
 def linf_box(x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,7 +282,7 @@ def projected_gradient(
     # logits aside, where ``argmax`` decides), so "adversarial first, then the lowest score" is this one test
     best_score = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
     done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # early_stop: left the batch
-    fused = loss == "ce"  # the closed-form gradient (scale_free_ce_gradient); margin: autograd
+    fused = loss == "ce"  # scale_free_ce_gradient, whose masked logits keep() reuses
 
     def keep(idx: torch.Tensor | None, point: torch.Tensor, logits: torch.Tensor, others: torch.Tensor | None,
              ys: torch.Tensor) -> torch.Tensor | None:
@@ -316,8 +309,12 @@ def projected_gradient(
     def gradient(xa: torch.Tensor, ys: torch.Tensor):
         if fused:
             return scale_free_ce_gradient(model, xa, ys, targeted)
-        grad, logits = objective_gradient(model, xa, lambda z: attack_loss(z, ys, loss, targeted))
+        _, grad, logits = loss_value_gradient(model, xa, ys, loss, targeted)
         return grad, logits, None
+
+    def rows(idx: torch.Tensor | None, xs: torch.Tensor) -> torch.Tensor:
+        """The batch rows ``[b]`` of the samples being worked on (``idx``, or all ``b`` of ``xs``)."""
+        return torch.arange(xs.shape[0], device=x.device) if idx is None else idx
 
     def run(delta: torch.Tensor, candidate: bool, sizes: Sequence[float]) -> None:
         """One run of ``len(sizes)`` steps from ``x + delta`` ``[B,C,H,W]`` on the samples not done."""
@@ -349,7 +346,7 @@ def projected_gradient(
                 if stop is not None:
                     stop |= more
             if stop is not None and bool(stop.any()):
-                ids = torch.arange(xs.shape[0], device=x.device) if idx is None else idx
+                ids = rows(idx, xs)
                 done[ids[stop]] = True
                 live = ~stop
                 if not bool(live.any()):
@@ -360,18 +357,11 @@ def projected_gradient(
                     box = (box[0][live], box[1][live])
                 else:
                     d = d[live]
-            # linf: ball ∩ box is the box [max(x - eps, 0), min(x + eps, 1)], fixed for the whole run, so the
-            # point itself is iterated and clamped against precomputed bounds (two ops a step, no x + delta /
-            # - x round trips); l2/l1 step delta through the exact projection
-            if box is not None:
-                xa = torch.addcmul(xa, es, direction, value=size).clamp_(*box)
-            else:
-                d = project(d + size * es * direction, xs, eps_s, norm)
-                xa = xs + d
+            xa, d = projected_step(xa, d, xs, eps_s, direction, size, norm, box)
         with torch.no_grad():
             stop = keep(idx, xa, model(xa), None, ys)
         if stop is not None:
-            done[(torch.arange(xs.shape[0], device=x.device) if idx is None else idx)[stop]] = True
+            done[rows(idx, xs)[stop]] = True
 
     runs = max(1, restarts) if random_start else 1  # without random starts every run would be the same
     with frozen_eval(model):
