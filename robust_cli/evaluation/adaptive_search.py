@@ -28,6 +28,8 @@ Every success is re-verified on the bare model (misclassified, within the eps it
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +75,34 @@ def verify(model: nn.Module, sign: float, norm: str, xs: torch.Tensor, ys: torch
     # caller re-classifies in batches of its own, and a point it sees as clean would be a failure
     deep = m < -SAFETY * (1 + logits.abs().amax(1))
     return deep & (size <= eps * (1 + 1e-6)), m, size
+
+
+def pull(model: nn.Module, sign: float, norm: str, x: torch.Tensor, y: torch.Tensor, best: torch.Tensor,
+         lo: torch.Tensor, hi: torch.Tensor, idx: torch.Tensor,
+         finer_than: Callable[[torch.Tensor], torch.Tensor] | None = None, m_hi: torch.Tensor | None = None) -> None:
+    """Forward-only bisection of the held adversarials' sizes on ``(lo, hi]`` for the images ``idx``: each
+    ``best[i]`` ``[C,H,W]`` is moved towards ``x[i]`` (:func:`within`) while it stays adversarial (``verify``),
+    ``PULL_STEPS`` rounds at most; ``best``, ``hi`` (and ``m_hi``, the margin at hi, where given) are updated in
+    place wherever a smaller one is found. ``finer_than``: ``hi [b] -> [b]``, an image stops once its bracket
+    is that narrow (finer is wasted where only an attack's failure moves ``lo``); None: every round for all."""
+    a, b = lo[idx].clone(), hi[idx].clone()
+    p0, xs, ys = best[idx], x[idx], y[idx]
+    on = torch.arange(len(idx), device=idx.device)
+    for _ in range(PULL_STEPS):
+        if finer_than is not None:
+            on = (b - a > finer_than(b)).nonzero().squeeze(1)
+            if not on.numel():
+                break
+        mid = (a[on] + b[on]) / 2
+        p = within(xs[on], p0[on], mid, norm)
+        ok, m, size = verify(model, sign, norm, xs[on], ys[on], p, mid)
+        b[on] = torch.where(ok, size, b[on])
+        a[on] = torch.where(ok, a[on], mid)
+        keep = ok & (size < hi[idx[on]])
+        k = idx[on][keep]
+        best[k], hi[k] = p[keep], size[keep]
+        if m_hi is not None:
+            m_hi[k] = m[keep]
 
 
 def tolerance(rtol: float, eps_tol: float | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -127,8 +157,7 @@ def adaptive_search(
 
     tol = tolerance(rtol, eps_tol)
 
-    def test(xs: torch.Tensor, ys: torch.Tensor, p: torch.Tensor, eps: torch.Tensor):
-        return verify(model, sign, norm, xs, ys, p, eps)
+    test = functools.partial(verify, model, sign, norm)  # (xs, ys, p, eps) -> (adversarial, margin, size)
 
     def run(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
         extra = {"x_init": start} if warm_start and start is not None else {}
@@ -144,21 +173,7 @@ def adaptive_search(
 
     def success(idx: torch.Tensor, p: torch.Tensor, m: torch.Tensor, size: torch.Tensor) -> None:
         best[idx], hi[idx], m_hi[idx] = p, size, m
-        pull(idx)
-
-    def pull(idx: torch.Tensor) -> None:
-        """Forward-only bisection of the held adversarial's size on ``(lo, hi]``: the smallest it stays."""
-        a, b = lo[idx].clone(), hi[idx].clone()
-        p0, xs, ys = best[idx], x[idx], y[idx]
-        for _ in range(PULL_STEPS):
-            mid = (a + b) / 2
-            p = within(xs, p0, mid, norm)
-            ok, m, size = test(xs, ys, p, mid)
-            b = torch.where(ok, size, b)
-            a = torch.where(ok, a, mid)
-            keep = ok & (size < hi[idx])
-            k = idx[keep]
-            best[k], hi[k], m_hi[k] = p[keep], size[keep], m[keep]
+        pull(model, sign, norm, x, y, best, lo, hi, idx, m_hi=m_hi)
 
     # the first bracket: a little above the minimal-norm attack's distance where there is one (a failure
     # there is a lower end), the box radius otherwise (a failure there: no distance)
@@ -253,24 +268,6 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
     hint = torch.zeros_like(hi0)  # the largest eps below hi where a probe failed (not a bound)
     step = torch.full_like(hi0, DESCENT)  # the probes' next step down from hi, a fraction of hi
 
-    def pull(idx: torch.Tensor) -> None:
-        """Forward-only bisection of the held adversarial's size on ``(lo, hi]``: the smallest it stays, to
-        half the tolerance (finer is wasted: only an attack's failure moves ``lo``)."""
-        a, b = lo[idx].clone(), hi[idx].clone()
-        p0, xs, ys = best[idx], x[idx], y[idx]
-        for _ in range(PULL_STEPS):
-            on = (b - a > tol(b) / 2).nonzero().squeeze(1)
-            if not on.numel():
-                break
-            mid = (a[on] + b[on]) / 2
-            p = within(xs[on], p0[on], mid, norm)
-            ok, _, size = verify(model, sign, norm, xs[on], ys[on], p, mid)
-            b[on] = torch.where(ok, size, b[on])
-            a[on] = torch.where(ok, a[on], mid)
-            keep = ok & (size < hi[idx[on]])
-            k = idx[on][keep]
-            best[k], hi[k] = p[keep], size[keep]
-
     first = hi0 if upper is None else torch.where(torch.isfinite(upper), torch.minimum(upper * (1 + FIRST * rtol), hi0),
                                                   hi0)
     for eps0 in (first, hi0):
@@ -280,7 +277,8 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
         ok, p, size = run(idx, eps0[idx], None)
         if ok.any():
             best[idx[ok]], hi[idx[ok]] = p[ok], size[ok]
-            pull(idx[ok])
+            # the held adversarial as small as it stays, to half the tolerance
+            pull(model, sign, norm, x, y, best, lo, hi, idx[ok], finer_than=lambda b: tol(b) / 2)
         lo[idx[~ok]] = eps0[idx[~ok]]
     lo = torch.where(torch.isinf(hi), torch.zeros_like(lo), lo)
 
