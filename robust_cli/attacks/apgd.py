@@ -146,20 +146,6 @@ def value_and_gradient(model: nn.Module, z: torch.Tensor, objective: Objective, 
     return value / eot, grad / eot, logits.detach()
 
 
-def objective_value(model: nn.Module, z: torch.Tensor, objective: Objective, eot: int = 1):
-    """``(f [B], logits [B,K])`` of :func:`value_and_gradient` without the backward passes (the same values:
-    the same forwards, the same sum over ``eot`` passes)."""
-    value = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-    with torch.no_grad():
-        for _ in range(eot):
-            logits = model(z)
-            v = objective(logits)
-            if eot == 1:
-                return v, logits
-            value = value + v
-    return value / eot, logits
-
-
 def sparse_direction(grad: torch.Tensor, z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """l1 ascent direction ``[B,C,H,W]``: the signs of the ``k`` ``[B]`` largest ``|grad_i|`` among the values
     of ``z`` in [0,1] that can still move in their ascent direction, divided by their number (unit l1)."""
@@ -222,8 +208,9 @@ def apgd_run(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, objective: 
         x_new = z.sub_(x_k).mul_(a).add_(r_k)
         x_new.add_(torch.sub(x_k, x_prev, out=x_prev).mul_(1 - a))  # x_prev is not needed after this
         x_new = proj.project_(x_new, eps).add_(x)
-        if it == steps:  # the last iterate: only its value counts (offered below), its gradient is never used
-            best.offer(x_new, objective_value(model, x_new, objective, eot)[1])
+        if it == steps:  # the last iterate: only offered (one forward), its value and gradient are never used
+            with torch.no_grad():
+                best.offer(x_new, model(x_new))
             break
         f_new, g_new, logits = value_and_gradient(model, x_new, objective, eot)
         best.offer(x_new, logits)
