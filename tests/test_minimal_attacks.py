@@ -133,3 +133,23 @@ def test_eval_end_to_end_and_unsupported_norm(quickstart):
         assert (quickstart / "eval" / f"{name}-l2" / "summary.json").exists(), name
     res = _robust("eval", f"run={quickstart}", "attack=ddn", "norm=linf", "n_examples=5", cwd=quickstart.parent)
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "does not support" in res.stderr, res.stderr
+
+
+def test_best_keeps_only_smaller_adversarial_points_in_both_interfaces():
+    """``Best`` (the one tracker of every minimal-norm attack): ``update`` keeps a point only where its logits
+    are adversarial and it is smaller than the kept one, on the whole batch or on ``rows``; ``offer`` does the
+    same with a given mask; sizes are float64 unless the attack asks for the images' dtype."""
+    from robust_cli.attacks.best import Best
+
+    x = torch.zeros(3, 1, 2, 2)
+    y = torch.tensor([0, 0, 0])
+    best = Best(x, "l2", y=y, dtype=x.dtype)
+    assert best.size.dtype == torch.float32 and Best(x, "l2").size.dtype == torch.float64
+    wrong, right = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])  # logits: class 1 / class 0
+    ok = best.update(torch.full_like(x, 0.5), torch.cat([wrong, right, wrong]))
+    assert ok.tolist() == [True, False, True] and best.size.tolist() == [1.0, float("inf"), 1.0]
+    assert best.x_adv[1].eq(0).all() and best.x_adv[0].eq(0.5).all()
+    best.update(torch.full_like(x[:2], 0.25), torch.cat([wrong, wrong]), rows=torch.tensor([2, 1]))
+    assert best.size.tolist() == [1.0, 0.5, 0.5] and best.last_size.tolist() == [0.5, 0.5]
+    kept = best.offer(torch.full_like(x, 0.75), torch.tensor([True, True, True]))  # larger: nothing kept
+    assert not kept.any() and best.x_adv[0].eq(0.5).all() and best.found.all()

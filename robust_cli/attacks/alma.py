@@ -22,7 +22,7 @@ from torch import nn
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import batch_norm, view_as_images
 from robust_cli.attacks.losses import margin
-from robust_cli.attacks.best_adversarial import BestAdversarial
+from robust_cli.attacks.best import Best
 from robust_cli.norms import check_norm
 from robust_cli.schema import Range, schema_of
 
@@ -81,7 +81,7 @@ def alma(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
     first_found = torch.full_like(mu, float(steps + 1))
     prev = None
     with frozen_eval(model):
-        best = BestAdversarial(x, y, norm, targeted)
+        best = Best(x, norm, y=y, targeted=targeted, dtype=x.dtype)
         found = torch.zeros(B, dtype=torch.bool, device=x.device)
         for i in range(steps):
             with torch.enable_grad():
@@ -108,7 +108,7 @@ def alma(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
             square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
             momentum.mul_(alpha).addcdiv_(grad, square_avg.sqrt().add_(1e-8))
             delta = (xa.detach() - momentum * view_as_images(lr0 * decay, x)).clamp(0, 1) - x
-    return best.adv
+    return best.x_adv
 
 
 SCHEMAS = {"alma": schema_of(alma, "alma")}

@@ -31,7 +31,7 @@ from torch import nn
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import view_as_images
 from robust_cli.attacks.losses import margin
-from robust_cli.attacks.best_adversarial import BestAdversarial, already_adversarial
+from robust_cli.attacks.best import Best, already_adversarial
 from robust_cli.norms import check_norm
 from robust_cli.schema import Range, schema_of
 
@@ -129,9 +129,9 @@ def _cw_linf(model, x, y, best, *, steps, search_steps, lr, const, confidence, a
             over = ((xa - x).abs() - view_as_images(tau, x)).clamp_min(0).flatten(1).sum(1)
             loss = over + c * _f6(logits, y, targeted, confidence).clamp_min(0)
             (grad,) = torch.autograd.grad(loss.sum(), w)
-        before = best.norm
+        before = best.size
         best.update(xa, _confident_logits(logits, y, targeted, confidence))
-        found |= best.norm < before  # a round "succeeds" when it improved the best (a mere re-find does not)
+        found |= best.size < before  # a round "succeeds" when it improved the best (a mere re-find does not)
         t += 1
         w = w.detach()
         m.lerp_(grad, 1 - b1)
@@ -143,7 +143,7 @@ def _cw_linf(model, x, y, best, *, steps, search_steps, lr, const, confidence, a
         ends = met | (t >= steps)
         if bool(ends.any()):
             # the paper's schedule: a success tightens tau below the best found, a failure weighs f more
-            tau = torch.where(ends & found, tau_decrease * torch.minimum(tau, best.norm.clamp_max(1)), tau)
+            tau = torch.where(ends & found, tau_decrease * torch.minimum(tau, best.size.clamp_max(1)), tau)
             c = torch.where(ends & ~found, c * const_factor, c)
             reset = view_as_images(ends, x)
             m.masked_fill_(reset, 0)
@@ -179,20 +179,20 @@ def cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
     x, y = x.detach(), y.to(x.device)
     const = INITIAL_CONST[norm] if initial_const is None else float(initial_const)
     with frozen_eval(model):
-        best = BestAdversarial(x, y, norm, targeted)
+        best = Best(x, norm, y=y, targeted=targeted, dtype=x.dtype)
         done = already_adversarial(model, x, y, targeted)
-        best.norm = torch.where(done, torch.zeros_like(best.norm), best.norm)
+        best.size = torch.where(done, torch.zeros_like(best.size), best.size)
         todo = (~done).nonzero().squeeze(1)
         if len(todo):
-            sub = BestAdversarial(x[todo], y[todo], norm, targeted)
+            sub = Best(x[todo], norm, y=y[todo], targeted=targeted, dtype=x.dtype)
             kw = dict(steps=steps, search_steps=search_steps, lr=lr, const=const, confidence=confidence,
                       abort_early=abort_early, targeted=targeted)
             if norm == "l2":
                 _cw_l2(model, x[todo], y[todo], sub, **kw)
             else:
                 _cw_linf(model, x[todo], y[todo], sub, **kw, tau_decrease=tau_decrease, const_factor=const_factor)
-            best.adv[todo] = sub.adv
-    return best.adv
+            best.x_adv[todo] = sub.x_adv
+    return best.x_adv
 
 
 SCHEMAS = {"cw": schema_of(cw, "cw")}

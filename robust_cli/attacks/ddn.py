@@ -21,7 +21,7 @@ from torch import nn
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import batch_norm, view_as_images
 from robust_cli.attacks.losses import loss_gradient
-from robust_cli.attacks.best_adversarial import BestAdversarial, worst_norm
+from robust_cli.attacks.best import Best, worst_norm
 from robust_cli.norms import check_norm
 from robust_cli.schema import Range, schema_of
 
@@ -50,7 +50,7 @@ def ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
     eps = torch.full((x.shape[0],), float(init_norm), device=x.device, dtype=x.dtype)
     cap = worst_norm(x, "l2")
     with frozen_eval(model):
-        best = BestAdversarial(x, y, "l2", targeted)
+        best = Best(x, "l2", y=y, targeted=targeted, dtype=x.dtype)
         # the direction where the gradient vanishes: one random unit draw per call (not one per step)
         fallback = torch.randn_like(x) / math.sqrt(x[0].numel())
         xa = x.clone()
@@ -69,7 +69,7 @@ def ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
             delta = delta.mul_(view_as_images(eps / batch_norm(delta, "l2").clamp_min(1e-30), x))
             xa = torch.add(x, delta, out=xa).clamp_(0, 1)  # the next iterate, in the box (its graph is gone)
             delta = torch.sub(xa, x, out=delta)
-    return best.adv
+    return best.x_adv
 
 
 SCHEMAS = {"ddn": schema_of(ddn, "ddn")}

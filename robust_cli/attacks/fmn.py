@@ -29,7 +29,7 @@ from torch import nn
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import Projector, batch_norm, view_as_images
 from robust_cli.attacks.losses import loss_value_gradient
-from robust_cli.attacks.best_adversarial import BestAdversarial, worst_norm
+from robust_cli.attacks.best import Best, worst_norm
 from robust_cli.norms import check_norm
 from robust_cli.schema import Range, schema_of
 
@@ -62,7 +62,7 @@ def _boundary_start(model, x, y, x_init, norm, targeted, steps, best) -> torch.T
     with torch.no_grad():
         logits = model(x_init)
     ok = best.update(x_init, logits)
-    lo, hi = torch.zeros_like(best.norm), torch.ones_like(best.norm)
+    lo, hi = torch.zeros_like(best.size), torch.ones_like(best.size)
     for _ in range(steps):
         mid = (lo + hi) / 2
         xm = _toward(x, x_init, mid, norm)
@@ -97,13 +97,13 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
     B = x.shape[0]
     cap = worst_norm(x, norm)
     with frozen_eval(model):
-        best = BestAdversarial(x, y, norm, targeted)
+        best = Best(x, norm, y=y, targeted=targeted, dtype=x.dtype)
         delta = torch.zeros_like(x)
         if x_init is not None:
             delta = _boundary_start(model, x, y, x_init, norm, targeted, BOUNDARY_SEARCH_STEPS, best)
-        found = torch.isfinite(best.norm)
+        found = torch.isfinite(best.size)
         if norm == "l0":
-            eps = torch.where(found, best.norm, torch.ones_like(best.norm))
+            eps = torch.where(found, best.size, torch.ones_like(best.size))
         else:
             eps = torch.full((B,), float("inf"), device=x.device, dtype=x.dtype)
         proj = None if norm == "l0" else Projector(x, norm)
@@ -119,21 +119,21 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             if k == steps - 1:  # the next point would never be evaluated
                 break
             found |= adv
-            size = best.last_norm  # ||xa - x||, measured by the update
+            size = best.last_size  # ||xa - x||, measured by the update
             gn = batch_norm(grad, "l2").clamp_min(1e-30)
             if norm == "l0":
-                eps = torch.where(adv, torch.minimum(torch.minimum(eps - 1, (eps * (1 - g)).floor()), best.norm),
+                eps = torch.where(adv, torch.minimum(torch.minimum(eps - 1, (eps * (1 - g)).floor()), best.size),
                                   torch.maximum(eps + 1, (eps * (1 + g)).floor())).clamp_min(0)
             else:
                 dual = gn if norm == "l2" else batch_norm(grad, DUAL[norm]).clamp_min(1e-30)
                 to_boundary = value.abs_() / dual
-                eps = torch.where(adv, torch.minimum(eps * (1 - g), best.norm),
+                eps = torch.where(adv, torch.minimum(eps * (1 - g), best.size),
                                   torch.where(found, eps * (1 + g), (size + to_boundary) * (1 + g)))
             eps = torch.minimum(eps, cap)
             delta = r.add_(grad.mul_(alpha).div_(view_as_images(gn, x)))  # xa - x + alpha grad / ||grad||
             l0 = norm == "l0"
             delta = _keep_top_pixels((x + delta).clamp(0, 1) - x, eps) if l0 else proj.project_(delta, eps)
-    return best.adv
+    return best.x_adv
 
 
 SCHEMAS = {"fmn": schema_of(fmn, "fmn")}
