@@ -55,12 +55,14 @@ def test_early_stop_decides_success_as_the_full_run_and_keeps_indices(norm):
     scale = torch.tensor([2.0, 0.7, 1.3, 0.9] * 6)
     eps = exact * scale
     full = pgd(model, x, y, norm=norm, eps=eps, steps=20)
-    early = pgd(model, x, y, norm=norm, eps=eps, steps=20, early_stop=True)
+    stopped = torch.zeros(24, dtype=torch.bool)
+    early = pgd(model, x, y, norm=norm, eps=eps, steps=20, early_stop=True, stopped=stopped)
     with torch.no_grad():
         ok_full = model(full).argmax(1) != y
         logits = model(early)
     ok_early = logits.argmax(1) != y
     assert torch.equal(ok_full, ok_early)
+    assert torch.equal(stopped, ok_early)  # the attack's report of its stops, which the search trusts for failures
     assert ok_early[scale > 1].all() and not ok_early[scale < 1].any()  # the test can fail both ways
     assert (batch_norm(early - x, norm) <= eps * (1 + 1e-6)).all()
     # a stop is past the boundary by the margin the search's re-test needs
@@ -89,6 +91,15 @@ def test_early_stop_saves_passes_and_probe_needs_a_warm_start():
     out = pgd(probe, x, y, norm="linf", eps=eps, steps=30, early_stop=True, probe=True, x_init=warm)
     assert probe.backward_samples <= 16 * (30 // pgd_module.PROBE_RUN)
     assert (batch_norm(out - x, "linf") <= eps * (1 + 1e-6)).all()
+    # a probe that fails everywhere: its start is tested by the first gradient's forward, not by one of its
+    # own, so a run of k steps costs k + 1 forwards (the last iterate's test) and k backwards
+    k = 30 // pgd_module.PROBE_RUN
+    low = minimal_distance(model, x, y, "linf").float() * 0.5
+    failing = CountingModel(model)
+    stopped = torch.ones(16, dtype=torch.bool)
+    pgd(failing, x, y, norm="linf", eps=low, steps=30, early_stop=True, probe=True, x_init=x, stopped=stopped)
+    assert not stopped.any()
+    assert (failing.forward_samples, failing.backward_samples) == (16 * (k + 1), 16 * k)
 
 
 def test_early_stop_is_deeper_than_the_searchs_safety():

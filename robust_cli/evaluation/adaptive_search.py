@@ -256,11 +256,16 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
     tol = tolerance(rtol, eps_tol)
 
     def run(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None, probe: bool = False):
-        """``(ok [b], x_adv [b,C,H,W], size [b])``: the attack on ``idx`` at ``eps``, re-verified."""
+        """``(ok [b], x_adv [b,C,H,W], size [b])``: the attack on ``idx`` at ``eps``; the samples it reports
+        stopped (its own success test) re-verified, the others failures with no forward pass spent on them."""
         extra = {"x_init": start} if start is not None else {}
-        out = attack(attack_model, x[idx], y[idx], norm=norm, eps=eps, early_stop=True, probe=probe, **params,
-                     **extra).detach().clamp(0, 1)
-        ok, _, size = verify(model, sign, norm, x[idx], y[idx], out, eps)
+        stopped = torch.zeros(idx.shape, dtype=torch.bool, device=x.device)
+        out = attack(attack_model, x[idx], y[idx], norm=norm, eps=eps, early_stop=True, probe=probe,
+                     stopped=stopped, **params, **extra).detach().clamp(0, 1)
+        ok, size = torch.zeros_like(stopped), torch.zeros_like(eps)
+        s = stopped.nonzero().squeeze(1)
+        if s.numel():
+            ok[s], _, size[s] = verify(model, sign, norm, x[idx[s]], y[idx[s]], out[s], eps[s])
         return ok, out, size
 
     best = x.clone()
