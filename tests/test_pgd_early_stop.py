@@ -55,14 +55,18 @@ def test_early_stop_decides_success_as_the_full_run_and_keeps_indices(norm):
     scale = torch.tensor([2.0, 0.7, 1.3, 0.9] * 6)
     eps = exact * scale
     full = pgd(model, x, y, norm=norm, eps=eps, steps=20)
-    stopped = torch.zeros(24, dtype=torch.bool)
+    stopped = torch.zeros(24)
     early = pgd(model, x, y, norm=norm, eps=eps, steps=20, early_stop=True, stopped=stopped)
     with torch.no_grad():
         ok_full = model(full).argmax(1) != y
         logits = model(early)
     ok_early = logits.argmax(1) != y
     assert torch.equal(ok_full, ok_early)
-    assert torch.equal(stopped, ok_early)  # the attack's report of its stops, which the search trusts for failures
+    # the attack's report of its stops, which the search trusts for failures: the steps a stop took, a fraction
+    # of the run (the clean point is never adversarial: at least one step), inf where it never stopped
+    assert torch.equal(torch.isfinite(stopped), ok_early)
+    assert ((stopped[ok_early] > 0) & (stopped[ok_early] <= 1)).all()
+    assert torch.equal(stopped[ok_early] * 20, (stopped[ok_early] * 20).round())
     assert ok_early[scale > 1].all() and not ok_early[scale < 1].any()  # the test can fail both ways
     assert (batch_norm(early - x, norm) <= eps * (1 + 1e-6)).all()
     # a stop is past the boundary by the margin the search's re-test needs
@@ -96,9 +100,9 @@ def test_early_stop_saves_passes_and_probe_needs_a_warm_start():
     k = 30 // pgd_module.PROBE_RUN
     low = minimal_distance(model, x, y, "linf").float() * 0.5
     failing = CountingModel(model)
-    stopped = torch.ones(16, dtype=torch.bool)
+    stopped = torch.zeros(16)
     pgd(failing, x, y, norm="linf", eps=low, steps=30, early_stop=True, probe=True, x_init=x, stopped=stopped)
-    assert not stopped.any()
+    assert torch.isinf(stopped).all()
     assert (failing.forward_samples, failing.backward_samples) == (16 * (k + 1), 16 * k)
 
 

@@ -267,9 +267,12 @@ def projected_gradient(
             not by one of its own), no run from ``x``: a probe of the eps search, whose success is an
             adversarial like any other and whose failure proves nothing (the search certifies a failure with
             the full attack). Without ``x_init`` it is ignored.
-        stopped: ``[B]`` bool, supplied by the caller with ``early_stop``: set in place to the samples that
-            left the batch (the attack's own success test, past the boundary by ``EARLY_STOP_DEPTH``), so
-            an eps search needs no forward pass to learn which samples failed (it re-verifies only the rest).
+        stopped: ``[B]`` float, supplied by the caller with ``early_stop``: set in place, per sample, to the
+            gradient steps it took before it left the batch (the attack's own success test, past the boundary
+            by ``EARLY_STOP_DEPTH``), as a fraction of ``steps`` (0: its warm start was adversarial already),
+            ``inf`` where it never stopped. An eps search then needs no forward pass to learn which samples
+            failed (it re-verifies only the others), and a success that took most of a run tells it that eps
+            is near the attack's threshold.
 
     Returns:
         ``[B,C,H,W]`` in [0,1] with ``||x_adv - x|| <= eps`` per sample.
@@ -287,6 +290,10 @@ def projected_gradient(
     # logits aside, where ``argmax`` decides), so "adversarial first, then the lowest score" is this one test
     best_score = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
     done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # early_stop: left the batch
+    # ``stopped``: the gradient steps each sample took before it left the batch (inf: never), and those of the
+    # runs before the current one
+    took = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
+    before = [0]
     fused = loss == "ce"  # scale_free_ce_gradient, whose masked logits keep() reuses
 
     def keep(idx: torch.Tensor | None, point: torch.Tensor, logits: torch.Tensor, others: torch.Tensor | None,
@@ -335,7 +342,7 @@ def projected_gradient(
         es = view_as_images(eps_s, xs)
         box = linf_box(xs, es) if norm == "linf" else None
         xa = xs + d
-        for size in sizes:
+        for t, size in enumerate(sizes):
             grad, logits, others = gradient(xa, ys)
             direction = ascent_direction(grad, xa, norm, l1_top)
             stop = keep(idx, xa, logits, others, ys)
@@ -353,6 +360,7 @@ def projected_gradient(
             if stop is not None and bool(stop.any()):
                 ids = rows(idx, xs)
                 done[ids[stop]] = True
+                took[ids[stop]] = before[0] + t + 1
                 live = ~stop
                 if not bool(live.any()):
                     return
@@ -365,12 +373,14 @@ def projected_gradient(
             xa, d = projected_step(xa, d, xs, eps_s, direction, size, norm, box)
         with torch.no_grad():
             stop = keep(idx, xa, model(xa), None, ys)
+        before[0] += len(sizes)
         if stop is not None:
             done[rows(idx, xs)[stop]] = True
+            took[rows(idx, xs)[stop]] = before[0]
 
     def finish() -> torch.Tensor:
         if stopped is not None:
-            stopped.copy_(done)
+            stopped.copy_(took / steps)
         return enforce_budget(best, x, eps_t, norm)
 
     runs = max(1, restarts) if random_start else 1  # without random starts every run would be the same
@@ -390,6 +400,7 @@ def projected_gradient(
                 stop = keep(None, x + start, model(x + start), None, y)
             if stop is not None:
                 done |= stop
+                took[stop] = 0
         for r in range(runs):
             if r == 1 and start is not None:
                 delta = start  # the warm start replaces the first random start (the first run stays at x)
@@ -450,8 +461,9 @@ def pgd(
             a success costs the steps it took; the point returned is then the first such iterate, not the
             deepest (see ``projected_gradient``).
         probe: set by the eps search: only a short run from ``x_init`` (see ``projected_gradient``).
-        stopped: set by the eps search: ``[B]`` bool, filled with the samples that early stop took out of the
-            batch (see ``projected_gradient``).
+        stopped: set by the eps search: ``[B]`` float, filled with the steps (a fraction of ``steps``) after
+            which early stop took each sample out of the batch, ``inf`` where it did not (see
+            ``projected_gradient``).
     """
     return projected_gradient(model, x, y, norm=norm, eps=eps, steps=steps, step_size=step_size,
                               random_start=random_start, restarts=restarts, targeted=targeted, loss=loss,

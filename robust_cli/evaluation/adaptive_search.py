@@ -49,6 +49,10 @@ PULL_STEPS = 8
 #: distance (in ``rtol``); rounds in all per ``max_rounds``. Tuned on MNIST LeNet-5, pgd linf and l2
 #: (``scripts/bench_search.py``; the variants tried are in BENCHMARKS.md: none went below 3.1x in linf)
 DESCENT, AFTER_FULL, FIRST, ROUND_FACTOR = 0.2, 2.0, 5.0, 4
+#: :func:`probe_search`: a full attack's success that took at least this fraction of its steps is followed by
+#: the full attack at ``hi - 0.9 tol`` instead of probes (MNIST LeNet-5, pgd linf, ``scripts/bench_search.py``:
+#: after successes that took half the run or more, 3 of 152 probes succeeded)
+DIRECT = 0.5
 
 
 def within(x: torch.Tensor, p: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
@@ -256,22 +260,25 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
     tol = tolerance(rtol, eps_tol)
 
     def run(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None, probe: bool = False):
-        """``(ok [b], x_adv [b,C,H,W], size [b])``: the attack on ``idx`` at ``eps``; the samples it reports
-        stopped (its own success test) re-verified, the others failures with no forward pass spent on them."""
+        """``(ok [b], x_adv [b,C,H,W], size [b], took [b])``: the attack on ``idx`` at ``eps``; the samples it
+        reports stopped (its own success test) re-verified, the others failures with no forward pass spent on
+        them; ``took``: the steps a success took, a fraction of the attack's run."""
         extra = {"x_init": start} if start is not None else {}
-        stopped = torch.zeros(idx.shape, dtype=torch.bool, device=x.device)
+        took = torch.zeros_like(eps)
         out = attack(attack_model, x[idx], y[idx], norm=norm, eps=eps, early_stop=True, probe=probe,
-                     stopped=stopped, **params, **extra).detach().clamp(0, 1)
-        ok, size = torch.zeros_like(stopped), torch.zeros_like(eps)
-        s = stopped.nonzero().squeeze(1)
+                     stopped=took, **params, **extra).detach().clamp(0, 1)
+        ok, size = torch.zeros(idx.shape, dtype=torch.bool, device=x.device), torch.zeros_like(eps)
+        s = torch.isfinite(took).nonzero().squeeze(1)
         if s.numel():
             ok[s], _, size[s] = verify(model, sign, norm, x[idx[s]], y[idx[s]], out[s], eps[s])
-        return ok, out, size
+        return ok, out, size, took
 
     best = x.clone()
     hi, lo = torch.full_like(hi0, float("inf")), torch.zeros_like(hi0)
     hint = torch.zeros_like(hi0)  # the largest eps below hi where a probe failed (not a bound)
     step = torch.full_like(hi0, DESCENT)  # the probes' next step down from hi, a fraction of hi
+    # the full attack's last success took most of its run: the next round is the full attack again
+    direct = torch.zeros(hi0.shape, dtype=torch.bool, device=hi0.device)
 
     first = hi0 if upper is None else torch.where(torch.isfinite(upper), torch.minimum(upper * (1 + FIRST * rtol), hi0),
                                                   hi0)
@@ -279,7 +286,7 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
         idx = (torch.isinf(hi) & (eps0 > lo)).nonzero().squeeze(1)
         if not idx.numel():
             break
-        ok, p, size = run(idx, eps0[idx], None)
+        ok, p, size, _ = run(idx, eps0[idx], None)
         if ok.any():
             best[idx[ok]], hi[idx[ok]] = p[ok], size[ok]
             # the held adversarial as small as it stays, to half the tolerance
@@ -293,7 +300,7 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
             break
         a, b, t_i = lo[idx], hi[idx], tol(hi[idx])
         h = torch.maximum(hint[idx], a)
-        full = b - h <= t_i
+        full = (b - h <= t_i) | direct[idx]
         probe_at = torch.where(h > a, (h + b) / 2, b * (1 - step[idx]))
         guess = torch.where(full, b - 0.9 * t_i, torch.maximum(probe_at, a + t_i / 2))
         # the held adversarial projected onto the new ball: the attack's warm start and first candidate (it
@@ -301,12 +308,13 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
         start = within(x[idx], best[idx], guess, norm)
         ok = torch.zeros_like(full)
         size = torch.zeros_like(guess)
+        took = torch.zeros_like(guess)
         for kind in (True, False):
             todo = full == kind
             if not todo.any():
                 continue
-            ok2, p, size2 = run(idx[todo], guess[todo], start[todo], probe=not kind)
-            start[todo], size[todo], ok[todo] = p, size2, ok2
+            ok2, p, size2, took2 = run(idx[todo], guess[todo], start[todo], probe=not kind)
+            start[todo], size[todo], ok[todo], took[todo] = p, size2, ok2, took2
             failed = idx[todo][~ok2]
             if kind:
                 lo[failed] = guess[todo][~ok2]
@@ -321,6 +329,9 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
             # every probe's success doubles the step (up to DESCENT)
             step[k] = torch.where(full[ok], torch.full_like(step[k], AFTER_FULL * rtol),
                                   (step[k] * 2).clamp_max(DESCENT))
+            # a full attack's success that took at least DIRECT of its run came from near its threshold, where
+            # the probes from its first adversarial hardly ever get lower: the full attack again, no probes
+            direct[k] = full[ok] & (took[ok] >= DIRECT)
 
     found = torch.isfinite(hi)
     resolution = torch.where(found, hi - lo, torch.zeros_like(hi))
