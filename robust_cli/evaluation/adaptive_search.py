@@ -251,7 +251,8 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
       done: one full failure per image is the least any search can do); a success moves hi and the walk
       resumes from that adversarial (the full attack from ``x`` often gets past where a warm walk stalls).
 
-    Rounds: up to ``ROUND_FACTOR * max_rounds``, most of them probes. MNIST LeNet-5 (BENCHMARKS.md): about
+    Rounds: up to ``ROUND_FACTOR * max_rounds`` per image, most of them probes; a round is either probes (of
+    every image due for one) or the full attack (of every image due for it, once none is left to probe). MNIST LeNet-5 (BENCHMARKS.md): about
     3x one attack's passes per image where the regula falsi search took 5.5-6.3x; one image in 96 weaker than
     the bisection beyond the tolerance, where PGD itself fails at an eps between two at which it succeeds.
     """
@@ -294,13 +295,20 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
         lo[idx[~ok]] = eps0[idx[~ok]]
     lo = torch.where(torch.isinf(hi), torch.zeros_like(lo), lo)
 
-    for _ in range(ROUND_FACTOR * max_rounds):
-        idx = (torch.isfinite(hi) & (hi - lo > tol(hi))).nonzero().squeeze(1)
+    calls = torch.zeros(hi0.shape, dtype=torch.long, device=hi0.device)  # per image, rounds it took part in
+    for _ in range(2 * ROUND_FACTOR * max_rounds):
+        idx = (torch.isfinite(hi) & (hi - lo > tol(hi)) & (calls < ROUND_FACTOR * max_rounds)).nonzero().squeeze(1)
         if not idx.numel():
             break
+        full = (hi[idx] - torch.maximum(hint[idx], lo[idx]) <= tol(hi[idx])) | direct[idx]
+        if not full.all():
+            # the images due for the full attack wait until no image is left to probe, and then go in one call:
+            # a call runs up to a whole run's steps however few images are left in it, and on a small batch a
+            # step's cost is mostly per call (the passes are the same, the CPU time is not)
+            idx, full = idx[~full], full[~full]
+        calls[idx] += 1
         a, b, t_i = lo[idx], hi[idx], tol(hi[idx])
         h = torch.maximum(hint[idx], a)
-        full = (b - h <= t_i) | direct[idx]
         probe_at = torch.where(h > a, (h + b) / 2, b * (1 - step[idx]))
         guess = torch.where(full, b - 0.9 * t_i, torch.maximum(probe_at, a + t_i / 2))
         # the held adversarial projected onto the new ball: the attack's warm start and first candidate (it
