@@ -46,8 +46,8 @@ SAFETY = 1e-5
 PULL_STEPS = 8
 #: :func:`probe_search`: the probes' step down from hi before any of them failed (a fraction of hi); the
 #: walk's step after a full attack's success (in ``rtol``); the first bracket above a minimal-norm attack's
-#: distance (in ``rtol``); rounds in all per ``max_rounds``. Tuned on MNIST LeNet-5, pgd linf and l2
-#: (``scripts/bench_search.py``; the variants tried are in BENCHMARKS.md: none went below 3.1x in linf)
+#: distance (in ``rtol``); rounds per image per ``max_rounds``. Tuned on MNIST LeNet-5, pgd linf and l2
+#: (``scripts/bench_search.py``; the variants tried are in BENCHMARKS.md)
 DESCENT, AFTER_FULL, FIRST, ROUND_FACTOR = 0.2, 2.0, 5.0, 4
 #: :func:`probe_search`: a full attack's success that took at least this fraction of its steps is followed by
 #: the full attack at ``hi - 0.9 tol`` instead of probes. MNIST LeNet-5, pgd linf (``scripts/bench_search.py``):
@@ -145,7 +145,7 @@ def adaptive_search(
         upper: ``[B]`` distances of a minimal-norm attack on the same images (``inf`` where none).
         attack_model: the model handed to the attack (a counting wrapper); default ``model``.
         warm_start: the attack takes ``x_init``.
-        probe: the attack takes ``x_init``, ``early_stop`` and ``probe`` (``pgd``): the search of
+        probe: the attack takes ``x_init``, ``early_stop``, ``probe`` and ``stopped`` (``pgd``): the search of
             :func:`probe_search` instead of regula falsi.
 
     Returns:
@@ -239,7 +239,10 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
     """:func:`adaptive_search` (its arguments, all given, and its returns) for an attack with early stop and
     probes (``pgd``).
 
-    The attack is called three ways (all with ``early_stop``, so a success costs only the steps it took):
+    The attack is called three ways, all with ``early_stop``, so a success costs only the steps it took, and
+    with ``stopped``, its report of which samples it stopped (past the boundary by its own margin) and after
+    how many steps: only those are re-verified on the bare model; a sample it did not stop is a failure with
+    no forward pass spent on it.
 
     - **the first bracket**, as in :func:`adaptive_search`, but a little higher above a minimal-norm
       attack's distance (``FIRST * rtol``: a success well above the boundary is cheap, one at it is not);
@@ -250,13 +253,19 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
       attack), so it never moves ``lo``;
     - **the full attack** only where its failure would resolve the image: once the probes have narrowed
       ``(hint, hi]`` to the tolerance, at ``hi - 0.9 tol``. A failure there is the lower end (the image is
-      done: one full failure per image is the least any search can do); a success moves hi and the walk
-      resumes from that adversarial (the full attack from ``x`` often gets past where a warm walk stalls).
+      done: one full failure per image is the least any search can do); a success moves hi, and the walk
+      resumes from that adversarial (the full attack from ``x`` often gets past where a warm walk stalls),
+      unless the success took ``DIRECT`` of the run or more: PGD then crossed late, near its threshold at this
+      eps, where the probes from its first adversarial rarely get lower, and the next call is the full attack
+      again at ``hi - 0.9 tol``.
 
-    Rounds: up to ``ROUND_FACTOR * max_rounds`` per image, most of them probes; a round is either probes (of
-    every image due for one) or the full attack (of every image due for it, once none is left to probe). MNIST LeNet-5 (BENCHMARKS.md): about
-    3x one attack's passes per image where the regula falsi search took 5.5-6.3x; one image in 96 weaker than
-    the bisection beyond the tolerance, where PGD itself fails at an eps between two at which it succeeds.
+    Rounds: up to ``ROUND_FACTOR * max_rounds`` per image, most of them probes. A round is either the probes
+    of every image due for one or, once none is left to probe, the full attack on every image due for it in
+    one call: an image's own sequence of calls is the same either way, but a call runs up to a whole run's
+    steps however few images are left in it, and on a small batch a step's cost is mostly per call.
+    MNIST LeNet-5 (BENCHMARKS.md): 2.7-2.8x one attack's passes per image where the regula falsi search took
+    5.5-6.3x; one image in 96 weaker than the bisection beyond the tolerance, where PGD itself fails at an
+    eps between two at which it succeeds.
     """
     attack_model = model if attack_model is None else attack_model
     sign = -1.0 if params.get("targeted") else 1.0  # as in adaptive_search
@@ -304,9 +313,7 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
             break
         full = (hi[idx] - torch.maximum(hint[idx], lo[idx]) <= tol(hi[idx])) | direct[idx]
         if not full.all():
-            # the images due for the full attack wait until no image is left to probe, and then go in one call:
-            # a call runs up to a whole run's steps however few images are left in it, and on a small batch a
-            # step's cost is mostly per call (the passes are the same, the CPU time is not)
+            # the images due for the full attack wait until no image is left to probe, then go in one call
             idx, full = idx[~full], full[~full]
         calls[idx] += 1
         a, b, t_i = lo[idx], hi[idx], tol(hi[idx])

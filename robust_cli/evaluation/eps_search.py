@@ -170,7 +170,7 @@ def search_distance(
         params: the attack's own options (without ``eps``).
         method: ``bisection``, ``grid`` or ``adaptive``.
         steps: bisection halvings, grid points, or the adaptive search's rounds after its first bracket
-            (``4 * steps`` rounds with probes, most of them probes: ``adaptive_search.probe_search``).
+            (``4 * steps`` rounds per image with probes, most of them probes: ``adaptive_search.probe_search``).
         attack_model: the model handed to the attack (a counting wrapper of ``model``); default ``model``.
         rtol, eps_tol: ``adaptive`` only: the relative or (where given) absolute tolerance per image.
         upper: ``adaptive`` only: ``[B]`` distances of earlier (minimal-norm) attacks, the first eps tried.
