@@ -136,7 +136,8 @@ def _staged_attack(model, x, y, log):
     """A fake budget attack with probes on the 2-class grey problem: the exact best step (``x + eps sign(a)``),
     which the full attack finds from ``eps >= 1.02 d`` (``d`` the exact distance; a margin deep enough for the
     search's re-test) and a probe only from ``1.06 d`` (a warm walk that stalls above the full attack's
-    threshold); a full success below ``1.1 d`` reports that it took 90% of its run, 10% otherwise. ``log`` gets ``(probe, [image ids], eps / d)``."""
+    threshold); a full success below ``1.1 d`` reports that it took 90% of its run, 10% otherwise. ``log``
+    gets ``(probe, [image ids], eps / d)`` per call."""
     exact = minimal_distance(model, x, y, "linf")
     row = {x[i].numpy().tobytes(): i for i in range(x.shape[0])}
 

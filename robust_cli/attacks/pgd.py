@@ -269,10 +269,11 @@ def projected_gradient(
             the full attack). Without ``x_init`` it is ignored.
         stopped: ``[B]`` float, supplied by the caller with ``early_stop``: set in place, per sample, to the
             gradient steps it took before it left the batch (the attack's own success test, past the boundary
-            by ``EARLY_STOP_DEPTH``), as a fraction of ``steps`` (0: its warm start was adversarial already),
-            ``inf`` where it never stopped. An eps search then needs no forward pass to learn which samples
-            failed (it re-verifies only the others), and a success that took most of a run tells it that eps
-            is near the attack's threshold.
+            by ``EARLY_STOP_DEPTH``), as a fraction of ``steps`` (0 where the warm start's own test stopped
+            it; a probe tests its start by its first gradient's forward, 1 step), ``inf`` where it never
+            stopped. An eps search then needs no forward pass to learn which samples failed (it re-verifies
+            only the others), and a success that took most of a run tells it that eps is near the attack's
+            threshold.
 
     Returns:
         ``[B,C,H,W]`` in [0,1] with ``||x_adv - x|| <= eps`` per sample.

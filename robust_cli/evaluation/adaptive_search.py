@@ -289,7 +289,7 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
     hi, lo = torch.full_like(hi0, float("inf")), torch.zeros_like(hi0)
     hint = torch.zeros_like(hi0)  # the largest eps below hi where a probe failed (not a bound)
     step = torch.full_like(hi0, DESCENT)  # the probes' next step down from hi, a fraction of hi
-    # the full attack's last success took most of its run: the next round is the full attack again
+    # the full attack's last success took DIRECT of its run or more: the next round is the full attack again
     direct = torch.zeros(hi0.shape, dtype=torch.bool, device=hi0.device)
 
     first = hi0 if upper is None else torch.where(torch.isfinite(upper), torch.minimum(upper * (1 + FIRST * rtol), hi0),
