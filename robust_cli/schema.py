@@ -40,8 +40,9 @@ from robust_cli.errors import UserError
 #: arguments an attack's caller supplies, never config options (the model and batch, the evaluation's norm
 #: and eps, the training set of the data stability attack, ``x_init`` ``[B,C,H,W]``: a starting
 #: adversarial per image, e.g. the best one of the attacks run before, for attacks that refine one, and the
-#: eps search's ``early_stop`` and ``probe``, see ``evaluation/adaptive_search.py``)
-ATTACK_ARGUMENTS = frozenset({"model", "x", "y", "norm", "eps", "reference", "x_init", "early_stop", "probe"})
+#: eps search's ``early_stop``, ``probe`` and ``stopped``, see ``evaluation/adaptive_search.py``)
+ATTACK_ARGUMENTS = frozenset({"model", "x", "y", "norm", "eps", "reference", "x_init", "early_stop", "probe",
+                              "stopped"})
 #: arguments a class's builder supplies (an architecture's data shape)
 CLASS_ARGUMENTS = frozenset({"self", "in_shape", "num_classes"})
 

@@ -232,6 +232,7 @@ def projected_gradient(
     x_init: torch.Tensor | None = None,
     early_stop: bool = False,
     probe: bool = False,
+    stopped: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The iterative engine behind ``pgd``, ``ifgsm`` and ``bim`` (see the module docstring).
 
@@ -262,9 +263,17 @@ def projected_gradient(
             search, where only success at each eps matters, a success costs the steps it took instead of all
             of them.
         probe: with ``x_init``, only one short run from its projection (``steps // PROBE_RUN`` constant steps
-            of ``PROBE_STEP * step_size``), no run from ``x``: a probe of the eps search, whose success is an
+            of ``PROBE_STEP * step_size``; the projection is tested by the forward of the run's first gradient,
+            not by one of its own), no run from ``x``: a probe of the eps search, whose success is an
             adversarial like any other and whose failure proves nothing (the search certifies a failure with
             the full attack). Without ``x_init`` it is ignored.
+        stopped: ``[B]`` float, supplied by the caller with ``early_stop``: set in place, per sample, to the
+            gradient steps it took before it left the batch (the attack's own success test, past the boundary
+            by ``EARLY_STOP_DEPTH``), as a fraction of ``steps`` (0 where the warm start's own test stopped
+            it; a probe tests its start by its first gradient's forward, 1 step), ``inf`` where it never
+            stopped. An eps search then needs no forward pass to learn which samples failed (it re-verifies
+            only the others), and a success that took most of a run tells it that eps is near the attack's
+            threshold.
 
     Returns:
         ``[B,C,H,W]`` in [0,1] with ``||x_adv - x|| <= eps`` per sample.
@@ -282,6 +291,10 @@ def projected_gradient(
     # logits aside, where ``argmax`` decides), so "adversarial first, then the lowest score" is this one test
     best_score = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
     done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # early_stop: left the batch
+    # ``stopped``: the gradient steps each sample took before it left the batch (inf: never), and those of the
+    # runs before the current one
+    took = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
+    before = [0]
     fused = loss == "ce"  # scale_free_ce_gradient, whose masked logits keep() reuses
 
     def keep(idx: torch.Tensor | None, point: torch.Tensor, logits: torch.Tensor, others: torch.Tensor | None,
@@ -330,7 +343,7 @@ def projected_gradient(
         es = view_as_images(eps_s, xs)
         box = linf_box(xs, es) if norm == "linf" else None
         xa = xs + d
-        for size in sizes:
+        for t, size in enumerate(sizes):
             grad, logits, others = gradient(xa, ys)
             direction = ascent_direction(grad, xa, norm, l1_top)
             stop = keep(idx, xa, logits, others, ys)
@@ -348,6 +361,7 @@ def projected_gradient(
             if stop is not None and bool(stop.any()):
                 ids = rows(idx, xs)
                 done[ids[stop]] = True
+                took[ids[stop]] = before[0] + t + 1
                 live = ~stop
                 if not bool(live.any()):
                     return
@@ -360,24 +374,34 @@ def projected_gradient(
             xa, d = projected_step(xa, d, xs, eps_s, direction, size, norm, box)
         with torch.no_grad():
             stop = keep(idx, xa, model(xa), None, ys)
+        before[0] += len(sizes)
         if stop is not None:
             done[rows(idx, xs)[stop]] = True
+            took[rows(idx, xs)[stop]] = before[0]
+
+    def finish() -> torch.Tensor:
+        if stopped is not None:
+            stopped.copy_(took / steps)
+        return enforce_budget(best, x, eps_t, norm)
 
     runs = max(1, restarts) if random_start else 1  # without random starts every run would be the same
     with frozen_eval(model):
         start = None
         if x_init is not None:
             start = project(x_init.detach().to(x).clamp(0, 1) - x, x, eps_t, norm)
+            if probe:
+                # only a short run from the warm start: an adversarial found at a slightly larger eps and
+                # projected onto this ball is next to the boundary, and a few small steps usually cross it
+                # again, for a fraction of a run. The start is the run's first iterate, so the forward of its
+                # first gradient tests it as a candidate (no forward of its own: most probes' starts are not
+                # adversarial, and one that is costs a backward instead)
+                run(start, candidate=False, sizes=[step_size * PROBE_STEP] * max(1, steps // PROBE_RUN))
+                return finish()
             with torch.no_grad():
                 stop = keep(None, x + start, model(x + start), None, y)
             if stop is not None:
                 done |= stop
-            if probe:
-                # only a short run from the warm start: an adversarial found at a slightly larger eps and
-                # projected onto this ball is next to the boundary, and a few small steps usually cross it
-                # again, for a fraction of a run
-                run(start, candidate=False, sizes=[step_size * PROBE_STEP] * max(1, steps // PROBE_RUN))
-                return enforce_budget(best, x, eps_t, norm)
+                took[stop] = 0
         for r in range(runs):
             if r == 1 and start is not None:
                 delta = start  # the warm start replaces the first random start (the first run stays at x)
@@ -387,7 +411,7 @@ def projected_gradient(
                 delta = torch.zeros_like(x)
             # the single step's point, from the first gradient of the first run
             run(delta, candidate=single_step and r == 0, sizes=sizes)
-    return enforce_budget(best, x, eps_t, norm)
+    return finish()
 
 
 @register_attack(norms=("linf", "l2", "l1"), budget=True)
@@ -411,6 +435,7 @@ def pgd(
     x_init: Optional[torch.Tensor] = None,
     early_stop: bool = False,
     probe: bool = False,
+    stopped: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """PGD from ``x``, then ``restarts - 1`` random starts; l1 by sparse l1 descent (thesis §5.4: 1% sparsity).
 
@@ -437,11 +462,14 @@ def pgd(
             a success costs the steps it took; the point returned is then the first such iterate, not the
             deepest (see ``projected_gradient``).
         probe: set by the eps search: only a short run from ``x_init`` (see ``projected_gradient``).
+        stopped: set by the eps search: ``[B]`` float, filled with the steps (a fraction of ``steps``) after
+            which early stop took each sample out of the batch, ``inf`` where it did not (see
+            ``projected_gradient``).
     """
     return projected_gradient(model, x, y, norm=norm, eps=eps, steps=steps, step_size=step_size,
                               random_start=random_start, restarts=restarts, targeted=targeted, loss=loss,
                               l1_top=l1_top, seed=seed, schedule=schedule, single_step=single_step,
-                              x_init=x_init, early_stop=early_stop, probe=probe)
+                              x_init=x_init, early_stop=early_stop, probe=probe, stopped=stopped)
 
 
 SCHEMAS = {"pgd": schema_of(pgd, "pgd")}

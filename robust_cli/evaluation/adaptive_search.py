@@ -46,9 +46,15 @@ SAFETY = 1e-5
 PULL_STEPS = 8
 #: :func:`probe_search`: the probes' step down from hi before any of them failed (a fraction of hi); the
 #: walk's step after a full attack's success (in ``rtol``); the first bracket above a minimal-norm attack's
-#: distance (in ``rtol``); rounds in all per ``max_rounds``. Tuned on MNIST LeNet-5, pgd linf and l2
-#: (``scripts/bench_search.py``; the variants tried are in BENCHMARKS.md: none went below 3.1x in linf)
+#: distance (in ``rtol``); rounds per image per ``max_rounds``. Tuned on MNIST LeNet-5, pgd linf and l2
+#: (``scripts/bench_search.py``; the variants tried are in BENCHMARKS.md)
 DESCENT, AFTER_FULL, FIRST, ROUND_FACTOR = 0.2, 2.0, 5.0, 4
+#: :func:`probe_search`: a full attack's success that took at least this fraction of its steps is followed by
+#: the full attack at ``hi - 0.9 tol`` instead of probes. MNIST LeNet-5, pgd linf (``scripts/bench_search.py``):
+#: after successes that took half the run or more, 3 of 152 probes succeeded, after those that took 0.3-0.5 of
+#: it 39 of 103; 0.2-0.5 gave 2.80-2.84x one attack, 0 (never a probe after a full success) 2.98x with images
+#: left unresolved (0.9 tol a call from far above)
+DIRECT = 0.35
 
 
 def within(x: torch.Tensor, p: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
@@ -139,7 +145,7 @@ def adaptive_search(
         upper: ``[B]`` distances of a minimal-norm attack on the same images (``inf`` where none).
         attack_model: the model handed to the attack (a counting wrapper); default ``model``.
         warm_start: the attack takes ``x_init``.
-        probe: the attack takes ``x_init``, ``early_stop`` and ``probe`` (``pgd``): the search of
+        probe: the attack takes ``x_init``, ``early_stop``, ``probe`` and ``stopped`` (``pgd``): the search of
             :func:`probe_search` instead of regula falsi.
 
     Returns:
@@ -233,7 +239,10 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
     """:func:`adaptive_search` (its arguments, all given, and its returns) for an attack with early stop and
     probes (``pgd``).
 
-    The attack is called three ways (all with ``early_stop``, so a success costs only the steps it took):
+    The attack is called three ways, all with ``early_stop``, so a success costs only the steps it took, and
+    with ``stopped``, its report of which samples it stopped (past the boundary by its own margin) and after
+    how many steps: only those are re-verified on the bare model; a sample it did not stop is a failure with
+    no forward pass spent on it.
 
     - **the first bracket**, as in :func:`adaptive_search`, but a little higher above a minimal-norm
       attack's distance (``FIRST * rtol``: a success well above the boundary is cheap, one at it is not);
@@ -244,29 +253,44 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
       attack), so it never moves ``lo``;
     - **the full attack** only where its failure would resolve the image: once the probes have narrowed
       ``(hint, hi]`` to the tolerance, at ``hi - 0.9 tol``. A failure there is the lower end (the image is
-      done: one full failure per image is the least any search can do); a success moves hi and the walk
-      resumes from that adversarial (the full attack from ``x`` often gets past where a warm walk stalls).
+      done: one full failure per image is the least any search can do); a success moves hi, and the walk
+      resumes from that adversarial (the full attack from ``x`` often gets past where a warm walk stalls),
+      unless the success took ``DIRECT`` of the run or more: PGD then crossed late, near its threshold at this
+      eps, where the probes from its first adversarial rarely get lower, and the next call is the full attack
+      again at ``hi - 0.9 tol``.
 
-    Rounds: up to ``ROUND_FACTOR * max_rounds``, most of them probes. MNIST LeNet-5 (BENCHMARKS.md): about
-    3x one attack's passes per image where the regula falsi search took 5.5-6.3x; one image in 96 weaker than
-    the bisection beyond the tolerance, where PGD itself fails at an eps between two at which it succeeds.
+    Rounds: up to ``ROUND_FACTOR * max_rounds`` per image, most of them probes. A round is either the probes
+    of every image due for one or, once none is left to probe, the full attack on every image due for it in
+    one call: an image's own sequence of calls is the same either way, but a call runs up to a whole run's
+    steps however few images are left in it, and on a small batch a step's cost is mostly per call.
+    MNIST LeNet-5 (BENCHMARKS.md): 2.7-2.8x one attack's passes per image where the regula falsi search took
+    5.5-6.3x; one image in 96 weaker than the bisection beyond the tolerance, where PGD itself fails at an
+    eps between two at which it succeeds.
     """
     attack_model = model if attack_model is None else attack_model
     sign = -1.0 if params.get("targeted") else 1.0  # as in adaptive_search
     tol = tolerance(rtol, eps_tol)
 
     def run(idx: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None, probe: bool = False):
-        """``(ok [b], x_adv [b,C,H,W], size [b])``: the attack on ``idx`` at ``eps``, re-verified."""
+        """``(ok [b], x_adv [b,C,H,W], size [b], took [b])``: the attack on ``idx`` at ``eps``; the samples it
+        reports stopped (its own success test) re-verified, the others failures with no forward pass spent on
+        them; ``took``: the steps a success took, a fraction of the attack's run."""
         extra = {"x_init": start} if start is not None else {}
-        out = attack(attack_model, x[idx], y[idx], norm=norm, eps=eps, early_stop=True, probe=probe, **params,
-                     **extra).detach().clamp(0, 1)
-        ok, _, size = verify(model, sign, norm, x[idx], y[idx], out, eps)
-        return ok, out, size
+        took = torch.zeros_like(eps)
+        out = attack(attack_model, x[idx], y[idx], norm=norm, eps=eps, early_stop=True, probe=probe,
+                     stopped=took, **params, **extra).detach().clamp(0, 1)
+        ok, size = torch.zeros(idx.shape, dtype=torch.bool, device=x.device), torch.zeros_like(eps)
+        s = torch.isfinite(took).nonzero().squeeze(1)
+        if s.numel():
+            ok[s], _, size[s] = verify(model, sign, norm, x[idx[s]], y[idx[s]], out[s], eps[s])
+        return ok, out, size, took
 
     best = x.clone()
     hi, lo = torch.full_like(hi0, float("inf")), torch.zeros_like(hi0)
     hint = torch.zeros_like(hi0)  # the largest eps below hi where a probe failed (not a bound)
     step = torch.full_like(hi0, DESCENT)  # the probes' next step down from hi, a fraction of hi
+    # the full attack's last success took DIRECT of its run or more: the next round is the full attack again
+    direct = torch.zeros(hi0.shape, dtype=torch.bool, device=hi0.device)
 
     first = hi0 if upper is None else torch.where(torch.isfinite(upper), torch.minimum(upper * (1 + FIRST * rtol), hi0),
                                                   hi0)
@@ -274,7 +298,7 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
         idx = (torch.isinf(hi) & (eps0 > lo)).nonzero().squeeze(1)
         if not idx.numel():
             break
-        ok, p, size = run(idx, eps0[idx], None)
+        ok, p, size, _ = run(idx, eps0[idx], None)
         if ok.any():
             best[idx[ok]], hi[idx[ok]] = p[ok], size[ok]
             # the held adversarial as small as it stays, to half the tolerance
@@ -282,13 +306,20 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
         lo[idx[~ok]] = eps0[idx[~ok]]
     lo = torch.where(torch.isinf(hi), torch.zeros_like(lo), lo)
 
-    for _ in range(ROUND_FACTOR * max_rounds):
-        idx = (torch.isfinite(hi) & (hi - lo > tol(hi))).nonzero().squeeze(1)
+    calls = torch.zeros(hi0.shape, dtype=torch.long, device=hi0.device)  # per image, rounds it took part in
+    # every round calls the attack on some image, so the cap per image ends the loop; this one only bounds the
+    # rounds where images wait (linf on MNIST: 59 rounds, 7 of them full attacks, against 40 per image)
+    for _ in range(4 * ROUND_FACTOR * max_rounds):
+        idx = (torch.isfinite(hi) & (hi - lo > tol(hi)) & (calls < ROUND_FACTOR * max_rounds)).nonzero().squeeze(1)
         if not idx.numel():
             break
+        full = (hi[idx] - torch.maximum(hint[idx], lo[idx]) <= tol(hi[idx])) | direct[idx]
+        if not full.all():
+            # the images due for the full attack wait until no image is left to probe, then go in one call
+            idx, full = idx[~full], full[~full]
+        calls[idx] += 1
         a, b, t_i = lo[idx], hi[idx], tol(hi[idx])
         h = torch.maximum(hint[idx], a)
-        full = b - h <= t_i
         probe_at = torch.where(h > a, (h + b) / 2, b * (1 - step[idx]))
         guess = torch.where(full, b - 0.9 * t_i, torch.maximum(probe_at, a + t_i / 2))
         # the held adversarial projected onto the new ball: the attack's warm start and first candidate (it
@@ -296,12 +327,13 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
         start = within(x[idx], best[idx], guess, norm)
         ok = torch.zeros_like(full)
         size = torch.zeros_like(guess)
+        took = torch.zeros_like(guess)
         for kind in (True, False):
             todo = full == kind
             if not todo.any():
                 continue
-            ok2, p, size2 = run(idx[todo], guess[todo], start[todo], probe=not kind)
-            start[todo], size[todo], ok[todo] = p, size2, ok2
+            ok2, p, size2, took2 = run(idx[todo], guess[todo], start[todo], probe=not kind)
+            start[todo], size[todo], ok[todo], took[todo] = p, size2, ok2, took2
             failed = idx[todo][~ok2]
             if kind:
                 lo[failed] = guess[todo][~ok2]
@@ -316,6 +348,9 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
             # every probe's success doubles the step (up to DESCENT)
             step[k] = torch.where(full[ok], torch.full_like(step[k], AFTER_FULL * rtol),
                                   (step[k] * 2).clamp_max(DESCENT))
+            # a full attack's success that took at least DIRECT of its run came from near its threshold, where
+            # the probes from its first adversarial hardly ever get lower: the full attack again, no probes
+            direct[k] = full[ok] & (took[ok] >= DIRECT)
 
     found = torch.isfinite(hi)
     resolution = torch.where(found, hi - lo, torch.zeros_like(hi))

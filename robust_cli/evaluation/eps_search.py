@@ -170,7 +170,7 @@ def search_distance(
         params: the attack's own options (without ``eps``).
         method: ``bisection``, ``grid`` or ``adaptive``.
         steps: bisection halvings, grid points, or the adaptive search's rounds after its first bracket
-            (``4 * steps`` rounds with probes, most of them probes: ``adaptive_search.probe_search``).
+            (``4 * steps`` rounds per image with probes, most of them probes: ``adaptive_search.probe_search``).
         attack_model: the model handed to the attack (a counting wrapper of ``model``); default ``model``.
         rtol, eps_tol: ``adaptive`` only: the relative or (where given) absolute tolerance per image.
         upper: ``adaptive`` only: ``[B]`` distances of earlier (minimal-norm) attacks, the first eps tried.
@@ -195,7 +195,7 @@ def search_distance(
         x_adv, eps, res = adaptive_search(attack, model, x, y, norm, params, hi0=hi, rtol=rtol, eps_tol=eps_tol,
                                           max_rounds=steps, upper=upper, attack_model=attack_model,
                                           warm_start="x_init" in takes,
-                                          probe={"x_init", "early_stop", "probe"} <= set(takes))
+                                          probe={"x_init", "early_stop", "probe", "stopped"} <= set(takes))
         return SearchResult(x_adv, eps, torch.zeros_like(eps, dtype=torch.bool), res)
     if method == "bisection":
         eps, x_adv = search_eps(attack, model, x, y, norm, 0.0, hi, steps, params, attack_model=attack_model,
