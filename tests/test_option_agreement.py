@@ -304,7 +304,9 @@ ATTACK_CHANGES = {
     "cw": ("l2", {"steps": 30, "search_steps": 3}, {
         "steps": (10, {}), "search_steps": (2, {}), "lr": (0.05, {}), "initial_const": (0.1, {}),
         "confidence": (1.0, {}), "abort_early": (False, {"norm": "linf"}), "targeted": (True, {}),
-        "tau_decrease": (0.5, {"norm": "linf"}), "const_factor": (10.0, {"norm": "linf", "search_steps": 6})}),
+        "tau_decrease": (0.5, {"norm": "linf"}),
+        # from the paper code's c (1e-5) rounds fail, so the factor c grows by on a failure shows
+        "const_factor": (10.0, {"norm": "linf", "search_steps": 6, "initial_const": 1e-5})}),
     "ddn": ("l2", {"steps": 20}, {"steps": (10, {}), "gamma": (0.2, {}), "init_norm": (0.1, {}), "lr": (0.3, {}),
                                   "lr_final": (0.5, {}), "targeted": (True, {})}),
     "fmn": ("l2", {"steps": 20}, {"steps": (10, {}), "lr": (0.3, {}), "lr_final": (0.5, {}), "gamma": (0.2, {}),
