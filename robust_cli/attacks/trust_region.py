@@ -251,7 +251,7 @@ def trust_region_step(x0: torch.Tensor, x: torch.Tensor, g: torch.Tensor, level:
         lo, hi = torch.zeros_like(level), ((x - x0).abs().amax(1) + radius).clamp(max=1)
         for _ in range(iters + 6):  # eps is the objective itself: finer than the l2 / l1 multipliers
             mid = (lo + hi) / 2
-            z, reach, found = _linf_point(x0, x, plane, mid, lam)
+            z, reach, found = _linf_point(x0, x, plane, mid, None)
             lam = torch.where(reach, found, lam)  # out of reach, lam is an end of F's range: no guess
             ok = reach & (_length(z, x) <= radius)
             hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
