@@ -91,7 +91,7 @@ class _Plane(NamedTuple):
 
 
 def _plane_multiplier(base: torch.Tensor, plane: _Plane, pieces: _Pieces, top: torch.Tensor,
-                      bottom: torch.Tensor, guess: torch.Tensor | None = None, newton: int = 12) -> torch.Tensor:
+                      bottom: torch.Tensor, guess: torch.Tensor | None = None, newton: int = 8) -> torch.Tensor:
     """``lam`` ``[b]`` with ``F(lam) = level`` for ``F(lam) = sum_i g_i z_i(base_i - lam g_i)``, exactly.
 
     ``z_i`` as ``pieces``; ``top`` / ``bottom`` ``[b]`` are ``F(-inf)`` / ``F(inf)``. ``F`` is piecewise linear
@@ -129,9 +129,19 @@ def _plane_multiplier(base: torch.Tensor, plane: _Plane, pieces: _Pieces, top: t
         if it == newton or bool(done.all()):
             break
         f = (g * pieces.z(v)).sum(1)
-        slope = torch.where((region & 1).bool(), plane.g2, 0.0).sum(1)  # -dF/dlam (inside an interval: odd)
+        inside = (region & 1).bool()  # strictly inside an interval: -dF/dlam = sum g_i^2 over these
         done = done | (f == level)
         up = f > level
+        if it == 0:  # lam = 0 or a previous solution may sit on many breakpoints at once (z_i = x_i at a
+            # bound, hundreds of them on MNIST): the slope on the side the step goes counts those entering
+            vk = v[..., None]
+            at_p, at_q = (vk == pieces.p).any(-1), (vk == pieces.q).any(-1)
+            moves = g != 0
+            rises = (g < 0) == up[:, None]  # v_i rises as lam moves towards the level
+            enter_p, enter_q = at_p & rises & moves, at_q & ~rises & moves
+            inside = inside | enter_p | enter_q
+            region = region + enter_p.to(torch.int8) - enter_q.to(torch.int8)  # the piece the step starts in
+        slope = torch.where(inside, plane.g2, 0.0).sum(1)
         # Illinois: an end kept twice in a row after a regula falsi step counts half (no stagnation)
         f_a = torch.where(~up & (side < 0), level + (f_a - level) / 2, f_a)
         f_c = torch.where(up & (side > 0), level + (f_c - level) / 2, f_c)
