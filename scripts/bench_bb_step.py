@@ -73,8 +73,8 @@ def main() -> None:
     kinds = {"scaled": (bb, "scaled"), "exact": (bb, "exact")}
     if ref_bb is not None:
         kinds["ref exact"] = (ref_bb, "exact")
-        print("| norm | step=scaled | step=exact | ratio | ref step=exact | ref ratio | max rel. diff of end distances |"
-              "\n|---|---|---|---|---|---|---|")
+        print("| norm | step=scaled | step=exact | ratio | ref step=exact | ref ratio | max rel. diff of end distances"
+              " |\n|---|---|---|---|---|---|---|")
     else:
         print("| norm | step=scaled | step=exact | ratio |\n|---|---|---|---|")
     for norm in [s for s in args.norms.split(",") if s]:

@@ -16,8 +16,11 @@ multiplier ``lam`` for the plane and ``mu >= 0`` for the region separates over c
   (foolbox's linf solver does the same bisection over ``eps``).
 
 For a fixed ``mu`` (or ``eps``) each ``z_i`` is piecewise linear and non-increasing along ``lam g_i``, so
-``g . z(lam)`` is a non-increasing piecewise-linear function of ``lam``: sorting its breakpoints gives the
-exact ``lam`` of the plane (``_plane_multiplier``, no inner iteration). The step length ``||z - x||_2`` is
+``g . z(lam)`` is a non-increasing piecewise-linear function of ``lam`` with ``2 D K`` breakpoints; its
+``lam`` for the plane is found exactly (``_plane_multiplier``): Newton steps on that function, from the
+previous bisection round's ``lam`` (l2, l1) or 0 (linf), until a step stays inside one linear piece (then it
+hit the plane exactly), safeguarded by a bracket; the rare rows not settled in a few steps sort the
+breakpoints (``_sorted_multiplier``, the first version's only solver). The step length ``||z - x||_2`` is
 non-increasing in ``mu`` (for ``mu1 < mu2`` the two optimality inequalities add up to
 ``(mu1 - mu2)(|d1|^2 - |d2|^2) <= 0``) and non-increasing in ``eps`` for linf, so the outer multiplier is a
 monotone (geometric) bisection; ``mu = 0`` is tried first (the region does not bind: the minimiser on the
@@ -126,8 +129,9 @@ def _plane_multiplier(base: torch.Tensor, plane: _Plane, pieces: _Pieces, top: t
         region = pieces.region(v)
         if region_prev is not None:  # the Newton step stayed in its piece: lam is the solution
             done = done | (stepped & ~(region != region_prev).any(1))
-        if it == newton or bool(done.all()):
-            break
+        left = int((~done).sum())
+        if it == newton or left == 0 or (it >= 3 and left * 8 <= len(done)):
+            break  # the last few rows (crowded breakpoints) cost less sorted than iterated with the batch
         f = (g * pieces.z(v)).sum(1)
         inside = (region & 1).bool()  # strictly inside an interval: -dF/dlam = sum g_i^2 over these
         done = done | (f == level)
@@ -155,8 +159,8 @@ def _plane_multiplier(base: torch.Tensor, plane: _Plane, pieces: _Pieces, top: t
         region_prev = region
     if not bool(done.all()):
         rows = (~done).nonzero().squeeze(1)
-        pick = (lambda t: t[rows] if t.dim() and t.shape[0] == base.shape[0] else t)
-        lam[rows] = _sorted_multiplier(base[rows], g[rows], pick(pieces.p), pick(pieces.q), top[rows], level[rows])
+        p, q = (t[rows] if t.dim() and t.shape[0] == base.shape[0] else t for t in (pieces.p, pieces.q))
+        lam[rows] = _sorted_multiplier(base[rows], g[rows], p, q, top[rows], level[rows])
     return lam
 
 
@@ -255,14 +259,15 @@ def trust_region_step(x0: torch.Tensor, x: torch.Tensor, g: torch.Tensor, level:
         return out.to(dtype)
     x0, x, g, level, radius = (t[rows] for t in (x0, x, g, level, radius))
     plane = plane.rows(rows)
-    best, lam = shortest[rows], lam[rows]  # feasible on these rows; lam: each round's guess for the next
+    best, lam = shortest[rows], lam[rows]  # feasible on these rows; lam: l2 / l1's guess for the next round
     if norm == "linf":
         # every point of the region lies within ||x - x0||_inf + r of x0: the optimal eps does too
         lo, hi = torch.zeros_like(level), ((x - x0).abs().amax(1) + radius).clamp(max=1)
         for _ in range(iters + 6):  # eps is the objective itself: finer than the l2 / l1 multipliers
             mid = (lo + hi) / 2
-            z, reach, found = _linf_point(x0, x, plane, mid, None)
-            lam = torch.where(reach, found, lam)  # out of reach, lam is an end of F's range: no guess
+            # from lam = 0 (x on the plane's side the iterate holds): a round's lam is a poor guess for the
+            # next, whose box moves every clipped coordinate (measured: 5% of the rows fell back to the sort)
+            z, reach, _ = _linf_point(x0, x, plane, mid)
             ok = reach & (_length(z, x) <= radius)
             hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
             best = torch.where(ok[:, None], z, best)
