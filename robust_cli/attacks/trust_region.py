@@ -164,12 +164,6 @@ def _plane_multiplier(base: torch.Tensor, plane: _Plane, pieces: _Pieces, top: t
     return lam
 
 
-def _top(g: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
-    """``F(-inf)`` ``[b]``: every ``z_i`` at the bound that ``g_i`` favours."""
-    lo, hi = torch.as_tensor(lo, dtype=g.dtype), torch.as_tensor(hi, dtype=g.dtype)
-    return torch.where(g > 0, g * hi, g * lo).sum(1)
-
-
 def _l2_point(x0, x, plane, s, guess=None):
     """The l2 minimiser for ``s = 1 / (1 + mu)`` ``[b]``: ``clip(s x0 + (1-s) x - lam g)`` on the plane, and
     its ``lam`` (``guess``: a nearby one, where known)."""
@@ -206,7 +200,8 @@ def _linf_point(x0, x, plane, eps, guess=None):
     that box reaches the plane (``[b]`` bool), and its ``lam``."""
     g, level = plane.g, plane.level
     lo, hi = (x0 - eps[:, None]).clamp(min=0), (x0 + eps[:, None]).clamp(max=1)
-    top, bottom = _top(g, lo, hi), _top(-g, lo, hi).neg()
+    favours, g_lo, g_hi = g > 0, g * lo, g * hi
+    top, bottom = torch.where(favours, g_hi, g_lo).sum(1), torch.where(favours, g_lo, g_hi).sum(1)
     pieces = _Pieces(lo[..., None], hi[..., None], lambda v: torch.minimum(torch.maximum(v, lo), hi),
                      lambda v: (v > lo).to(torch.int8) + (v >= hi))
     lam = _plane_multiplier(x, plane, pieces, top, bottom, guess)
