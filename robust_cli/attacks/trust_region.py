@@ -104,9 +104,11 @@ def _plane_multiplier(base: torch.Tensor, plane: _Plane, pieces: _Pieces, top: t
     steps by the local slope (regula falsi on the bracket, Illinois-weighted, where that step leaves it); a
     Newton step that lands in the same linear piece as the point it started from (every coordinate in the
     same interval or gap at both points) hit ``F = level`` exactly, up to rounding: the solution, at ``O(D K)``
-    per iteration where sorting the ``2 D K`` breakpoints costs ``O(D K log(D K))`` with a large constant. Rows
-    not settled after ``newton`` iterations (the breakpoints crowd: e.g. hundreds at one ``lam``) are solved by
-    the sort (``_sorted_multiplier``). Out of ``F``'s range: the end nearest to ``level``.
+    per iteration where sorting the ``2 D K`` breakpoints costs ``O(D K log(D K))`` with a large constant. The
+    first step uses the slope on the side it goes (``lam = 0`` or a previous solution may sit on hundreds of
+    breakpoints at once). Rows not settled after ``newton`` iterations, or after 3 once no more than an eighth
+    of the rows is left (the batch would iterate for them), are solved by the sort (``_sorted_multiplier``).
+    Out of ``F``'s range: the end nearest to ``level``.
     """
     g, level = plane.g, plane.level
     # the bracket of all breakpoints: lam below `first` puts every z_i at its favoured end (F = top)
