@@ -2,18 +2,47 @@
 
 On the first ``--n`` test images of a trained run, B&B (``robust_cli.attacks.bb``) is started from FMN's points
 (``--fmn-steps``) and run for ``--steps`` steps with each step kind, in l2, linf and l1; printed: CPU seconds
-of this one-threaded process per B&B step (``time.process_time``: a shared machine's load is not counted) and
-the ratio. The start (FMN) is not timed.
+of this one-threaded process per B&B step (``time.process_time``: a shared machine's load is not counted), the
+median of ``--repeats`` interleaved runs, and the ratio. The start (FMN) is not timed.
 
-Usage: ``OMP_NUM_THREADS=1 python scripts/bench_bb_step.py --run RUN_DIR [--n 50] [--steps 20]``.
+``--ref DIR``: also run the exact step of another checkout's ``robust_cli`` (e.g. a ``git archive main``
+snapshot) from the same starts, interleaved with ours, and print its cost beside ours and the largest relative
+difference of the two B&B runs' end distances (per image, in the norm attacked): the two exact steps should
+return the same points. The two packages are imported one after the other under the same name; each function
+keeps its own module's globals (as ``scripts/bench_floor.py --ref``).
+
+Usage: ``OMP_NUM_THREADS=1 python scripts/bench_bb_step.py --run RUN_DIR [--n 50] [--steps 20] [--ref DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+
+def load_bb(root: Path):
+    """``bb`` of the ``robust_cli`` under ``root``, imported apart from ours (which stays in ``sys.modules``)."""
+    saved = {k: v for k, v in sys.modules.items() if k == "robust_cli" or k.startswith("robust_cli.")}
+    for k in saved:
+        del sys.modules[k]
+    sys.path.insert(0, str(root))
+    try:
+        fn = importlib.import_module("robust_cli.attacks.bb").bb
+        where = Path(sys.modules["robust_cli"].__file__).parent.parent
+        if where.resolve() != root.resolve():
+            raise SystemExit(f"--ref {root}: imported robust_cli from {where} instead")
+        return fn
+    finally:
+        sys.path.remove(str(root))
+        for k in [k for k in sys.modules if k == "robust_cli" or k.startswith("robust_cli.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
 
 
 def main() -> None:
@@ -23,29 +52,48 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--fmn-steps", type=int, default=50)
     p.add_argument("--norms", default="l2,linf,l1")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved timings per kind; the median is printed")
+    p.add_argument("--ref", type=Path, default=None, help="another checkout holding robust_cli/ (e.g. main)")
     args = p.parse_args()
     torch.set_num_threads(1)
 
     from robust_cli.attacks.bb import bb
+    from robust_cli.attacks.best import perturbation_size
     from robust_cli.attacks.fmn import fmn
     from robust_cli.data.sources import load_split
     from robust_cli.training.checkpoint import load_trained_model
 
+    ref_bb = load_bb(args.ref) if args.ref else None
     model, cfg = load_trained_model(args.run)
     model.eval()
     x, y = load_split(cfg.dataset, cfg.data, "test")
     x, y = x[: args.n], y[: args.n]
-    print(f"{args.run}: {len(x)} images, B&B {args.steps} steps from FMN ({args.fmn_steps} steps), CPU s per step")
-    print("| norm | step=scaled | step=exact | ratio |\n|---|---|---|---|")
+    print(f"{args.run}: {len(x)} images, B&B {args.steps} steps from FMN ({args.fmn_steps} steps), CPU s per step"
+          f" (median of {args.repeats})")
+    kinds = {"scaled": (bb, "scaled"), "exact": (bb, "exact")}
+    if ref_bb is not None:
+        kinds["ref exact"] = (ref_bb, "exact")
+        print("| norm | step=scaled | step=exact | ratio | ref step=exact | ref ratio | max rel. diff of end distances"
+              " |\n|---|---|---|---|---|---|---|")
+    else:
+        print("| norm | step=scaled | step=exact | ratio |\n|---|---|---|---|")
     for norm in [s for s in args.norms.split(",") if s]:
         start = fmn(model, x, y, norm=norm, steps=args.fmn_steps)
-        per_step = {}
-        for step in ("scaled", "exact"):
-            t = time.process_time()
-            bb(model, x, y, norm=norm, steps=args.steps, step=step, x_init=start)
-            per_step[step] = (time.process_time() - t) / args.steps
-        print(f"| {norm} | {per_step['scaled']:.3f} s | {per_step['exact']:.3f} s | "
-              f"{per_step['exact'] / per_step['scaled']:.1f}x |", flush=True)
+        times: dict[str, list[float]] = {k: [] for k in kinds}
+        out = {}
+        for _ in range(args.repeats):
+            for kind, (fn, step) in kinds.items():
+                t = time.process_time()
+                out[kind] = fn(model, x, y, norm=norm, steps=args.steps, step=step, x_init=start)
+                times[kind].append((time.process_time() - t) / args.steps)
+        per_step = {k: statistics.median(v) for k, v in times.items()}
+        row = (f"| {norm} | {per_step['scaled']:.3f} s | {per_step['exact']:.3f} s | "
+               f"{per_step['exact'] / per_step['scaled']:.1f}x |")
+        if ref_bb is not None:
+            ours, theirs = (perturbation_size(out[k], x, norm).double() for k in ("exact", "ref exact"))
+            diff = ((ours - theirs).abs() / theirs.clamp_min(1e-12)).max().item()
+            row += f" {per_step['ref exact']:.3f} s | {per_step['ref exact'] / per_step['scaled']:.1f}x | {diff:.1e} |"
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -108,3 +108,60 @@ def test_bb_with_the_exact_step_is_near_the_exact_optimum_of_the_linear_model(no
     ratio = perturbation_size(out, x, norm).double() / minimal_distance(model, x, y, norm)
     assert ratio.min() >= 1 - 1e-4, f"below the exact optimum: {ratio.min():.6f}"
     assert ratio.max() <= 1.05, f"worst ratio {ratio.max():.4f}"
+
+
+def _degenerate_problem(seed, b=48, d=40):
+    """Random problems shaped like B&B's on images: many values at 0 or 1 (a background), the iterate equal
+    to the clean image on many of them (hundreds of breakpoints at one multiplier), some zero normals,
+    radii from tiny to none, levels near and far."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(b, d, generator=g, dtype=torch.float64)
+    x0 = torch.where(torch.rand(b, d, generator=g, dtype=torch.float64) < 0.4, (x0 > 0.8).double(), x0)
+    step = 0.2 * torch.randn(b, d, generator=g, dtype=torch.float64)
+    x = torch.where(torch.rand(b, d, generator=g, dtype=torch.float64) < 0.5, x0, (x0 + step).clamp(0, 1))
+    normal = torch.randn(b, d, generator=g, dtype=torch.float64)
+    normal = torch.where(torch.rand(b, d, generator=g, dtype=torch.float64) < 0.1, 0.0, normal)
+    level = (normal * x).sum(1) + normal.norm(dim=1) * 0.3 * torch.randn(b, generator=g, dtype=torch.float64)
+    radius = 10 ** (-3 + 3.5 * torch.rand(b, generator=g, dtype=torch.float64))
+    return x0, x, normal, level, radius
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_matches_the_sorting_reference(norm):
+    """The warm-started Newton solve of the plane's multiplier returns the reference's step (every solve by
+    sorting the breakpoints) up to rounding, on problems with crowded breakpoints."""
+    from trust_region_reference import trust_region_step as reference
+
+    for seed in range(6):
+        x0, x, g, level, r = _degenerate_problem(seed)
+        z, ref = trust_region_step(x0, x, g, level, r, norm), reference(x0, x, g, level, r, norm)
+        assert (z - ref).abs().max() <= 1e-9, f"seed {seed}: {(z - ref).abs().max():.2e}"
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_newton_and_sort_give_the_same_plane_point(norm, monkeypatch):
+    """Every row through the sort (``newton=0``: the reference's solver) or through Newton as far as it goes
+    (``newton=60``; the last few rows may still be sorted): the same step."""
+    import robust_cli.attacks.trust_region as tr
+
+    x0, x, g, level, r = _degenerate_problem(7)
+    steps = {}
+    for newton in (0, 60):
+        monkeypatch.setattr(tr._plane_multiplier, "__defaults__", (None, newton))
+        steps[newton] = tr.trust_region_step(x0, x, g, level, r, norm)
+    assert (steps[0] - steps[60]).abs().max() <= 1e-9
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_bb_with_the_new_step_ends_where_the_reference_does(norm, monkeypatch):
+    """Whole B&B trajectories on the linear reference model: the same end points with either solver."""
+    import robust_cli.attacks.bb as bb_module
+    from trust_region_reference import trust_region_step as reference
+
+    model, x, y = make_problem(n=12, in_shape=(1, 6, 6), num_classes=3, seed=1)
+    start = list_attacks()["deepfool"](model, x, y, norm="l2")
+    ours = bb_module.bb(model, x, y, norm=norm, steps=60, step="exact", x_init=start)
+    monkeypatch.setattr(bb_module, "trust_region_step", reference)
+    theirs = bb_module.bb(model, x, y, norm=norm, steps=60, step="exact", x_init=start)
+    size, ref_size = (perturbation_size(t, x, norm).double() for t in (ours, theirs))
+    assert torch.allclose(size, ref_size, rtol=1e-5, atol=0)

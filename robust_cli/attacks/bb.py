@@ -13,16 +13,16 @@ the iterate ``x_k``, with ``c(z) = max_{j != y} f_j(z) - f_y(z)`` (``> 0``: adve
 ``c* = overshoot_frac * |c(x_k)|``: an adversarial iterate aims at a tenth of its margin (moving towards the
 boundary and staying on the adversarial side), a non-adversarial one at a tenth beyond it (the paper's
 overshoot, 1.1). Two solvers (``step``; ``STEP_DEFAULT`` per norm): ``exact`` solves the three constraints
-jointly (``trust_region.trust_region_step``: the plane's multiplier exactly from sorted breakpoints, the
-region's by a monotone bisection; l2, linf, l1), ``scaled`` takes the minimiser on the plane and the box
-alone (``project_on_plane``: l2 a bisection on the multiplier, linf a bisection on the radius, l1 the
-fractional knapsack — move the coordinates of largest ``|b_i|`` to their bound first — l0 the same ranking by
-what a whole pixel can contribute) and scales the step back into the region (exact for l2 without the box
-when ``x_k`` lies on the plane; otherwise it leaves the plane whenever the region binds). The trust region
-``r_k`` starts at ``lr`` times the starting distance (in l2, for every norm; ``LR_DEFAULT`` per norm) and
-halves ``lr_num_decay`` times over the run, as the paper's step-size schedule. Every iterate is accepted
-(the linear constraint pulls a point that crossed back to the boundary); the smallest misclassified
-iterate is kept. One forward and backward per step.
+jointly (``trust_region.trust_region_step``: the plane's multiplier exactly, by Newton steps on a
+piecewise-linear function, the region's by a monotone bisection; l2, linf, l1), ``scaled`` takes the
+minimiser on the plane and the box alone (``project_on_plane``: l2 a bisection on the multiplier, linf a
+bisection on the radius, l1 the fractional knapsack — move the coordinates of largest ``|b_i|`` to their bound
+first — l0 the same ranking by what a whole pixel can contribute) and scales the step back into the region
+(exact for l2 without the box when ``x_k`` lies on the plane; otherwise it leaves the plane whenever the
+region binds). The trust region ``r_k`` starts at ``lr`` times the starting distance (in l2, for every
+norm; ``LR_DEFAULT`` per norm) and halves ``lr_num_decay`` times over the run, as the paper's step-size
+schedule. Every iterate is accepted (the linear constraint pulls a point that crossed back to the boundary);
+the smallest misclassified iterate is kept. One forward and backward per step.
 """
 
 from __future__ import annotations
@@ -84,11 +84,11 @@ STEP_DEFAULT = {"l2": "exact", "linf": "exact", "l1": "exact", "l0": "scaled"}
 """``step`` where none is given, per norm (BENCHMARKS.md, issue 10). On the digits LeNet-5 (94 images) the
 exact step ended at or below the peers' per-image minimum (foolbox's B&B included) on more images: within
 0.1%, B&B from the same ensemble points linf 0.904 -> 0.936 and l1 0.894 -> 0.936; in l2 the whole ensemble
-at most 1e-6 above it 0.404 -> 0.915 (within 0.1% unchanged, 0.968). Its
-cost: 10-20 ms a step on 94 8x8 images against ~2 ms (one sort per bisection round); on 50 MNIST images
-0.08 / 0.10 / 0.17 s a step (l2 / linf / l1) against 0.01 s (``scripts/bench_bb_step.py``): ``scaled`` is the
-cheap option. l0 has no exact step (a combinatorial problem) and keeps the
-scaled one."""
+at most 1e-6 above it 0.404 -> 0.915 (within 0.1% unchanged, 0.968). Its cost on 50 MNIST images
+(``scripts/bench_bb_step.py``, CPU s a step, l2 / linf / l1): 0.048 / 0.069 / 0.092 against 0.010 for
+``scaled`` (4.6x / 6.9x / 8.9x; the first version, which sorted all breakpoints in every bisection round,
+0.079 / 0.093 / 0.185 in the same run, with the same end points): ``scaled`` is still the cheap option. l0
+has no exact step (a combinatorial problem) and keeps the scaled one."""
 
 
 def _boundary_logit(model: nn.Module, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
