@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--peer-cache", default=None, help="directory for the peers' per-image results")
     ap.add_argument("--no-ours", action="store_true", help="only the peers (to fill --peer-cache)")
     ap.add_argument("--images", default=None, help="comma-separated indices: score ours on these only")
+    ap.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="options of our minimal (values as YAML), e.g. random_starts=8")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -115,6 +117,9 @@ def main() -> None:
     add_peers(args.peers)
     print(f"model {args.run}; {len(x)}/{n} correctly classified test images")
     sub = [int(i) for i in args.images.split(",")] if args.images else None
+    import yaml
+
+    options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.options)}
 
     def cells(d):
         fin = d[torch.isfinite(d)]
@@ -127,7 +132,8 @@ def main() -> None:
         if not args.no_ours:
             torch.manual_seed(0)
             xs, ys = (x, y) if sub is None else (x[sub], y[sub])
-            out, sec, rows = timed(model, lambda m, norm=norm: list_attacks()["minimal"](m, xs, ys, norm=norm))
+            out, sec, rows = timed(model, lambda m, norm=norm: list_attacks()["minimal"](m, xs, ys, norm=norm,
+                                                                                      **options))
             ours = verified_sizes(model, xs, ys, out, norm)
         cached = None
         if args.peer_cache:
