@@ -17,7 +17,8 @@ Peers live in side directories (``scripts/_bench.py`` says how to install them):
 result, seconds, passes) in ``DIR/<norm>_n<n>_<run name>.pt`` and reuses them when present, so that ours can be
 rerun alone against the same peers; ``--no-ours`` computes (and caches) only the peers; ``--images 9,15``
 scores ours on those images only (indices among the correctly classified ones; ours runs on that sub-batch,
-whose float rounding can differ from the full batch's), against the cached peers.
+whose float rounding can differ from the full batch's), against the cached peers; ``--options random_starts=8``
+passes options to our ``minimal`` (values read as YAML).
 """
 
 from __future__ import annotations
