@@ -117,3 +117,12 @@ def test_bad_ensemble_options_fail_at_compose_time(overrides, message, hydra_com
     cfg = hydra_compose(config_name="eval", overrides=["run=x", *overrides])
     with pytest.raises(UserError, match=re.escape(message)):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("norm,rows", [("linf", 1 + 8), ("l2", 1 + 4)])
+def test_random_starts_default_per_norm(monkeypatch, norm, rows):
+    model, x, y = make_problem(n=4, in_shape=(1, 4, 4), num_classes=3, seed=3)
+    calls = []
+    minimal = _spy_registry(monkeypatch, calls)
+    minimal(model, x, y, norm=norm, **{f"{norm}_attacks": ["deepfool", "bb(steps=1)"]}, refine_starts=1)
+    assert [c[3] for c in calls if c[0] == "bb"] == [rows * len(x)]
