@@ -133,8 +133,11 @@ def main() -> None:
         if not args.no_ours:
             torch.manual_seed(0)
             xs, ys = (x, y) if sub is None else (x[sub], y[sub])
-            out, sec, rows = timed(model, lambda m, norm=norm: list_attacks()["minimal"](m, xs, ys, norm=norm,
-                                                                                      **options))
+
+            def ours_run(m, norm=norm, xs=xs, ys=ys):
+                return list_attacks()["minimal"](m, xs, ys, norm=norm, **options)
+
+            out, sec, rows = timed(model, ours_run)
             ours = verified_sizes(model, xs, ys, out, norm)
         cached = None
         if args.peer_cache:

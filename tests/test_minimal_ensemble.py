@@ -74,7 +74,6 @@ def test_refiner_runs_from_ranked_and_random_starts_and_is_no_worse(monkeypatch)
                   random_starts=3)
     bb_calls = [c for c in calls if c[0] == "bb"]
     assert len(bb_calls) == 1 and bb_calls[0][3] == 5 * len(x)  # 2 ranked + 3 random starts per image
-    first = next(c for c in calls if c[0] == "deepfool")
     single = attacks_pkg.list_attacks()["deepfool"](model, x, y, norm="l2")
     with torch.no_grad():
         fooled = model(single).argmax(1) != y

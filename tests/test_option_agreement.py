@@ -235,6 +235,8 @@ _PD = {  # the primal-dual options shared by pdgd and pdpgd
 _SLOW = {"lr": 0.0003, "steps": 100}
 _ITERATIVE = {"steps": (3, {}), "step_size": (0.5, {}), "targeted": (True, {}), "loss": ("margin", {}),
               "single_step": (False, {})}
+#: minimal's random refiner starts: a far start (noise) and a B&B too short to forget it, so the starts show
+_RANDOM_STARTS = {"l2_attacks": ["noise", "bb(steps=1, lr=0.001)"], "refine_starts": 1}
 ATTACK_CHANGES = {
     "fgsm": ("linf", {}, {"targeted": (True, {}), "loss": ("margin", {})}),
     "fgm": ("l2", {}, {"targeted": (True, {}), "loss": ("margin", {})}),
@@ -260,9 +262,8 @@ ATTACK_CHANGES = {
                            "search_steps": (2, {"norm": "linf", "linf_attacks": ["pgd"]}),
                            "refiners": ([], {"l2_attacks": ["ddn", "bb(steps=2)"]}),
                            "refine_starts": (1, {"l2_attacks": ["ddn", "bb(steps=2)"]}),
-                           "random_starts": (0, {"l2_attacks": ["noise", "bb(steps=1, lr=0.001)"], "refine_starts": 1}),
-                           "random_scale": (3.0, {"l2_attacks": ["noise", "bb(steps=1, lr=0.001)"], "refine_starts": 1}),
-                           "seed": (1, {"l2_attacks": ["noise", "bb(steps=1, lr=0.001)"], "refine_starts": 1}),
+                           "random_starts": (0, _RANDOM_STARTS), "random_scale": (3.0, _RANDOM_STARTS),
+                           "seed": (1, _RANDOM_STARTS),
                            "cold_members": ([], {"l2_attacks": ["deepfool", "fmn"]})}),
     "sigma_zero": ("l0", {"steps": 20}, {"steps": (5, {}), "lr": (0.1, {}), "sigma": (1.0, {}),
                                          "threshold": (0.0, {}), "threshold_lr": (0.5, {})}),
