@@ -100,6 +100,14 @@ class NonEmpty:
     """A string or list option that must not be empty: ``Annotated[str, NonEmpty()]``."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A rule no other marker states: ``Annotated[str, Check(problem)]``, ``problem(value)`` returning what is
+    wrong with ``value`` (None: nothing), e.g. a member of ``attack=minimal`` written with options."""
+
+    problem: collections.abc.Callable[[Any], str | None]
+
+
 def _schema_type(annotation: Any) -> Any:
     """The OmegaConf-checkable type for a signature annotation (see the module docstring)."""
     if typing.get_origin(annotation) is typing.Annotated:
@@ -240,7 +248,7 @@ def _rules(annotation: Any) -> tuple[list[Any], tuple | None, Any]:
         origin = typing.get_origin(annotation)
         if origin is typing.Annotated:
             annotation, *extras = typing.get_args(annotation)
-            ranges += [e for e in extras if isinstance(e, (Range, Length, NonEmpty))]
+            ranges += [e for e in extras if isinstance(e, (Range, Length, NonEmpty, Check))]
             choices = next((e.choices for e in extras if isinstance(e, OneOf)), choices)
         elif origin in (typing.Union, types.UnionType):
             rest = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -272,6 +280,10 @@ def _problem(annotation: Any, value: Any) -> str | None:
     if any(isinstance(r, NonEmpty) for r in ranges) and isinstance(value, (str, list, tuple, dict)) and \
             not (value.strip() if isinstance(value, str) else value):
         return "must not be empty"
+    for check in (r for r in ranges if isinstance(r, Check)):
+        problem = check.problem(value)
+        if problem:
+            return problem
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         bounds = [r for r in ranges if isinstance(r, Range)]
         if bounds and value != value:  # NaN lies in no range

@@ -12,11 +12,19 @@ minimum (the target: >= 0.99), exactly and within 0.1%, with the images where it
 Peers live in side directories (``scripts/_bench.py`` says how to install them)::
 
     .venv/bin/python scripts/bench_ensemble.py --run RUN_DIR --n 100 --advlib .bench-advlib --peers .bench-peers
+
+``--peer-cache DIR`` keeps the peers' per-image results (every peer's points and sizes, foolbox's start and
+result, seconds, passes) in ``DIR/<norm>_n<n>_<run name>.pt`` and reuses them when present, so that ours can be
+rerun alone against the same peers; ``--no-ours`` computes (and caches) only the peers; ``--images 9,15``
+scores ours on those images only (indices among the correctly classified ones; ours runs on that sub-batch,
+whose float rounding can differ from the full batch's), against the cached peers; ``--options random_starts=8``
+passes options to our ``minimal`` (values read as YAML).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from _bench import add_peers, correct_test_images, load_advlib, peer_parser, timed, verified_sizes
@@ -56,9 +64,50 @@ def foolbox_bb(norm: str, start: torch.Tensor):
     return lambda m, x, y: cls(steps=1000).run(fb.PyTorchModel(m, bounds=(0, 1)), x, y, starting_points=start)
 
 
+def peer_results(model, x, y, lib, norm: str) -> dict:
+    """Every peer on ``x``: ``per_peer`` name -> (points, sizes), the per-image min, foolbox's start, cost."""
+    peer_min = torch.full((len(x),), math.inf, dtype=torch.float64)
+    peer_best = x.clone()
+    peer_sec, peer_rows, who, per_peer = 0.0, 0, [], {}
+    members = advlib_members(lib, norm) if lib is not None else {}
+    for name, fn in members.items():
+        try:
+            torch.manual_seed(0)
+            adv, s, r = timed(model, lambda m, fn=fn: fn(m, x, y))
+        except Exception as err:  # noqa: BLE001 - a peer that does not run is reported, not fatal
+            print(f"| {norm} | adv-lib {name} failed: {type(err).__name__}: {str(err)[:80]} |")
+            continue
+        d = verified_sizes(model, x, y, adv, norm)
+        per_peer[name] = (adv, d)
+        better = d < peer_min
+        peer_min = torch.where(better, d, peer_min)
+        peer_best[better] = adv[better]
+        peer_sec, peer_rows = peer_sec + s, peer_rows + r
+        who.append(f"{name} {d[torch.isfinite(d)].mean():.4g}")
+    bb = foolbox_bb(norm, peer_best) if members else None
+    if bb is not None and bool(torch.isfinite(peer_min).all()):
+        try:
+            adv, s, r = timed(model, lambda m, bb=bb: bb(m, x, y))
+            d = verified_sizes(model, x, y, adv, norm)
+            per_peer["foolbox_bb"] = (adv, d)
+            better = d < peer_min
+            peer_min = torch.where(better, d, peer_min)
+            peer_sec, peer_rows = peer_sec + s, peer_rows + r
+            who.append(f"foolbox bb {d[torch.isfinite(d)].mean():.4g}")
+        except Exception as err:  # noqa: BLE001
+            print(f"| {norm} | foolbox bb failed: {type(err).__name__}: {str(err)[:80]} |")
+    return {"peer_min": peer_min, "peer_best": peer_best, "per_peer": per_peer, "sec": peer_sec,
+            "rows": peer_rows, "who": who}
+
+
 def main() -> None:
     ap = peer_parser(__doc__.splitlines()[0], "l2,linf,l1,l0", peers_required=False)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--peer-cache", default=None, help="directory for the peers' per-image results")
+    ap.add_argument("--no-ours", action="store_true", help="only the peers (to fill --peer-cache)")
+    ap.add_argument("--images", default=None, help="comma-separated indices: score ours on these only")
+    ap.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="options of our minimal (values as YAML), e.g. random_starts=8")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -68,56 +117,61 @@ def main() -> None:
     lib = load_advlib(args.advlib)
     add_peers(args.peers)
     print(f"model {args.run}; {len(x)}/{n} correctly classified test images")
+    sub = [int(i) for i in args.images.split(",")] if args.images else None
+    import yaml
+
+    options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.options)}
+
+    def cells(d):
+        fin = d[torch.isfinite(d)]
+        return f"{fin.mean():.4f} ({fin.numel()}/{len(d)})", f"{d.median():.4f}"
+
     print("| norm | side | mean | median | passes/img | s | ours <= peers' min |")
     print("|---|---|---|---|---|---|---|")
     for norm in [s.strip() for s in args.norms.split(",") if s.strip()]:
-        torch.manual_seed(0)
-        out, sec, rows = timed(model, lambda m, norm=norm: list_attacks()["minimal"](m, x, y, norm=norm))
-        ours = verified_sizes(model, x, y, out, norm)
-        peer_min = torch.full_like(ours, math.inf)
-        peer_best = x.clone()
-        peer_sec, peer_rows, who = 0.0, 0, []
-        members = advlib_members(lib, norm) if lib is not None else {}
-        for name, fn in members.items():
-            try:
-                torch.manual_seed(0)
-                adv, s, r = timed(model, lambda m, fn=fn: fn(m, x, y))
-            except Exception as err:  # noqa: BLE001 - a peer that does not run is reported, not fatal
-                print(f"| {norm} | adv-lib {name} failed: {type(err).__name__}: {str(err)[:80]} |")
-                continue
-            d = verified_sizes(model, x, y, adv, norm)
-            better = d < peer_min
-            peer_min = torch.where(better, d, peer_min)
-            peer_best[better] = adv[better]
-            peer_sec, peer_rows = peer_sec + s, peer_rows + r
-            who.append(f"{name} {d[torch.isfinite(d)].mean():.4g}")
-        bb = foolbox_bb(norm, peer_best) if members else None
-        if bb is not None and bool(torch.isfinite(peer_min).all()):
-            try:
-                adv, s, r = timed(model, lambda m, bb=bb: bb(m, x, y))
-                d = verified_sizes(model, x, y, adv, norm)
-                better = d < peer_min
-                peer_min = torch.where(better, d, peer_min)
-                peer_sec, peer_rows = peer_sec + s, peer_rows + r
-                who.append(f"foolbox bb {d[torch.isfinite(d)].mean():.4g}")
-            except Exception as err:  # noqa: BLE001
-                print(f"| {norm} | foolbox bb failed: {type(err).__name__}: {str(err)[:80]} |")
+        ours = None
+        if not args.no_ours:
+            torch.manual_seed(0)
+            xs, ys = (x, y) if sub is None else (x[sub], y[sub])
 
-        def cells(d):
-            fin = d[torch.isfinite(d)]
-            return f"{fin.mean():.4f} ({fin.numel()}/{len(d)})", f"{d.median():.4f}"
+            def ours_run(m, norm=norm, xs=xs, ys=ys):
+                return list_attacks()["minimal"](m, xs, ys, norm=norm, **options)
+
+            out, sec, rows = timed(model, ours_run)
+            ours = verified_sizes(model, xs, ys, out, norm)
+        cached = None
+        if args.peer_cache:
+            cache = Path(args.peer_cache) / f"{norm}_n{args.n}_{Path(args.run).resolve().name}.pt"
+            if cache.exists():
+                cached = torch.load(cache)
+        if cached is None:
+            cached = peer_results(model, x, y, lib, norm)
+            if args.peer_cache:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(cached, cache)
+        peer_min, peer_sec, peer_rows, who = (cached[k] for k in ("peer_min", "sec", "rows", "who"))
+        members = cached["per_peer"]
+        if sub is not None:
+            peer_min = peer_min[sub]
+        if ours is None:
+            print(f"| {norm} | peers' per-image min | {cells(peer_min)[0]} | {cells(peer_min)[1]} | "
+                  f"{peer_rows / len(x):.0f} | {peer_sec:.0f} | |")
+            print(f"  peers ({norm}, mean over successes): {', '.join(who)}")
+            continue
 
         le = ours <= peer_min * (1 + 1e-6) + 1e-9
         near = ours <= peer_min * (1 + 1e-3)  # within 0.1%: below any resolution the evaluation reports
-        print(f"| {norm} | ours minimal | {' | '.join(cells(ours))} | {rows / len(x):.0f} | {sec:.0f} | "
+        print(f"| {norm} | ours minimal | {' | '.join(cells(ours))} | {rows / len(ours):.0f} | {sec:.0f} | "
               f"{le.double().mean():.3f} (within 0.1%: {near.double().mean():.3f}) |")
         if members:
             print(f"| {norm} | peers' per-image min | {' | '.join(cells(peer_min))} | {peer_rows / len(x):.0f} | "
                   f"{peer_sec:.0f} | |")
             print(f"  peers ({norm}, mean over successes): {', '.join(who)}")
             worse = (~near).nonzero().squeeze(1).tolist()
+            worse = [sub[i] for i in worse] if sub is not None else worse
             if worse:
-                mine, theirs = ([round(float(d[i]), 4) for i in worse] for d in (ours, peer_min))
+                pos = [sub.index(i) for i in worse] if sub is not None else worse
+                mine, theirs = ([round(float(d[i]), 4) for i in pos] for d in (ours, peer_min))
                 print(f"  ours > peers by over 0.1% on images {worse}: ours {mine} peers {theirs}")
 
 

@@ -115,7 +115,10 @@ for _options in MODEL_CHANGES.values():
 
 
 def _override(key: str, value) -> str:
-    text = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else str(value)
+    def item(v):  # a member with options, bb(steps=20), is quoted for Hydra's override grammar
+        return f"'{v}'" if isinstance(v, str) and any(c in v for c in "()=, ") else str(v)
+
+    text = "[" + ",".join(item(v) for v in value) + "]" if isinstance(value, list) else str(value)
     return f"{key}={text}"
 
 
@@ -232,6 +235,8 @@ _PD = {  # the primal-dual options shared by pdgd and pdpgd
 _SLOW = {"lr": 0.0003, "steps": 100}
 _ITERATIVE = {"steps": (3, {}), "step_size": (0.5, {}), "targeted": (True, {}), "loss": ("margin", {}),
               "single_step": (False, {})}
+#: minimal's random refiner starts: a far start (noise) and a B&B too short to forget it, so the starts show
+_RANDOM_STARTS = {"l2_attacks": ["noise", "bb(steps=1, lr=0.001)"], "refine_starts": 1}
 ATTACK_CHANGES = {
     "fgsm": ("linf", {}, {"targeted": (True, {}), "loss": ("margin", {})}),
     "fgm": ("l2", {}, {"targeted": (True, {}), "loss": ("margin", {})}),
@@ -255,8 +260,11 @@ ATTACK_CHANGES = {
                            "l0_attacks": (["jsma"], {"norm": "l0"}), "l1_attacks": (["sparsefool"], {"norm": "l1"}),
                            "l2_attacks": (["deepfool"], {}), "linf_attacks": (["pgd"], {"norm": "linf"}),
                            "search_steps": (2, {"norm": "linf", "linf_attacks": ["pgd"]}),
-                           "refiners": ([], {"l2_attacks": ["ddn", "bb"]}),
-                           "refine_starts": (1, {"l2_attacks": ["ddn", "bb"]})}),
+                           "refiners": ([], {"l2_attacks": ["ddn", "bb(steps=2)"]}),
+                           "refine_starts": (1, {"l2_attacks": ["ddn", "bb(steps=2)"]}),
+                           "random_starts": (0, _RANDOM_STARTS), "random_scale": (3.0, _RANDOM_STARTS),
+                           "seed": (1, _RANDOM_STARTS),
+                           "cold_members": ([], {"l2_attacks": ["deepfool", "fmn"]})}),
     "sigma_zero": ("l0", {"steps": 20}, {"steps": (5, {}), "lr": (0.1, {}), "sigma": (1.0, {}),
                                          "threshold": (0.0, {}), "threshold_lr": (0.5, {})}),
     "jsma": ("l0", {}, {"gamma": (0.02, {}), "saliency": ("margin", {}), "directions": ("increase", {}),

@@ -1,0 +1,127 @@
+"""``attack=minimal``'s ensemble options: members written with options (``alma(lr=0.2)``), members run twice
+(``cold_members``), the refiner's random starts (``random_starts``), and their compose-time checks."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+import torch
+
+from linear_reference import make_problem
+import robust_cli.attacks as attacks_pkg
+from robust_cli.attacks.best import Best, perturbation_size
+from robust_cli.attacks.minimal import _member_problem, _random_starts, parse_member
+
+torch.set_num_threads(1)
+
+
+def _spy_registry(monkeypatch, calls):
+    """``list_attacks`` as ``minimal`` sees it, every attack recording ``(name, options, x_init, rows)``."""
+    real = attacks_pkg.list_attacks()
+
+    def wrap(name, fn):
+        @functools.wraps(fn)
+        def spy(model, x, y, **kw):
+            calls.append((name, {k: v for k, v in kw.items() if k not in ("norm", "x_init")}, kw.get("x_init"),
+                          x.shape[0]))
+            return fn(model, x, y, **kw)
+
+        spy.norms, spy.budget = fn.norms, fn.budget
+        return spy
+
+    wrapped = {k: (v if k == "minimal" else wrap(k, v)) for k, v in real.items()}
+    monkeypatch.setattr(attacks_pkg, "list_attacks", lambda: wrapped)
+    return real["minimal"]
+
+
+def test_parse_member():
+    assert parse_member("alma") == ("alma", {})
+    assert parse_member("alma(lr=0.2, steps=500)") == ("alma", {"lr": 0.2, "steps": 500})
+    assert parse_member(" fmn( targeted=true ) ") == ("fmn", {"targeted": True})
+    for bad in ("alma(lr)", "a b", "alma(lr=0.2", "alma(0.2=lr)"):
+        with pytest.raises(ValueError):
+            parse_member(bad)
+
+
+def test_member_problems_name_what_is_wrong():
+    assert _member_problem("alma(lr=0.2)") is None
+    assert _member_problem("not_an_attack") is None  # a bare unknown name is skipped when the attack runs
+    assert "no attack 'nope'" in _member_problem("nope(lr=1)")
+    assert "alma has no option 'lrr'" in _member_problem("alma(lrr=1)")
+    assert "lr=-1: must be > 0" in _member_problem("alma(lr=-1)")
+
+
+def test_member_options_reach_the_member_and_cold_members_run_twice(monkeypatch):
+    model, x, y = make_problem(n=6, in_shape=(1, 4, 4), num_classes=3, seed=0)
+    calls = []
+    minimal = _spy_registry(monkeypatch, calls)
+    minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "fmn(steps=7)", "ddn(steps=5)"], cold_members=["fmn"])
+    seen = [(name, opts, x_init is None) for name, opts, x_init, _ in calls]
+    assert seen == [("deepfool", {}, True), ("fmn", {"steps": 7}, False), ("fmn", {"steps": 7}, True),
+                    ("ddn", {"steps": 5}, True)]
+    calls.clear()
+    minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "fmn(steps=7)"], cold_members=[])
+    assert [(name, x_init is None) for name, _, x_init, _ in calls] == [("deepfool", True), ("fmn", False)]
+
+
+def test_refiner_runs_from_ranked_and_random_starts_and_is_no_worse(monkeypatch):
+    model, x, y = make_problem(n=6, in_shape=(1, 4, 4), num_classes=3, seed=1)
+    calls = []
+    minimal = _spy_registry(monkeypatch, calls)
+    out = minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "bb(steps=20)"], refine_starts=2,
+                  random_starts=3)
+    bb_calls = [c for c in calls if c[0] == "bb"]
+    assert len(bb_calls) == 1 and bb_calls[0][3] == 5 * len(x)  # 2 ranked + 3 random starts per image
+    single = attacks_pkg.list_attacks()["deepfool"](model, x, y, norm="l2")
+    with torch.no_grad():
+        fooled = model(single).argmax(1) != y
+    assert bool((perturbation_size(out, x, "l2")[fooled] <= perturbation_size(single, x, "l2")[fooled] + 1e-6).all())
+
+
+def test_random_starts_are_adversarial_perturbed_copies_of_the_best_and_seeded():
+    model, x, y = make_problem(n=8, in_shape=(1, 4, 4), num_classes=3, seed=2)
+    adv = attacks_pkg.list_attacks()["deepfool"](model, x, y, norm="l2")
+    best = Best(x, "l2")
+    best.start(model, y, adv)
+    best.found[0] = False  # one image without an adversarial yet: its starts are the clean image
+    best.x_adv[0] = x[0]
+    starts = _random_starts(model, best, y, 4, 1.0, torch.Generator().manual_seed(0)).view(4, *x.shape)
+    again = _random_starts(model, best, y, 4, 1.0, torch.Generator().manual_seed(0)).view(4, *x.shape)
+    other = _random_starts(model, best, y, 4, 1.0, torch.Generator().manual_seed(1)).view(4, *x.shape)
+    assert torch.equal(starts, again) and not torch.equal(starts, other)
+    assert starts.min() >= 0 and starts.max() <= 1
+    assert torch.equal(starts[:, 0], x[0].expand(4, *x.shape[1:]))
+    with torch.no_grad():
+        fooled = model(starts[:, 1:].flatten(0, 1)).argmax(1) != y[1:].repeat(4)
+    assert bool(fooled.all())
+    moved = (starts[:, 1:] - best.x_adv[1:]).flatten(2).norm(dim=2)  # [4, B-1]
+    found = best.found[1:]
+    assert bool((moved[:, found] > 0).float().mean() > 0.5)  # most copies are moved (the rest fall back)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["attack=minimal", "attack.minimal.random_starts=-1"], "attack.minimal.random_starts=-1: must be >= 0"),
+    (["attack=minimal", "attack.minimal.random_scale=0"], "attack.minimal.random_scale=0.0: must be > 0"),
+    (["attack=minimal", "attack.minimal.l2_attacks=['alma(lrr=0.2)']"],
+     "attack.minimal.l2_attacks=['alma(lrr=0.2)']: each entry: member 'alma(lrr=0.2)': alma has no option 'lrr'"),
+    (["attack=minimal", "attack.minimal.l1_attacks=['fmn(steps=0)']"],
+     "each entry: member 'fmn(steps=0)': steps=0: must be >= 1"),
+])
+def test_bad_ensemble_options_fail_at_compose_time(overrides, message, hydra_compose):
+    from robust_cli.config import check_config
+    from robust_cli.errors import UserError
+
+    cfg = hydra_compose(config_name="eval", overrides=["run=x", *overrides])
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize("norm,rows", [("linf", 1 + 8), ("l2", 1 + 4)])
+def test_random_starts_default_per_norm(monkeypatch, norm, rows):
+    model, x, y = make_problem(n=4, in_shape=(1, 4, 4), num_classes=3, seed=3)
+    calls = []
+    minimal = _spy_registry(monkeypatch, calls)
+    minimal(model, x, y, norm=norm, **{f"{norm}_attacks": ["deepfool", "bb(steps=1)"]}, refine_starts=1)
+    assert [c[3] for c in calls if c[0] == "bb"] == [rows * len(x)]
