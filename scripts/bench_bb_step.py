@@ -25,24 +25,14 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_floor import imported_from  # noqa: E402
+
 
 def load_bb(root: Path):
     """``bb`` of the ``robust_cli`` under ``root``, imported apart from ours (which stays in ``sys.modules``)."""
-    saved = {k: v for k, v in sys.modules.items() if k == "robust_cli" or k.startswith("robust_cli.")}
-    for k in saved:
-        del sys.modules[k]
-    sys.path.insert(0, str(root))
-    try:
-        fn = importlib.import_module("robust_cli.attacks.bb").bb
-        where = Path(sys.modules["robust_cli"].__file__).parent.parent
-        if where.resolve() != root.resolve():
-            raise SystemExit(f"--ref {root}: imported robust_cli from {where} instead")
-        return fn
-    finally:
-        sys.path.remove(str(root))
-        for k in [k for k in sys.modules if k == "robust_cli" or k.startswith("robust_cli.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
+    with imported_from(root):
+        return importlib.import_module("robust_cli.attacks.bb").bb
 
 
 def main() -> None:

@@ -42,11 +42,12 @@ Usage: ``OMP_NUM_THREADS=1 python scripts/bench_floor.py [--device cuda] [--ref 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -63,15 +64,34 @@ ATTACKS = {  # label -> (module, function, norm, eps or None for minimal-norm at
 }
 
 
+@contextlib.contextmanager
+def imported_from(root: Path | None) -> Iterator[None]:
+    """Inside the block ``import robust_cli`` gives the package of the checkout at ``root`` (None: ours, nothing
+    changes). Ours is set aside and put back after, so the functions imported inside keep their own modules'
+    globals; exits with a message where the package imported is not ``root``'s."""
+    if root is None:
+        yield
+        return
+    ours = [k for k in sys.modules if k == "robust_cli" or k.startswith("robust_cli.")]
+    saved = {k: sys.modules.pop(k) for k in ours}
+    sys.path.insert(0, str(root))
+    try:
+        yield
+        module = sys.modules.get("robust_cli")
+        where = Path(module.__file__).parent.parent if module is not None else None
+        if where is not None and where.resolve() != root.resolve():
+            raise SystemExit(f"--ref {root}: imported robust_cli from {where} instead")
+    finally:
+        sys.path.remove(str(root))
+        for k in [k for k in sys.modules if k == "robust_cli" or k.startswith("robust_cli.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
 def load_attacks(root: Path | None) -> dict[str, Callable]:
     """The attack functions of the ``robust_cli`` under ``root`` (``None``: the installed one). A ``root``
     that lacks one (an older snapshot) leaves its label out; our own checkout must have every one."""
-    saved = {k: v for k, v in sys.modules.items() if k == "robust_cli" or k.startswith("robust_cli.")}
-    if root is not None:
-        for k in saved:
-            del sys.modules[k]
-        sys.path.insert(0, str(root))
-    try:
+    with imported_from(root):
         out = {}
         for label, (module, fn, _, _) in ATTACKS.items():
             try:
@@ -80,16 +100,7 @@ def load_attacks(root: Path | None) -> dict[str, Callable]:
                 if root is None:
                     raise
                 print(f"--ref {root}: no {label}, skipped", file=sys.stderr)
-        where = Path(sys.modules["robust_cli"].__file__).parent.parent
-        if root is not None and where.resolve() != root.resolve():
-            raise SystemExit(f"--ref {root}: imported robust_cli from {where} instead")
         return out
-    finally:
-        if root is not None:
-            sys.path.remove(str(root))
-            for k in [k for k in sys.modules if k == "robust_cli" or k.startswith("robust_cli.")]:
-                del sys.modules[k]
-            sys.modules.update(saved)
 
 
 def build(name: str, mnist_root: str | None, batch: int,

@@ -54,19 +54,8 @@ SETTINGS = [
 
 
 def load(root: Path | None) -> dict:
-    saved = {k: v for k, v in sys.modules.items() if k == "robust_cli" or k.startswith("robust_cli.")}
-    if root is not None:
-        for k in saved:
-            del sys.modules[k]
-        sys.path.insert(0, str(root))
-    try:
+    with bf.imported_from(root):
         return {(m, f): getattr(importlib.import_module(f"robust_cli.attacks.{m}"), f) for m, f, _ in SETTINGS}
-    finally:
-        if root is not None:
-            sys.path.remove(str(root))
-            for k in [k for k in sys.modules if k == "robust_cli" or k.startswith("robust_cli.")]:
-                del sys.modules[k]
-            sys.modules.update(saved)
 
 
 def main() -> None:
