@@ -325,20 +325,10 @@ def probe_search(attack: Callable[..., torch.Tensor], model: nn.Module, x: torch
         # the held adversarial projected onto the new ball: the attack's warm start and first candidate (it
         # is tested there, and a sample it still breaks stops at once)
         start = within(x[idx], best[idx], guess, norm)
-        ok = torch.zeros_like(full)
-        size = torch.zeros_like(guess)
-        took = torch.zeros_like(guess)
-        for kind in (True, False):
-            todo = full == kind
-            if not todo.any():
-                continue
-            ok2, p, size2, took2 = run(idx[todo], guess[todo], start[todo], probe=not kind)
-            start[todo], size[todo], ok[todo], took[todo] = p, size2, ok2, took2
-            failed = idx[todo][~ok2]
-            if kind:
-                lo[failed] = guess[todo][~ok2]
-            else:
-                hint[failed] = guess[todo][~ok2]
+        is_full = bool(full[0])  # a round is all probes or all full attacks (above)
+        ok, start, size, took = run(idx, guess, start, probe=not is_full)
+        # a full failure is the lower end; a probe's only a hint
+        (lo if is_full else hint)[idx[~ok]] = guess[~ok]
         if ok.any():
             k = idx[ok]
             best[k], hi[k] = start[ok], size[ok]
