@@ -40,12 +40,14 @@ HOOKS = Path(__file__).parent / "hooks"
 
 @pytest.fixture
 def epoch_hooks():
-    """``epoch_hooks(crash_after=N, min_epoch_seconds=S, base=env)`` -> the environment for a ``robust``
-    subprocess whose training loop runs the test hooks of tests/hooks/sitecustomize.py (kill the process
-    after epoch N; pad every epoch to S seconds). ``base``: the environment to extend (PYTHONPATH kept)."""
+    """``epoch_hooks(crash_after=N, min_epoch_seconds=S, pause_seconds=P, base=env)`` -> the environment for a
+    ``robust`` subprocess whose training loop runs the test hooks of tests/hooks/sitecustomize.py (kill the
+    process after epoch N; pad every epoch to S seconds; sleep P seconds after every epoch). ``base``: the
+    environment to extend (PYTHONPATH kept)."""
     import os
 
-    def env(crash_after: int | None = None, min_epoch_seconds: float | None = None, base: dict | None = None):
+    def env(crash_after: int | None = None, min_epoch_seconds: float | None = None,
+            pause_seconds: float | None = None, base: dict | None = None):
         base = dict(base or {})
         path = base.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
         out = {**base, "PYTHONPATH": os.pathsep.join(p for p in (str(HOOKS), path) if p)}
@@ -53,6 +55,8 @@ def epoch_hooks():
             out["ROBUST_TEST_CRASH_AFTER_EPOCH"] = str(crash_after)
         if min_epoch_seconds is not None:
             out["ROBUST_TEST_MIN_EPOCH_SECONDS"] = str(min_epoch_seconds)
+        if pause_seconds is not None:
+            out["ROBUST_TEST_EPOCH_PAUSE_SECONDS"] = str(pause_seconds)
         return out
 
     return env

@@ -105,9 +105,11 @@ def test_train_killed_at_six_moments_ends_bit_identical(tmp_path, epoch_hooks):
 
 def test_sigint_stops_training_cleanly_and_the_same_command_resumes(tmp_path, epoch_hooks):
     args = ["train", *QUICK, "epochs=3", "max_batches_per_epoch=2", f"out_dir={tmp_path}"]
-    proc = _popen(args, epoch_hooks(min_epoch_seconds=4))
+    # a 4 s pause after every epoch, however long the epoch took (padding epochs to a minimum length left
+    # no pause at all once a loaded machine made epoch 1 longer than it, and the run ended before the signal)
+    proc = _popen(args, epoch_hooks(pause_seconds=4))
     assert _wait_for(lambda: any(tmp_path.glob("train/*/*/*/*/checkpoints/last.pt")), proc)
-    time.sleep(0.5)  # inside epoch 1's padding
+    time.sleep(0.5)  # inside the pause after epoch 1
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

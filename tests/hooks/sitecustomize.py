@@ -8,6 +8,9 @@ hooks to ``robust_cli.training.loop.EPOCH_END_HOOKS``, which the loop calls afte
   after epoch N's checkpoint, history row and run.json are written;
 - ``ROBUST_TEST_MIN_EPOCH_SECONDS=S``: pad every epoch to at least S seconds, so that a requeue test needs
   several attempts however fast the machine is.
+- ``ROBUST_TEST_EPOCH_PAUSE_SECONDS=S``: sleep S seconds after every epoch's writes, however long the epoch
+  took, so a test can signal the process between two epochs deterministically (padding to a minimum length
+  leaves no pause at all where a loaded machine made the epoch itself longer than the minimum).
 
 - ``ROBUST_TEST_SLOW_WRITES=S``: every atomic write (``robust_cli.io``: checkpoints, model.pt, history.csv,
   run.json, eval results) sleeps S seconds after its temporary file is written and before the rename, so a
@@ -21,6 +24,7 @@ import os
 
 CRASH_AFTER_EPOCH = "ROBUST_TEST_CRASH_AFTER_EPOCH"
 MIN_EPOCH_SECONDS = "ROBUST_TEST_MIN_EPOCH_SECONDS"
+EPOCH_PAUSE_SECONDS = "ROBUST_TEST_EPOCH_PAUSE_SECONDS"
 SLOW_WRITES = "ROBUST_TEST_SLOW_WRITES"
 
 
@@ -31,10 +35,14 @@ def _install() -> None:
 
     crash_after = os.environ.get(CRASH_AFTER_EPOCH)
     min_seconds = float(os.environ.get(MIN_EPOCH_SECONDS) or 0)
+    pause_seconds = float(os.environ.get(EPOCH_PAUSE_SECONDS) or 0)
 
     def pad(epoch, row, run):
         if min_seconds > row["seconds"]:
             time.sleep(min_seconds - row["seconds"])
+
+    def pause(epoch, row, run):
+        time.sleep(pause_seconds)
 
     def crash(epoch, row, run):
         if int(crash_after) == epoch:
@@ -42,6 +50,8 @@ def _install() -> None:
 
     if min_seconds:
         loop.EPOCH_END_HOOKS.append(pad)
+    if pause_seconds:
+        loop.EPOCH_END_HOOKS.append(pause)
     if crash_after:
         loop.EPOCH_END_HOOKS.append(crash)
 
@@ -64,7 +74,7 @@ def _slow_writes() -> None:
     io._atomic = slow_atomic
 
 
-if os.environ.get(CRASH_AFTER_EPOCH) or os.environ.get(MIN_EPOCH_SECONDS):
+if any(os.environ.get(v) for v in (CRASH_AFTER_EPOCH, MIN_EPOCH_SECONDS, EPOCH_PAUSE_SECONDS)):
     _install()
 if os.environ.get(SLOW_WRITES):
     _slow_writes()
