@@ -245,10 +245,10 @@ def test_margin_sensitivity_equals_jacobian_norm(norm, batched):
     for i in range(len(x)):
         jac = torch.autograd.functional.jacobian(lambda z: model(z)[0], x[i:i + 1]).flatten(1)  # [K, d]
         diffs = [vec_norm((jac[y[i]] - jac[j])[None], norm)[0] for j in range(5) if j != y[i]]
-        assert float(sens[i]) == pytest.approx(float(max(diffs)), rel=1e-10)
+        assert float(sens[i].detach()) == pytest.approx(float(max(diffs)), rel=1e-10)
         f = logits[i].detach()
         h_ref = max(max(0.0, 1 + float(f[j]) - float(f[y[i]])) for j in range(5) if j != y[i])
-        assert float(hinge[i]) == pytest.approx(h_ref, rel=1e-12, abs=1e-12)
+        assert float(hinge[i].detach()) == pytest.approx(h_ref, rel=1e-12, abs=1e-12)
 
 
 def test_margin_weight_gradient_matches_finite_differences():
