@@ -106,7 +106,7 @@ problem is combinatorial; its ``exact`` step solves the Lagrangian dual (``trust
 as foolbox's reference implementation). On the MNIST LeNet-5 (48 images), at a third of the steps: from the
 peers' start a mean of 4.5625 pixels against ``scaled``'s 4.6042 (foolbox's B&B 4.6042), within 0.1% of the
 per-image minimum on 0.938 of the images against 0.896 (from our ensemble's start 0.771 against 0.792); the
-whole ``minimal`` ensemble 0.917 -> 0.958, at 0.39x the passes and 2.3x the seconds (a step costs ~50 ms
+whole ``minimal`` ensemble 0.917 -> 0.958, at 0.39x the passes and 3.2x the seconds (a step costs ~50 ms
 on 48 images against ~8 ms; BENCHMARKS.md, "l0 B&B step (session 4)")."""
 
 
