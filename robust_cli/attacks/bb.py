@@ -14,15 +14,17 @@ the iterate ``x_k``, with ``c(z) = max_{j != y} f_j(z) - f_y(z)`` (``> 0``: adve
 boundary and staying on the adversarial side), a non-adversarial one at a tenth beyond it (the paper's
 overshoot, 1.1). Two solvers (``step``; ``STEP_DEFAULT`` per norm): ``exact`` solves the three constraints
 jointly (``trust_region.trust_region_step``: the plane's multiplier exactly, by Newton steps on a
-piecewise-linear function, the region's by a monotone bisection; l2, linf, l1), ``scaled`` takes the
+piecewise-linear function, the region's by a monotone bisection; l2, linf, l1; l0, a combinatorial
+problem, through its Lagrangian dual, each pixel either clean or on its clipped l2 step, as foolbox's
+reference implementation), ``scaled`` takes the
 minimiser on the plane and the box alone (``project_on_plane``: l2 a bisection on the multiplier, linf a
 bisection on the radius, l1 the fractional knapsack — move the coordinates of largest ``|b_i|`` to their bound
 first — l0 the same ranking by what a whole pixel can contribute) and scales the step back into the region
 (exact for l2 without the box when ``x_k`` lies on the plane; otherwise it leaves the plane whenever the
 region binds). The trust region ``r_k`` starts at ``lr`` times the starting distance (in l2, for every
-norm; ``LR_DEFAULT`` per norm) and halves ``lr_num_decay`` times over the run, as the paper's step-size
-schedule. Every iterate is accepted (the linear constraint pulls a point that crossed back to the boundary);
-the smallest misclassified iterate is kept. One forward and backward per step.
+norm; ``LR_DEFAULT`` per norm, ``SCALED_L0`` for l0's scaled step) and halves ``lr_num_decay`` times over
+the run, as the paper's step-size schedule. Every iterate is accepted (the linear constraint pulls a point
+that crossed back to the boundary); the smallest misclassified iterate is kept. One forward and backward per step.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from robust_cli.norms import check_norm
 from robust_cli.schema import Range, schema_of
 
 
-LR_DEFAULT = {"l2": 0.3, "linf": 10.0, "l1": 3.0, "l0": 10.0}
+LR_DEFAULT = {"l2": 0.3, "linf": 10.0, "l1": 3.0, "l0": 30.0}
 """``lr`` where none is given, per norm (measured: BENCHMARKS.md, "B&B against foolbox's Brendel & Bethge").
 The region is an l2 ball, but only in l2 is the minimiser on the plane a short correction of ``x_k``: l2
 keeps 0.3 (1 to 10 were 0.6% worse on MNIST, equal on digits). The linf minimiser moves every coordinate to
@@ -50,7 +52,9 @@ the new radius and the l1 / l0 one moves a different few coordinates to their bo
 as the perturbation itself, so a 0.3 region cuts the early steps to a fraction and the iterate crawls: 3 to
 10 times the starting distance (the region binds only once it has halved a few times) made l1 47% and l0 45%
 smaller on MNIST LeNet-5 at 200 steps, linf 0.7%; l1 was best at 1-3 and a little worse above, l0 and linf
-at 10 or more."""
+at 10 or more. l0's 30 is for its exact step (``SCALED_L0`` keeps the scaled step's 10): from foolbox's start
+on the MNIST LeNet-5 (1000 steps, momentum 0.8) 10 / 30 / 100 ended at a mean of 4.625 / 4.5625 / 4.646
+pixels, 1 and 0.3 (momentum 0.9) at 4.81 and 5.15 (BENCHMARKS.md, "l0 B&B step (session 4)")."""
 
 
 def shrink_towards(x: torch.Tensor, far: torch.Tensor, t: torch.Tensor, norm: str) -> torch.Tensor:
@@ -72,23 +76,38 @@ def shrink_towards(x: torch.Tensor, far: torch.Tensor, t: torch.Tensor, norm: st
     return blend(x, far, t)
 
 
-STEPS_DEFAULT = {"l2": 1000, "linf": 1000, "l1": 1000, "l0": 3000}
-"""``steps`` where none is given, per norm: the paper's and foolbox's 1000, and 3000 in l0, whose step (the
-pixel-ranked knapsack scaled into the region; no exact step) converges slowly rather than wrongly: from the
-same starts on the MNIST LeNet-5, 1000 steps ended at a mean l0 of 4.77 where foolbox's ended at 4.60, and
-3000 reach 4.60; ``lr``, ``momentum`` or ``overshoot_frac`` at 1000 steps did not (BENCHMARKS.md, "`attack=minimal`
-against the per-image minimum over every peer"). An l0 step costs about a model pass here."""
+STEPS_DEFAULT = {"l2": 1000, "linf": 1000, "l1": 1000, "l0": 1000}
+"""``steps`` where none is given, per norm: the paper's and foolbox's 1000 (the l0 scaled step: ``SCALED_L0``)."""
 
 
-STEP_DEFAULT = {"l2": "exact", "linf": "exact", "l1": "exact", "l0": "scaled"}
+MOMENTUM_DEFAULT = {"l2": 0.9, "linf": 0.9, "l1": 0.9, "l0": 0.8}
+"""``momentum`` where none is given, per norm: 0.9 (better than the paper's 0.8 on LeNet-5, BENCHMARKS.md),
+and the paper's 0.8 for l0's exact step (from foolbox's start on the MNIST LeNet-5 at lr 10 and 1000
+steps, 0.7 / 0.8 / 0.9 ended at 4.69 / 4.625 / 4.67 pixels; at lr 30, 0.8 / 0.9 at 4.5625 / 4.71)."""
+
+
+SCALED_L0 = {"lr": 10.0, "momentum": 0.9, "steps": 3000}
+"""The defaults of l0 with ``step=scaled`` (the pixel-ranked knapsack scaled into the region), measured for
+that step in sessions 2-3: it converges slowly rather than wrongly; from the same starts on the MNIST
+LeNet-5, 1000 steps ended at a mean l0 of 4.77 where foolbox's ended at 4.60, and 3000 reach 4.60; ``lr``,
+``momentum`` or ``overshoot_frac`` at 1000 steps did not (BENCHMARKS.md, "`attack=minimal` against the
+per-image minimum over every peer")."""
+
+
+STEP_DEFAULT = {"l2": "exact", "linf": "exact", "l1": "exact", "l0": "exact"}
 """``step`` where none is given, per norm (BENCHMARKS.md, issue 10). On the digits LeNet-5 (94 images) the
 exact step ended at or below the peers' per-image minimum (foolbox's B&B included) on more images: within
 0.1%, B&B from the same ensemble points linf 0.904 -> 0.936 and l1 0.894 -> 0.936; in l2 the whole ensemble
 at most 1e-6 above it 0.404 -> 0.915 (within 0.1% unchanged, 0.968). Its cost on 50 MNIST images
 (``scripts/bench_bb_step.py``, CPU s a step, l2 / linf / l1): 0.048 / 0.069 / 0.092 against 0.010 for
 ``scaled`` (4.6x / 6.9x / 8.9x; the first version, which sorted all breakpoints in every bisection round,
-0.079 / 0.093 / 0.185 in the same run, with the same end points): ``scaled`` is still the cheap option. l0
-has no exact step (a combinatorial problem) and keeps the scaled one."""
+0.079 / 0.093 / 0.185 in the same run, with the same end points): ``scaled`` is still the cheap option. l0's
+problem is combinatorial; its ``exact`` step solves the Lagrangian dual (``trust_region._l0_region_step``,
+as foolbox's reference implementation). On the MNIST LeNet-5 (48 images), at a third of the steps: from the
+peers' start a mean of 4.5625 pixels against ``scaled``'s 4.6042 (foolbox's B&B 4.6042), within 0.1% of the
+per-image minimum on 0.938 of the images against 0.896 (from our ensemble's start 0.771 against 0.792); the
+whole ``minimal`` ensemble 0.917 -> 0.958, at 0.39x the passes and 3.2x the seconds (a step costs ~50 ms
+on 48 images against ~8 ms; BENCHMARKS.md, "l0 B&B step (session 4)")."""
 
 
 def _boundary_logit(model: nn.Module, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +194,7 @@ def bb(
     steps: Annotated[int, Range(ge=1)] | None = None,
     lr: Annotated[float, Range(gt=0)] | None = None,
     lr_num_decay: Annotated[int, Range(ge=0)] = 20,
-    momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9,
+    momentum: Annotated[float, Range(ge=0, lt=1)] | None = None,
     overshoot_frac: Annotated[float, Range(ge=0, lt=1)] = 0.1,
     search_steps: Annotated[int, Range(ge=0)] = 10,
     step: Literal["exact", "scaled"] | None = None,
@@ -185,16 +204,17 @@ def bb(
     Args:
         x_init: ``[B,C,H,W]`` or None: starting adversarials (DeepFool's point where none is misclassified).
         steps: trust-region steps (one forward and backward each); None: the norm's ``STEPS_DEFAULT`` (the
-            paper's and foolbox's 1000; 3000 in l0).
+            paper's and foolbox's 1000; 3000 for l0's scaled step, ``SCALED_L0``).
         lr: the first trust-region radius (l2) as a fraction of the starting distance (l2); None: the
-            norm's ``LR_DEFAULT`` (l2 0.3, linf 10, l1 3, l0 10: the l1 / l0 / linf steps are long in l2).
+            norm's ``LR_DEFAULT`` (l2 0.3, linf 10, l1 3, l0 30: the l1 / l0 / linf steps are long in l2;
+            10 for l0's scaled step).
         lr_num_decay: how many times the radius halves over the ``steps`` (the paper: 20).
-        momentum: weight of the past in the boundary normal's running average (the paper: 0.8; 0.9 was
-            better on LeNet-5, BENCHMARKS.md).
+        momentum: weight of the past in the boundary normal's running average; None: the norm's
+            ``MOMENTUM_DEFAULT`` (0.9, better than the paper's 0.8 on LeNet-5; l0 0.8, 0.9 for its scaled step).
         overshoot_frac: the margin aimed at, as a fraction of the current ``|c|`` (the paper's overshoot - 1).
         search_steps: bisection rounds from the start towards ``x``.
         step: ``exact``: the joint solution of the step's problem, plane, region and box together
-            (``trust_region.trust_region_step``, l2 / linf / l1; l0 always scales); ``scaled``: the minimiser on
+            (``trust_region.trust_region_step``; in l0 through its Lagrangian dual); ``scaled``: the minimiser on
             the plane scaled back into the region (cheaper, not on the plane when the region binds); None:
             the norm's ``STEP_DEFAULT``.
 
@@ -210,7 +230,7 @@ def bb(
         if missing.numel():
             start = deepfool(model, x[missing], y[missing], norm="linf" if norm == "linf" else "l2")
             best.check(model, start, y[missing], missing)
-        exact = (STEP_DEFAULT[norm] if step is None else step) == "exact" and norm != "l0"
+        exact = (STEP_DEFAULT[norm] if step is None else step) == "exact"
         rows = best.found.nonzero().squeeze(1)
         if rows.numel() == 0:
             return best.x_adv
@@ -222,8 +242,12 @@ def bb(
         cur = best.x_adv[rows].clone()
         c, g = _boundary_logit(model, cur, yr)
         normal = g
-        radius = (LR_DEFAULT[norm] if lr is None else lr) * (cur - x0).flatten(1).norm(dim=1)
-        steps = STEPS_DEFAULT[norm] if steps is None else steps
+        defaults = {"lr": LR_DEFAULT[norm], "momentum": MOMENTUM_DEFAULT[norm], "steps": STEPS_DEFAULT[norm]}
+        if norm == "l0" and not exact:
+            defaults = SCALED_L0
+        lr, momentum, steps = (defaults[k] if v is None else v for k, v in
+                               (("lr", lr), ("momentum", momentum), ("steps", steps)))
+        radius = lr * (cur - x0).flatten(1).norm(dim=1)
         every = max(1, steps // lr_num_decay) if lr_num_decay else steps + 1
         for k in range(1, steps + 1):
             if k > 1:
@@ -233,8 +257,9 @@ def bb(
             level = (normal * cur).flatten(1).sum(1) - c + overshoot_frac * c.abs()
             free = project_on_plane(x0, normal, level, norm)
             if exact:
+                pixels = {"channels": cur.shape[1]} if norm == "l0" else {}  # l0 counts a pixel's channels once
                 cur = trust_region_step(x0.flatten(1), cur.flatten(1), normal.flatten(1), level, radius, norm,
-                                        unconstrained=free.flatten(1)).view_as(cur)
+                                        unconstrained=free.flatten(1), **pixels).view_as(cur)
             else:
                 delta = free - cur
                 length = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
