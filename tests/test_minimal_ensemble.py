@@ -71,7 +71,7 @@ def test_refiner_runs_from_ranked_and_random_starts_and_is_no_worse(monkeypatch)
     calls = []
     minimal = _spy_registry(monkeypatch, calls)
     out = minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "bb(steps=20)"], refine_starts=2,
-                  random_starts=3)
+                  random_starts=3, target_starts=0)
     bb_calls = [c for c in calls if c[0] == "bb"]
     assert len(bb_calls) == 1 and bb_calls[0][3] == 5 * len(x)  # 2 ranked + 3 random starts per image
     single = attacks_pkg.list_attacks()["deepfool"](model, x, y, norm="l2")
@@ -123,5 +123,70 @@ def test_random_starts_default_per_norm(monkeypatch, norm, rows):
     model, x, y = make_problem(n=4, in_shape=(1, 4, 4), num_classes=3, seed=3)
     calls = []
     minimal = _spy_registry(monkeypatch, calls)
-    minimal(model, x, y, norm=norm, **{f"{norm}_attacks": ["deepfool", "bb(steps=1)"]}, refine_starts=1)
+    minimal(model, x, y, norm=norm, **{f"{norm}_attacks": ["deepfool", "bb(steps=1)"]}, refine_starts=1,
+            target_starts=0)
     assert [c[3] for c in calls if c[0] == "bb"] == [rows * len(x)]
+
+
+@pytest.mark.parametrize("norm,runs", [("l2", 3), ("l1", 0), ("linf", 0)])
+def test_target_starts_default_per_norm_run_fmn_against_the_likeliest_classes(monkeypatch, norm, runs):
+    model, x, y = make_problem(n=5, in_shape=(1, 4, 4), num_classes=4, seed=4)
+    calls, targets = [], []
+    minimal = _spy_registry(monkeypatch, calls)
+    real_fmn = attacks_pkg.list_attacks()["fmn"]
+    spy_fmn = attacks_pkg.list_attacks()["fmn"]
+
+    @functools.wraps(real_fmn)
+    def fmn_seeing_y(model, x, y, **kw):
+        if kw.get("targeted"):
+            targets.append(y.clone())
+        return spy_fmn(model, x, y, **kw)
+
+    fmn_seeing_y.norms, fmn_seeing_y.budget = real_fmn.norms, real_fmn.budget
+    wrapped = {**attacks_pkg.list_attacks(), "fmn": fmn_seeing_y}
+    monkeypatch.setattr(attacks_pkg, "list_attacks", lambda: wrapped)
+    minimal(model, x, y, norm=norm, **{f"{norm}_attacks": ["deepfool" if norm != "l1" else "fab", "bb(steps=2)"]})
+    seen = [name for name, opts, _, _ in calls if opts.get("targeted")]
+    assert seen == ["fmn"] * runs  # target_classes=3 runs where target_starts (l2: 1) is not 0
+    assert [name for name, *_ in calls][-1] == "bb"  # the targeted runs come before the refiner
+    starts = 3 + {"l2": 4, "l1": 4, "linf": 8}[norm] + (1 if runs else 0)  # ranked + random + targeted
+    assert [rows for name, _, _, rows in calls if name == "bb"] == [starts * len(x)]
+    if runs:
+        with torch.no_grad():
+            order = model(x).scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
+        assert [t.tolist() for t in targets] == [order[:, j].tolist() for j in range(runs)]
+        assert all(bool((t != y).all()) for t in targets)
+
+
+def test_target_points_add_refiner_starts_new_classes_first(monkeypatch):
+    model, x, y = make_problem(n=6, in_shape=(1, 4, 4), num_classes=4, seed=5)
+    calls = []
+    minimal = _spy_registry(monkeypatch, calls)
+    kw = {"l2_attacks": ["deepfool", "bb(steps=2)"], "refine_starts": 3, "random_starts": 0}
+    minimal(model, x, y, norm="l2", **kw, target_starts=2)
+    starts = [x_init for name, _, x_init, _ in calls if name == "bb"][0].view(5, *x.shape)
+    # deepfool is the only member: ranked starts 1 and 2 are its point or the clean image (targeted points,
+    # which may have become the running best, take neither) ...
+    df = attacks_pkg.list_attacks()["deepfool"](model, x, y, norm="l2")
+    for i in (1, 2):
+        assert all(torch.equal(starts[i, b], x[b]) or torch.equal(starts[i, b], df[b]) for b in range(len(x)))
+    with torch.no_grad():
+        classes = model(starts.flatten(0, 1)).argmax(1).view(5, len(x))
+    # ... and starts 3, 4 are targeted points, of a class other than the best's where one was found
+    assert bool(((classes[3] != classes[0]) & (classes[3] != y)).any())
+    calls.clear()
+    minimal(model, x, y, norm="l2", **kw, target_starts=0)
+    assert [rows for name, _, _, rows in calls if name == "bb"] == [3 * len(x)]
+    assert not [1 for _, opts, _, _ in calls if opts.get("targeted")]
+
+
+def test_l1_members_run_pdpgd_also_at_the_authors_lr(monkeypatch):
+    import inspect
+
+    default = inspect.signature(attacks_pkg.list_attacks()["minimal"]).parameters["l1_attacks"].default
+    assert default.index("pdpgd") < default.index("pdpgd(lr=0.1)") < default.index("bb")
+    model, x, y = make_problem(n=4, in_shape=(1, 4, 4), num_classes=3, seed=6)
+    calls = []
+    minimal = _spy_registry(monkeypatch, calls)
+    minimal(model, x, y, norm="l1", l1_attacks=[m for m in default if m.startswith("pdpgd")])
+    assert [(name, opts) for name, opts, _, _ in calls] == [("pdpgd", {}), ("pdpgd", {"lr": 0.1})]

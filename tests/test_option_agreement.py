@@ -236,7 +236,8 @@ _SLOW = {"lr": 0.0003, "steps": 100}
 _ITERATIVE = {"steps": (3, {}), "step_size": (0.5, {}), "targeted": (True, {}), "loss": ("margin", {}),
               "single_step": (False, {})}
 #: minimal's random refiner starts: a far start (noise) and a B&B too short to forget it, so the starts show
-_RANDOM_STARTS = {"l2_attacks": ["noise", "bb(steps=1, lr=0.001)"], "refine_starts": 1}
+_RANDOM_STARTS = {"l2_attacks": ["noise", "bb(steps=1, lr=0.001)"], "refine_starts": 1, "target_starts": 0}
+_TARGET_STARTS = {"l2_attacks": ["noise", "bb(steps=1, lr=0.001)"], "refine_starts": 1, "random_starts": 0}
 ATTACK_CHANGES = {
     "fgsm": ("linf", {}, {"targeted": (True, {}), "loss": ("margin", {})}),
     "fgm": ("l2", {}, {"targeted": (True, {}), "loss": ("margin", {})}),
@@ -261,10 +262,12 @@ ATTACK_CHANGES = {
                            "l2_attacks": (["deepfool"], {}), "linf_attacks": (["pgd"], {"norm": "linf"}),
                            "search_steps": (2, {"norm": "linf", "linf_attacks": ["pgd"]}),
                            "refiners": ([], {"l2_attacks": ["ddn", "bb(steps=2)"]}),
-                           "refine_starts": (1, {"l2_attacks": ["ddn", "bb(steps=2)"]}),
+                           "refine_starts": (1, {"l2_attacks": ["ddn", "bb(steps=2)"], "target_starts": 0}),
                            "random_starts": (0, _RANDOM_STARTS), "random_scale": (3.0, _RANDOM_STARTS),
                            "seed": (1, _RANDOM_STARTS),
-                           "cold_members": ([], {"l2_attacks": ["deepfool", "fmn"]})}),
+                           "cold_members": ([], {"l2_attacks": ["deepfool", "fmn"]}),
+                           "target_starts": (0, _TARGET_STARTS), "target_classes": (1, _TARGET_STARTS),
+                           "target_member": ("ddn", _TARGET_STARTS)}),
     "sigma_zero": ("l0", {"steps": 20}, {"steps": (5, {}), "lr": (0.1, {}), "sigma": (1.0, {}),
                                          "threshold": (0.0, {}), "threshold_lr": (0.5, {})}),
     "jsma": ("l0", {}, {"gamma": (0.02, {}), "saliency": ("margin", {}), "directions": ("increase", {}),
