@@ -341,7 +341,7 @@ def test_trades_with_zero_radius_is_clean_cross_entropy():
     model = smooth_mlp().train()
     x, y = batch(6)
     out = Trades(eps=0.0, beta=6.0)(model, x, y)
-    assert float(out.loss) == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-12)
+    assert float(out.loss.detach()) == pytest.approx(float(F.cross_entropy(model(x), y).detach()), rel=1e-12)
     out = Trades(eps=0.3, beta=6.0, steps=5, step_size=0.1 / 0.3)(model, x, y)
     assert out.stats["kl"] > 0
 
@@ -353,7 +353,7 @@ def test_vat_power_iteration_finds_top_hessian_eigenvector():
         lin[1].weight.mul_(4)  # peaked softmax: a clear eigen-gap
     x, _ = batch(4)
     d = vat_direction(lin, x, xi=1e-6, power_iterations=30).flatten(1)
-    w = lin[1].weight
+    w = lin[1].weight.detach()
     with torch.no_grad():
         p = F.softmax(lin(x), dim=1)
     for i in range(len(x)):
@@ -381,7 +381,7 @@ def test_vat_loss_is_ce_plus_kl_at_eps_step():
     x, y = batch(6)
     out = Vat(eps=0.5, alpha=2.0)(model, x, y)
     ce = F.cross_entropy(model(x), y)
-    assert float(out.loss) == pytest.approx(float(ce) + 2.0 * out.stats["lds"], rel=1e-12)
+    assert float(out.loss.detach()) == pytest.approx(float(ce.detach()) + 2.0 * out.stats["lds"], rel=1e-12)
     assert out.stats["lds"] > 0
 
 
