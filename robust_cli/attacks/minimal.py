@@ -310,7 +310,7 @@ def minimal(
         best = Best(x, norm)
         best.start(model, y, x_init)
         results: list[tuple[torch.Tensor, torch.Tensor]] = []  # each non-budget member's point and size
-        targets = None  # the targeted runs' points and sizes (target_starts), once computed
+        targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # target_starts' points and sizes
         for entry in names:
             name, options = parse_member(entry)
             fn = registry.get(name)
@@ -324,10 +324,11 @@ def minimal(
             if budget:
                 _budget_member(fn, model, x, y, norm, best, search_steps)
                 continue
-            if takes_start and name in refiners and target_starts and targets is None:  # before the first refiner
+            refining = takes_start and name in refiners
+            if refining and target_starts and targets is None:  # once, before the first refiner
                 targets = _targeted_member(registry, target_member, model, x, y, norm, target_classes)
-            later = targets if takes_start and name in refiners and target_starts and targets else []
-            if takes_start and name in refiners and refine_starts + random_starts + len(later) > 1:
+            later = targets if refining and target_starts else []
+            if refining and refine_starts + random_starts + len(later) > 1:
                 starts = _ranked_starts(model, best, results, refine_starts, later,
                                         min(target_starts, len(later)))  # [k*B, C, H, W]
                 if random_starts:

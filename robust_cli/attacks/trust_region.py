@@ -53,6 +53,12 @@ from typing import NamedTuple
 import torch
 
 
+def _reciprocal(g: torch.Tensor) -> torch.Tensor:
+    """``1 / g`` elementwise, 0 where ``g = 0`` (no inf, no NaN)."""
+    safe = g != 0
+    return torch.where(safe, 1 / torch.where(safe, g, torch.ones_like(g)), torch.zeros_like(g))
+
+
 def _sorted_multiplier(base: torch.Tensor, g: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
                       top: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     """``lam`` ``[b]`` with ``F(lam) = level`` for ``F(lam) = sum_i g_i z_i(base_i - lam g_i)``, by sorting.
@@ -115,7 +121,7 @@ def _plane_multiplier(base: torch.Tensor, plane: _Plane, pieces: _Pieces, top: t
 
     ``z_i`` as ``pieces``; ``top`` / ``bottom`` ``[b]`` are ``F(-inf)`` / ``F(inf)``. ``F`` is piecewise linear
     and non-increasing: between two breakpoints it is linear with slope ``-sum g_i^2`` over the coordinates
-    strictly inside an interval. A safeguarded Newton iteration from ``guess`` (the previous bisection round's
+    strictly inside an interval. A safeguarded Newton iteration from ``guess`` (the previous outer round's
     ``lam``: the solution moves little between rounds; else 0) keeps a bracket ``F(A) >= level >= F(C)`` and
     steps by the local slope (regula falsi on the bracket, Illinois-weighted, where that step leaves it); a
     Newton step that lands in the same linear piece as the point it started from (every coordinate in the
@@ -128,8 +134,7 @@ def _plane_multiplier(base: torch.Tensor, plane: _Plane, pieces: _Pieces, top: t
     """
     g, level = plane.g, plane.level
     # the bracket of all breakpoints: lam below `first` puts every z_i at its favoured end (F = top)
-    safe = g != 0
-    ginv = torch.where(safe, 1 / torch.where(safe, g, torch.ones_like(g)), torch.zeros_like(g))
+    ginv = _reciprocal(g)
     p_first, q_last = pieces.p[..., 0], pieces.q[..., -1]
     up_g = g > 0
     first = ((base - torch.where(up_g, q_last, p_first)) * ginv).amin(1)  # g = 0 adds a 0: harmless
@@ -337,7 +342,7 @@ def _l0_region_step(x0: torch.Tensor, x: torch.Tensor, g: torch.Tensor, level: t
     ch = x0.shape[1]
     count = (best != x0).any(1).sum(1)
     r2 = radius * radius
-    ginv = torch.where(g != 0, 1 / torch.where(g != 0, g, torch.ones_like(g)), torch.zeros_like(g))
+    ginv = _reciprocal(g)
     lo, hi = (torch.full_like(level, ch * t) for t in tau_range)
     low = tuple(t.to(search_dtype) for t in (x0, x, g))
     nu = torch.zeros_like(level, dtype=search_dtype)
@@ -403,7 +408,8 @@ def _outer_search(evaluate: Callable, good: torch.Tensor, bad: torch.Tensor, len
 
     u_good, u_bad = (good.square(), bad.square()) if scale == "square" else (good, bad)
     f_good, f_bad = fn(len_good, radius), fn(len_bad, radius)
-    kept = torch.zeros_like(radius, dtype=torch.int8)  # +1: the good end was kept last round, -1: the bad one
+    # +1: the last round moved the good end (the bad one was kept), -1: the reverse
+    kept = torch.zeros_like(radius, dtype=torch.int8)
     rows = torch.arange(len(radius), device=radius.device)
     for _ in range(rounds):
         ug, ub, fg, fb, r = u_good[rows], u_bad[rows], f_good[rows], f_bad[rows], radius[rows]
