@@ -14,8 +14,8 @@ the iterate ``x_k``, with ``c(z) = max_{j != y} f_j(z) - f_y(z)`` (``> 0``: adve
 boundary and staying on the adversarial side), a non-adversarial one at a tenth beyond it (the paper's
 overshoot, 1.1). Two solvers (``step``; ``STEP_DEFAULT`` per norm): ``exact`` solves the three constraints
 jointly (``trust_region.trust_region_step``: the plane's multiplier exactly, by Newton steps on a
-piecewise-linear function, the region's by a monotone bisection; l2, linf, l1; l0, a combinatorial
-problem, through its Lagrangian dual, each pixel either clean or on its clipped l2 step, as foolbox's
+piecewise-linear function, the region's by a bracketing root search on the step length; l2, linf, l1;
+l0, a combinatorial problem, through its Lagrangian dual, each pixel either clean or on its clipped l2 step, as foolbox's
 reference implementation), ``scaled`` takes the
 minimiser on the plane and the box alone (``project_on_plane``: l2 a bisection on the multiplier, linf a
 bisection on the radius, l1 the fractional knapsack — move the coordinates of largest ``|b_i|`` to their bound
@@ -99,9 +99,9 @@ STEP_DEFAULT = {"l2": "exact", "linf": "exact", "l1": "exact", "l0": "exact"}
 exact step ended at or below the peers' per-image minimum (foolbox's B&B included) on more images: within
 0.1%, B&B from the same ensemble points linf 0.904 -> 0.936 and l1 0.894 -> 0.936; in l2 the whole ensemble
 at most 1e-6 above it 0.404 -> 0.915 (within 0.1% unchanged, 0.968). Its cost on 50 MNIST images
-(``scripts/bench_bb_step.py``, CPU s a step, l2 / linf / l1): 0.048 / 0.069 / 0.092 against 0.010 for
-``scaled`` (4.6x / 6.9x / 8.9x; the first version, which sorted all breakpoints in every bisection round,
-0.079 / 0.093 / 0.185 in the same run, with the same end points): ``scaled`` is still the cheap option. l0's
+(``scripts/bench_bb_step.py``, CPU s a step at 20 steps, l2 / linf / l1): 0.033 / 0.054 / 0.072 against
+0.010 for ``scaled`` (2.9x / 5.5x / 7.5x; the first version, which sorted all breakpoints in 16-20 bisection
+rounds of the outer multiplier, cost 7.6x / 9.3x / 17.9x): ``scaled`` is still the cheap option. l0's
 problem is combinatorial; its ``exact`` step solves the Lagrangian dual (``trust_region._l0_region_step``,
 as foolbox's reference implementation). On the MNIST LeNet-5 (48 images), at a third of the steps: from the
 peers' start a mean of 4.5625 pixels against ``scaled``'s 4.6042 (foolbox's B&B 4.6042), within 0.1% of the
