@@ -14,17 +14,17 @@ the iterate ``x_k``, with ``c(z) = max_{j != y} f_j(z) - f_y(z)`` (``> 0``: adve
 boundary and staying on the adversarial side), a non-adversarial one at a tenth beyond it (the paper's
 overshoot, 1.1). Two solvers (``step``; ``STEP_DEFAULT`` per norm): ``exact`` solves the three constraints
 jointly (``trust_region.trust_region_step``: the plane's multiplier exactly, by Newton steps on a
-piecewise-linear function, the region's by a bracketing root search on the step length; l2, linf, l1;
-l0, a combinatorial problem, through its Lagrangian dual, each pixel either clean or on its clipped l2 step, as foolbox's
-reference implementation), ``scaled`` takes the
-minimiser on the plane and the box alone (``project_on_plane``: l2 a bisection on the multiplier, linf a
-bisection on the radius, l1 the fractional knapsack — move the coordinates of largest ``|b_i|`` to their bound
-first — l0 the same ranking by what a whole pixel can contribute) and scales the step back into the region
-(exact for l2 without the box when ``x_k`` lies on the plane; otherwise it leaves the plane whenever the
-region binds). The trust region ``r_k`` starts at ``lr`` times the starting distance (in l2, for every
-norm; ``LR_DEFAULT`` per norm, ``SCALED_L0`` for l0's scaled step) and halves ``lr_num_decay`` times over
-the run, as the paper's step-size schedule. Every iterate is accepted (the linear constraint pulls a point
-that crossed back to the boundary); the smallest misclassified iterate is kept. One forward and backward per step.
+piecewise-linear function, the region's by a bracketing root search on the step length; l2, linf, l1; l0, a
+combinatorial problem, through its Lagrangian dual, each pixel either clean or on its clipped l2 step, as
+foolbox's reference implementation), ``scaled`` takes the minimiser on the plane and the box alone
+(``project_on_plane``: l2 a bisection on the multiplier, linf a bisection on the radius, l1 the fractional
+knapsack — move the coordinates of largest ``|b_i|`` to their bound first — l0 the same ranking by what a
+whole pixel can contribute) and scales the step back into the region (exact for l2 without the box when
+``x_k`` lies on the plane; otherwise it leaves the plane whenever the region binds). The trust region ``r_k``
+starts at ``lr`` times the starting distance (in l2, for every norm; ``LR_DEFAULT`` per norm, ``SCALED_L0``
+for l0's scaled step) and halves ``lr_num_decay`` times over the run, as the paper's step-size schedule. Every
+iterate is accepted (the linear constraint pulls a point that crossed back to the boundary); the smallest
+misclassified iterate is kept. One forward and backward per step.
 """
 
 from __future__ import annotations
