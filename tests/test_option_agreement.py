@@ -253,7 +253,7 @@ ATTACK_CHANGES = {
     "pdgd": ("l2", {"steps": 150}, _PD),  # fewer steps stay at the first Adam step's overshoot here
     "pdpgd": ("l2", {"steps": 150}, {
         **_PD, "optimizer": ("sgd", {}), "proximal_steps": (1, {}), "proximal_tol": (0.9, {}),
-        "proximal_exact": (False, {"norm": "l1"}), "l0_mode": ("element", {"norm": "l0"}),
+        "proximal_exact": (True, {"norm": "l1"}), "l0_mode": ("element", {"norm": "l0"}),
         "l0_prox": ("l23", {"norm": "l0"})}),
     # --- sparse and black-box attacks, minimal
     "minimal": ("l2", {"l0_attacks": ["sigma_zero"], "l1_attacks": ["fmn"], "l2_attacks": ["ddn"],  # cheap sets

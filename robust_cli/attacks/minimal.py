@@ -229,7 +229,7 @@ def minimal(
     x_init: torch.Tensor | None = None,
     l0_attacks: Sequence[Member] = ("sigma_zero", "pdpgd", "jsma", "sparsefool", "fmn", "bb"),
     l1_attacks: Sequence[Member] = ("sparsefool", "fmn", "fmn(gamma=0.1)", "ead", "alma", "fab", "fab_t", "pdpgd",
-                                    "pdpgd(lr=0.1)", "bb"),
+                                    "pdpgd(lr=0.5, proximal_exact=true)", "pdpgd(lr=0.1, proximal_exact=true)", "bb"),
     l2_attacks: Sequence[Member] = ("deepfool", "ddn", "fmn", "alma", "alma(lr=0.2)", "fab", "cw", "pdpgd", "bb"),
     linf_attacks: Sequence[Member] = ("deepfool", "fab", "fmn", "pdpgd", "bb"),
     search_steps: Annotated[int, Range(ge=1)] = 10,
@@ -259,11 +259,11 @@ def minimal(
             constraints", §4, the best over step sizes). l2 runs ALMA also at ``lr=0.2`` and l1 FMN also at
             ``gamma=0.1``: on the digits LeNet-5 each reached a same-class basin the default setting and
             every other member missed (l2 image 15: ALMA lr 0.2 0.8193 against 0.8276 at lr 0.1; l1 image
-            12: FMN gamma 0.1 2.2987 against 2.41 at 0.05; BENCHMARKS.md, issue 10). l1 runs PDPGD also at
-            ``lr=0.1`` (adv-lib's and the authors' primal lr; ours defaults to 0.5 in l1): on the MNIST LeNet-5
-            it alone ends at a mean 3.64 against 3.81 at 0.5 (38 images), and on image 12 at 3.7015, where every
-            other member ended at 3.7265 or above and the peers' minimum (adv-lib PDPGD) is 3.7069
-            (BENCHMARKS.md, issue 10, session 4).
+            12: FMN gamma 0.1 2.2987 against 2.41 at 0.05; BENCHMARKS.md, issue 10). l1 runs PDPGD three
+            ways: at its default (the authors' lr 0.1 with the thesis's inexact proximal steps, since session 5),
+            and with the exact prox at lr 0.5 and 0.1 (its defaults before): on the MNIST LeNet-5 the exact prox
+            at 0.1 alone ended image 12 at 3.7015, where every other member ended at 3.7265 or above and the
+            peers' minimum (adv-lib PDPGD) is 3.7069 (BENCHMARKS.md, issue 10, session 4).
         search_steps: bisection rounds of a budget member's eps.
         refiners: members that refine a start (B&B) and run, batched, from ``refine_starts`` starts per image.
         refine_starts: the running best plus the best member results of other classes, then the next-best
