@@ -91,6 +91,39 @@ def test_boundary_from_noise_is_local_but_close_on_average():
     assert ratio.min() >= 1 - 1e-4 and ratio.mean() <= 1.2
 
 
+class _BentSlab(torch.nn.Module):
+    """Two classes on ``s = u . x`` (``u`` = +-1 alternating, so ``s = 0`` on the grey images below): class 1
+    wins on the slab ``1 < s < 4``, ``f_1 - f_0 = s - 1 - 1.2 relu(s - 1.5)``. A ReLU network's bend past its
+    boundary: the normal at the boundary is ``u``, the gradient at ``s > 1.5`` is ``-0.2 u``."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.u = torch.tensor([1.0, -1.0]).repeat(d // 2)
+
+    def forward(self, x):
+        s = x.flatten(1) @ self.u
+        return torch.stack([torch.zeros_like(s), s - 1 - 1.2 * torch.relu(s - 1.5)], 1)
+
+
+@pytest.mark.parametrize("norm", ["l1", "l0"])
+def test_sparsefool_takes_the_normal_at_the_boundary_not_at_the_lam_scaled_point(norm):
+    """At the defaults (lam 3) ``x_B`` lies at ``s ~ 3`` where the gradient points back at ``x``: the old code
+    (normal at ``x_B``) moved nothing and fooled none of these images (like a third of MNIST). The normal at
+    DeepFool's point fools each; in l1 the bisection brings it to the optimum (1: every ``|u_j|`` is 1; in l0
+    it keeps the first point, the same pixels)."""
+    d = 36
+    model = _BentSlab(d)
+    noise = torch.rand(6, d // 2, generator=torch.Generator().manual_seed(0)) * 0.4 - 0.2
+    x = (0.5 + noise.repeat_interleave(2, dim=1)).view(6, 1, 6, 6)  # pairs equal: u . x = 0
+    y = torch.zeros(6, dtype=torch.long)
+    assert bool((model(x).argmax(1) == 0).all())
+    out = list_attacks()["sparsefool"](model, x, y, norm=norm)
+    assert out.min() >= 0 and out.max() <= 1
+    assert bool((model(out).argmax(1) == 1).all()), "an image was not fooled"
+    l1 = perturbation_size(out, x, "l1")
+    assert bool((l1 >= 1 - 1e-4).all()) and bool((l1 <= (1.05 if norm == "l1" else 3.2)).all()), l1
+
+
 @pytest.mark.parametrize("name,options", [
     ("one_pixel", {"max_pixels": 3, "popsize": 20, "steps": 50, "max_queries": 333}),
     ("boundary", {"max_queries": 257}),
