@@ -280,6 +280,8 @@ ATTACK_CHANGES = {
     "boundary": ("l2", {"max_queries": 300}, {
         "max_queries": (100, {}), "spherical_step": (0.1, {}), "source_step": (0.1, {}),
         "step_adaptation": (3.0, {}), "init_tries": (1, {}), "search_steps": (2, {}), "seed": (1, {})}),
+    "prune": ("l0", {"lr": 0.01, "steps": 3}, {"steps": (1, {}), "lr": (1.0, {}), "swaps": (4, {}),
+                                               "max_support": (1, {})}),
     "bb": ("l2", {"steps": 6}, {"steps": (1, {"search_steps": 0}), "lr": (0.01, {"search_steps": 0}),
                                 "lr_num_decay": (0, {"lr": 0.01, "search_steps": 0}), "momentum": (0.0, {}),
                                 "overshoot_frac": (0.5, {}),
@@ -347,6 +349,10 @@ def _attack_output(name: str, norm: str, options: dict) -> torch.Tensor:
         ref_model, ref_x, _ = make_problem(n=20, in_shape=(3, 4, 4), num_classes=5, seed=4)
         with torch.no_grad():
             extra["reference"] = (ref_x, model(ref_x).argmax(1))
+    if name == "prune":  # it only shrinks a start: a random half of the pixels at random values
+        g = torch.Generator().manual_seed(0)
+        pixels = torch.rand(x.shape[0], 1, *x.shape[2:], generator=g) < 0.5
+        extra["x_init"] = torch.where(pixels, torch.rand(x.shape, generator=g), x)
     torch.manual_seed(0)  # attacks that draw from the global RNG (noise with seed=None)
     return fn(model, x, y, norm=norm, **extra, **options)
 
