@@ -285,7 +285,7 @@ ATTACK_CHANGES = {
     "bb": ("l2", {"steps": 6}, {"steps": (1, {"search_steps": 0}), "lr": (0.01, {"search_steps": 0}),
                                 "lr_num_decay": (0, {"lr": 0.01, "search_steps": 0}), "momentum": (0.0, {}),
                                 "overshoot_frac": (0.5, {}),
-                                "search_steps": (0, {}), "step": ("scaled", {"norm": "l1"})}),
+                                "search_steps": (0, {}), "step": ("scaled", {"norm": "l1"}), "init": ("fmn", {})}),
     # --- FAB, EAD, DeepFool clip, high-confidence
     **{name: ("l2", {"steps": 1}, {
         "steps": (2, {}), "restarts": (3, {"eta": 1.0}), "alpha_max": (0.5, {}), "eta": (1.5, {}),

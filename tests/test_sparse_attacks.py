@@ -227,3 +227,33 @@ def test_refiner_starts_prefer_other_classes_then_distinct_sizes():
     starts = _ranked_starts(FirstPixelClass(), best, results, 3).view(3, 3, -1)  # [start, image, values]
     assert torch.allclose(starts[..., 3], torch.tensor([[0.1, 0.2, 0.0], [0.15, 0.25, 0.5], [0.2, 0.3, 0.0]]))
     assert torch.allclose(starts[..., 0] * 10, torch.tensor([[1.0, 2, 0], [1, 3, 3], [1, 2, 0]]))
+
+
+@pytest.mark.parametrize(("init", "norm"), [("ddn", "l2"), ("fmn", "l1"), ("deepfool", "linf")])
+def test_bb_starts_from_its_init_attack_where_no_start_is_given(init, norm, monkeypatch):
+    """``bb(init=...)`` runs that attack (and only that one) for the images without a start; B&B never returns a
+    point larger than the start it refined, nor one below the exact optimum. (Not asked: the optimum itself.
+    On this 3-class model DDN's and FMN's starts put one image of 12 in a class whose boundary is 6% farther,
+    and B&B stays in its start's class; DeepFool's start is exact on a linear model.)"""
+    import robust_cli.attacks.bb as bb_module
+
+    model, x, y = make_problem(n=6, in_shape=(1, 6, 6), num_classes=3, seed=0)
+    called, starts = [], {}
+    for name in ("deepfool", "ddn", "fmn"):
+        real = getattr(bb_module, name)
+
+        def spy(*args, _name=name, _real=real, **kwargs):
+            called.append(_name)
+            starts[_name] = _real(*args, **kwargs)
+            return starts[_name]
+
+        monkeypatch.setattr(bb_module, name, spy)
+    out = list_attacks()["bb"](model, x, y, norm=norm, steps=20, init=init)
+    assert called == [init]
+    start = starts[init]
+    with torch.no_grad():
+        fooled = model(start).argmax(1) != y
+        assert bool((model(out).argmax(1) != y).all())
+    size = perturbation_size(out, x, norm).double()
+    assert bool((size <= perturbation_size(start, x, norm).double() * (1 + 1e-6))[fooled].all())
+    assert bool((size >= minimal_distance(model, x, y, norm) * (1 - 1e-4)).all())
