@@ -180,13 +180,15 @@ def test_target_points_add_refiner_starts_new_classes_first(monkeypatch):
     assert not [1 for _, opts, _, _ in calls if opts.get("targeted")]
 
 
-def test_l1_members_run_pdpgd_also_at_the_authors_lr(monkeypatch):
+def test_l1_members_run_pdpgd_at_its_default_and_with_the_exact_prox_at_both_earlier_lrs(monkeypatch):
     import inspect
 
     default = inspect.signature(attacks_pkg.list_attacks()["minimal"]).parameters["l1_attacks"].default
-    assert default.index("pdpgd") < default.index("pdpgd(lr=0.1)") < default.index("bb")
+    exact = ["pdpgd(lr=0.5, proximal_exact=true)", "pdpgd(lr=0.1, proximal_exact=true)"]
+    assert default.index("pdpgd") < default.index(exact[0]) < default.index(exact[1]) < default.index("bb")
     model, x, y = make_problem(n=4, in_shape=(1, 4, 4), num_classes=3, seed=6)
     calls = []
     minimal = _spy_registry(monkeypatch, calls)
     minimal(model, x, y, norm="l1", l1_attacks=[m for m in default if m.startswith("pdpgd")])
-    assert [(name, opts) for name, opts, _, _ in calls] == [("pdpgd", {}), ("pdpgd", {"lr": 0.1})]
+    assert [(name, opts) for name, opts, _, _ in calls] == [
+        ("pdpgd", {}), ("pdpgd", {"lr": 0.5, "proximal_exact": True}), ("pdpgd", {"lr": 0.1, "proximal_exact": True})]
