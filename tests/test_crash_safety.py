@@ -34,9 +34,17 @@ QUICK = ["experiment=quickstart", "model=mlp", "model.widths=[32]", "device=cpu"
 TRAIN = [*QUICK, "epochs=6", "max_batches_per_epoch=4"]
 
 
+def _default_sigint() -> None:
+    """In the child before ``exec``: SIGINT back to its default. A suite started in the background by a
+    non-interactive shell (``nohup make test-slow &``) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler, so ``robust`` would (rightly) not react to the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _popen(args: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "robust_cli.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(predicate, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> bool:
