@@ -71,16 +71,16 @@ def load_advlib(path: str | Path | None):
     return lib
 
 
-def correct_test_images(run: str | Path, n: int, device: str = "cpu"):
+def correct_test_images(run: str | Path, n: int, device: str = "cpu", offset: int = 0):
     """``(model, x [M,C,H,W], y [M], n_first)``: the run's model in eval mode and the correctly classified
-    images among the first ``n`` of its test split."""
+    images among the first ``n`` of its test split (from image ``offset`` on: ``[offset, offset + n)``)."""
     from robust_cli.data.sources import load_split
     from robust_cli.training.checkpoint import load_trained_model
 
     model, cfg = load_trained_model(Path(run), device=device)
     model.eval()
     x, y = load_split(cfg.dataset, cfg.data, "test")
-    x, y = x[:n].float().to(device), y[:n].to(device)
+    x, y = x[offset:offset + n].float().to(device), y[offset:offset + n].to(device)
     with torch.no_grad():
         correct = model(x).argmax(1) == y
     return model, x[correct], y[correct], int(correct.numel())

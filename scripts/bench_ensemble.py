@@ -18,7 +18,8 @@ result, seconds, passes) in ``DIR/<norm>_n<n>_<run name>.pt`` and reuses them wh
 rerun alone against the same peers; ``--no-ours`` computes (and caches) only the peers; ``--images 9,15``
 scores ours on those images only (indices among the correctly classified ones; ours runs on that sub-batch,
 whose float rounding can differ from the full batch's), against the cached peers; ``--options random_starts=8``
-passes options to our ``minimal`` (values read as YAML).
+passes options to our ``minimal`` (values read as YAML); ``--offset 40`` takes the test images from the 40th
+on (an out-of-sample check of defaults chosen on the first ones).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--peer-cache", default=None, help="directory for the peers' per-image results")
     ap.add_argument("--no-ours", action="store_true", help="only the peers (to fill --peer-cache)")
+    ap.add_argument("--offset", type=int, default=0, help="the test images from this one on (out-of-sample checks)")
     ap.add_argument("--images", default=None, help="comma-separated indices: score ours on these only")
     ap.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
                     help="options of our minimal (values as YAML), e.g. random_starts=8")
@@ -113,10 +115,10 @@ def main() -> None:
     torch.manual_seed(0)
     from robust_cli.attacks import list_attacks
 
-    model, x, y, n = correct_test_images(args.run, args.n)
+    model, x, y, n = correct_test_images(args.run, args.n, offset=args.offset)
     lib = load_advlib(args.advlib)
     add_peers(args.peers)
-    print(f"model {args.run}; {len(x)}/{n} correctly classified test images")
+    print(f"model {args.run}; {len(x)}/{n} correctly classified test images (from image {args.offset})")
     sub = [int(i) for i in args.images.split(",")] if args.images else None
     import yaml
 
@@ -141,7 +143,8 @@ def main() -> None:
             ours = verified_sizes(model, xs, ys, out, norm)
         cached = None
         if args.peer_cache:
-            cache = Path(args.peer_cache) / f"{norm}_n{args.n}_{Path(args.run).resolve().name}.pt"
+            at = f"_from{args.offset}" if args.offset else ""
+            cache = Path(args.peer_cache) / f"{norm}_n{args.n}{at}_{Path(args.run).resolve().name}.pt"
             if cache.exists():
                 cached = torch.load(cache)
         if cached is None:
