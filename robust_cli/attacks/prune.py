@@ -47,6 +47,7 @@ from torch import nn
 
 from robust_cli.attacks.best import Best
 from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.losses import margin
 from robust_cli.norms import check_norm
 from robust_cli.schema import Range, schema_of
 
@@ -55,8 +56,8 @@ CHUNK = 4096
 
 
 def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``[b]``: ``max_{k != y} f_k - f_y`` (``> 0``: misclassified)."""
-    return logits.scatter(1, y[:, None], float("-inf")).amax(1) - logits.gather(1, y[:, None]).squeeze(1)
+    """``[b]``: ``max_{k != y} f_k - f_y`` (``> 0``: misclassified), the negated ``losses.margin``."""
+    return -margin(logits, y)
 
 
 def _masked_ascent(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, z: torch.Tensor, mask: torch.Tensor,
