@@ -18,6 +18,9 @@ uniform zero background branch predictably; measured: forward 9.9 ms at ``x``, 1
 0.3-sign perturbation, batch 256, one thread), so a floor at ``x`` charges that data-dependent cost to the
 attack's overhead. ``floor at x`` is still printed, for comparison with earlier runs.
 
+``fmn l2 ball`` is FMN with the authors' projection (onto the ball, then clipped; ``projection=ball``), beside
+our default exact projection onto ball ∩ box (``fmn l2``): the published algorithm's own step cost.
+
 ``--ref DIR``: also time the attacks of another checkout's ``robust_cli`` (e.g. a ``git archive main``
 snapshot) in the same run, interleaved with ours, and print both ratios side by side. The two packages are
 imported one after the other under the same name; each function keeps its own module's globals.
@@ -54,13 +57,15 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-ATTACKS = {  # label -> (module, function, norm, eps or None for minimal-norm attacks)
-    "pgd linf": ("pgd", "pgd", "linf", 0.3),
-    "apgd linf": ("apgd", "apgd", "linf", 0.3),
-    "fmn l2": ("fmn", "fmn", "l2", None),
-    "fmn linf": ("fmn", "fmn", "linf", None),
-    "ddn l2": ("ddn", "ddn", "l2", None),
-    "pdpgd l2": ("pdpgd", "pdpgd", "l2", None),
+ATTACKS = {  # label -> (module, function, norm, eps or None for minimal-norm attacks, options)
+    "pgd linf": ("pgd", "pgd", "linf", 0.3, {}),
+    "apgd linf": ("apgd", "apgd", "linf", 0.3, {}),
+    "fmn l2": ("fmn", "fmn", "l2", None, {}),
+    # the authors' projection (onto the ball, then clipped): FMN as published, not our default (exact)
+    "fmn l2 ball": ("fmn", "fmn", "l2", None, {"projection": "ball"}),
+    "fmn linf": ("fmn", "fmn", "linf", None, {}),
+    "ddn l2": ("ddn", "ddn", "l2", None, {}),
+    "pdpgd l2": ("pdpgd", "pdpgd", "l2", None, {}),
 }
 
 
@@ -93,7 +98,9 @@ def load_attacks(root: Path | None) -> dict[str, Callable]:
     that lacks one (an older snapshot) leaves its label out; our own checkout must have every one."""
     with imported_from(root):
         out = {}
-        for label, (module, fn, _, _) in ATTACKS.items():
+        for label, (module, fn, _, _, opts) in ATTACKS.items():
+            if root is not None and opts:  # an option an older snapshot may lack: ours only
+                continue
             try:
                 out[label] = getattr(importlib.import_module(f"robust_cli.attacks.{module}"), fn)
             except (ImportError, AttributeError):
@@ -172,10 +179,11 @@ class GradientPoints(nn.Module):
         return self.model(x)
 
 
-def visited_points(fn: Callable, model, x, y, norm: str, eps: float | None, steps: int) -> list[torch.Tensor]:
+def visited_points(fn: Callable, model, x, y, norm: str, eps: float | None, steps: int,
+                   opts: dict) -> list[torch.Tensor]:
     """The points where one call of the attack ``fn`` takes its gradients (at least one: ``x``)."""
     rec = GradientPoints(model).eval()
-    attack_fn(fn, rec, x, y, norm, eps, steps)()
+    attack_fn(fn, rec, x, y, norm, eps, steps, opts)()
     return rec.points or [x]
 
 
@@ -191,8 +199,9 @@ def floor_at(model: nn.Module, points: list[torch.Tensor], y: torch.Tensor, step
     return run
 
 
-def attack_fn(fn: Callable, model, x, y, norm: str, eps: float | None, steps: int) -> Callable[[], None]:
-    kw = {"eps": eps} if eps is not None else {}
+def attack_fn(fn: Callable, model, x, y, norm: str, eps: float | None, steps: int,
+              opts: dict) -> Callable[[], None]:
+    kw = {"eps": eps, **opts} if eps is not None else opts
     return lambda: fn(model, x, y, norm=norm, steps=steps, **kw)
 
 
@@ -224,16 +233,16 @@ def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
     model, x, y, source = build(name, args.mnist, args.batch, args.device)
     s, h = args.steps, args.steps // 2
     jobs: dict[str, Callable[[], None]] = {"floor": floor_fn(model, x, y, s), "floor/2": floor_fn(model, x, y, h)}
-    for label, (_, _, norm, eps) in ATTACKS.items():
+    for label, (_, _, norm, eps, opts) in ATTACKS.items():
         # the floor at the points our attack visits (the same for --ref: its loop must visit the same points)
-        points = visited_points(ours[label], model, x, y, norm, eps, s)
+        points = visited_points(ours[label], model, x, y, norm, eps, s, opts)
         jobs[f"floor {label}"] = floor_at(model, points, y, s)
         jobs[f"floor {label}/2"] = floor_at(model, points, y, h)
         for tag, fns in (("ours", ours), ("ref", ref)):
             if fns is None or label not in fns:
                 continue
-            jobs[f"{tag} {label}"] = attack_fn(fns[label], model, x, y, norm, eps, s)
-            jobs[f"{tag} {label}/2"] = attack_fn(fns[label], model, x, y, norm, eps, h)
+            jobs[f"{tag} {label}"] = attack_fn(fns[label], model, x, y, norm, eps, s, opts)
+            jobs[f"{tag} {label}/2"] = attack_fn(fns[label], model, x, y, norm, eps, h, opts)
     if args.peers:
         jobs["torchattacks pgd linf"] = torchattacks_fn(args.peers, model, x, y, 0.3, s)
     for fn in jobs.values():  # warm-up: allocator, oneDNN primitive caches

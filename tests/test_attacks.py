@@ -18,7 +18,7 @@ from robust_cli.attacks import list_attacks
 from robust_cli.attacks.deepfool import deepfool
 from robust_cli.attacks.fgm import fgm
 from robust_cli.attacks.fgsm import fgsm
-from robust_cli.attacks.geometry import batch_norm, project
+from robust_cli.attacks.geometry import batch_norm, project, project_ball
 from robust_cli.attacks.ifgsm import bim, ifgsm
 from robust_cli.attacks.losses import margin
 from robust_cli.attacks.noise import noise
@@ -318,6 +318,47 @@ def test_projection_matches_kkt_bisection(norm):
     assert torch.allclose(got.double(), want, atol=1e-5)
     assert (batch_norm(got, norm) <= eps * (1 + 1e-5) + 1e-6).all()
     assert ((x + got) >= 0).all() and ((x + got) <= 1 + 1e-6).all()
+
+
+def _duchi_l1(v, eps):
+    """The l1-ball projection by sorting (Duchi et al. 2008, Fig. 1), float64, row by row."""
+    out = []
+    for row, e in zip(v.flatten(1).double(), eps.double()):
+        if row.abs().sum() <= e:
+            out.append(row)
+            continue
+        u = row.abs().sort(descending=True).values
+        c = u.cumsum(0)
+        k = torch.arange(1, len(u) + 1, dtype=torch.float64)
+        r = int((u * k > c - e).nonzero().max())
+        theta = (c[r] - e) / (r + 1)
+        out.append(row.sign() * (row.abs() - theta).clamp_min(0))
+    return torch.stack(out).view_as(v)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_ball_projection_without_the_box(norm):
+    """``project_ball`` ignores the box: where the box does not bind it is ``project``; where it does, it is
+    the textbook ball projection (linf clamp, l2 rescale, l1 by Duchi's sort), outside the box."""
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(64, 1, 4, 4, generator=g) * torch.rand(64, 1, 1, 1, generator=g)
+    v[:, :, 1, :2] = 0.0
+    eps = torch.rand(64, generator=g) * {"linf": 0.5, "l2": 1.5, "l1": 4}[norm]
+    got = project_ball(v, eps, norm)
+    unbinding = torch.full_like(v, 0.5)
+    assert torch.allclose(got, project(v * 0.1, unbinding, eps * 0.1, norm) * 10, atol=1e-5)
+    if norm == "l1":
+        want = _duchi_l1(v, eps)
+    elif norm == "l2":
+        want = v.double() * (eps.double() / batch_norm(v, "l2").double()).clamp_max(1)[:, None, None, None]
+    else:
+        want = torch.maximum(torch.minimum(v, eps[:, None, None, None]), -eps[:, None, None, None])
+    assert torch.allclose(got.double(), want.double(), atol=1e-5)
+    assert (batch_norm(got, norm) <= eps * (1 + 1e-5) + 1e-6).all()
+    inside = batch_norm(v, norm) <= eps
+    assert torch.equal(got[inside], v[inside])
+    with pytest.raises(ValueError, match="l0"):
+        project_ball(v, eps, "l0")
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

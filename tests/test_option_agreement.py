@@ -323,7 +323,8 @@ ATTACK_CHANGES = {
     "ddn": ("l2", {"steps": 20}, {"steps": (10, {}), "gamma": (0.2, {}), "init_norm": (0.1, {}), "lr": (0.3, {}),
                                   "lr_final": (0.5, {}), "targeted": (True, {})}),
     "fmn": ("l2", {"steps": 20}, {"steps": (10, {}), "lr": (0.3, {}), "lr_final": (0.5, {}), "gamma": (0.2, {}),
-                                  "gamma_final": (0.1, {}), "targeted": (True, {})}),
+                                  "gamma_final": (0.1, {}), "targeted": (True, {}),
+                                  "projection": ("ball", {"norm": "l1"})}),
     "alma": ("l2", {"steps": 30}, {
         "steps": (20, {}), "lr": (0.01, {}), "lr_final": (0.5, {}), "mu_init": (10.0, {}), "rho_init": (10.0, {}),
         "check_steps": (3, _SLOW), "tau": (0.5, _SLOW), "gamma": (3.0, {**_SLOW, "check_steps": 1}),

@@ -9,6 +9,8 @@ exactly as ``batch_norm`` measures it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from robust_cli.norms import NORMS
@@ -225,6 +227,26 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str) 
     breakpoints)). :class:`Projector` is the same with the box bounds formed once for many calls.
     """
     return Projector(x, norm)(delta, eps)
+
+
+def project_ball(delta: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
+    """Euclidean projection of ``delta`` ``[B,C,H,W]`` onto the ball ``{||r|| <= eps}`` alone (no box), ``eps`` ``[B]``.
+
+    linf: a clamp; l2: a rescale of the rows outside; l1: the soft threshold whose l1 mass is ``eps`` (Duchi
+    et al. 2008, "Efficient projections onto the l1-ball for learning in high dimensions", §3: here
+    ``_project_l1_box`` with an unbounded box). A new tensor; rows inside the ball are unchanged.
+    """
+    if norm == "linf":
+        e = view_as_images(eps, delta)
+        return torch.maximum(torch.minimum(delta, e), -e)
+    flat = delta.flatten(1)
+    if norm == "l2":
+        scale = (eps / batch_norm(delta, "l2").clamp_min(1e-30)).clamp_max(1)
+        return (flat * scale[:, None]).view_as(delta)
+    if norm == "l1":
+        unbounded = torch.full_like(flat, math.inf)
+        return _project_l1_box(flat, eps, -unbounded, unbounded).view_as(delta)
+    raise ValueError(f"projection onto the {norm!r} ball is not supported")
 
 
 def enforce_budget(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
