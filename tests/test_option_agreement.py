@@ -274,9 +274,9 @@ ATTACK_CHANGES = {
                         "candidates": (1, {})}),
     "sparsefool": ("l1", {}, {"steps": (0, {}), "lam": (1.0, {}),
                               "overshoot": (0.5, {"search_steps": 0}), "search_steps": (0, {})}),
-    "one_pixel": ("l0", {"popsize": 8, "steps": 3, "max_queries": 200}, {
+    "one_pixel": ("l0", {"popsize": 8, "steps": 3, "max_queries": 200, "corners": False}, {
         "max_pixels": (3, {}), "popsize": (5, {}), "steps": (0, {}), "max_queries": (7, {}),
-        "mutation": (1.5, {}), "seed": (1, {})}),
+        "mutation": (1.5, {}), "seed": (1, {}), "corners": (True, {})}),
     "boundary": ("l2", {"max_queries": 300}, {
         "max_queries": (100, {}), "spherical_step": (0.1, {}), "source_step": (0.1, {}),
         "step_adaptation": (3.0, {}), "init_tries": (1, {}), "search_steps": (2, {}), "seed": (1, {})}),

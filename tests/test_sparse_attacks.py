@@ -124,6 +124,27 @@ def test_sparsefool_takes_the_normal_at_the_boundary_not_at_the_lam_scaled_point
     assert bool((l1 >= 1 - 1e-4).all()) and bool((l1 <= (1.05 if norm == "l1" else 3.2)).all()), l1
 
 
+def test_one_pixel_corner_sweep_finds_the_one_pixel_that_flips_the_class():
+    """Only pixel 20, pushed below 0.5, fools this model (class 1's logit ``5 - 10 x_20`` against 0), so the
+    minimal l0 is exactly 1: the corner sweep (pixel 20 at 0) finds it on every image without any evolution,
+    in at most ``H W 2^C`` = 72 queries; with the sweep off, the same 72 random candidates miss some."""
+    g = torch.Generator().manual_seed(0)
+    x = 0.6 + 0.4 * torch.rand(16, 1, 6, 6, generator=g)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 2))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([0.0, 5.0]))
+        model[1].weight[1, 20] = -10.0
+    y = torch.zeros(16, dtype=torch.long)
+    counted = CountingModel(model)
+    out = list_attacks()["one_pixel"](counted, x, y, norm="l0", steps=0, popsize=8, max_queries=72)
+    assert bool((model(out).argmax(1) == 1).all())
+    assert torch.equal(perturbation_size(out, x, "l0"), torch.ones(16))
+    assert counted.forward_samples <= 72 * 16
+    blind = list_attacks()["one_pixel"](model, x, y, norm="l0", steps=8, popsize=8, max_queries=72, corners=False)
+    assert bool((model(blind).argmax(1) == 0).any())
+
+
 @pytest.mark.parametrize("name,options", [
     ("one_pixel", {"max_pixels": 3, "popsize": 20, "steps": 50, "max_queries": 333}),
     ("boundary", {"max_queries": 257}),

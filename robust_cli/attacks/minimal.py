@@ -227,7 +227,7 @@ def minimal(
     *,
     norm: str,
     x_init: torch.Tensor | None = None,
-    l0_attacks: Sequence[Member] = ("sigma_zero", "pdpgd", "jsma", "fmn", "bb", "prune"),
+    l0_attacks: Sequence[Member] = ("one_pixel(steps=0)", "sigma_zero", "pdpgd", "jsma", "fmn", "bb", "prune"),
     l1_attacks: Sequence[Member] = ("sparsefool", "fmn(steps=1000)", "fmn(gamma=0.1)",
                                     "fmn(projection=ball, steps=1000)", "ead", "alma", "fab", "fab_t", "pdpgd",
                                     "pdpgd(lr=0.5, proximal_exact=true)", "pdpgd(lr=0.1, proximal_exact=true)", "bb"),
@@ -270,7 +270,10 @@ def minimal(
             the members chosen on the first 40 ended within 0.1% of the peers' per-image minimum on 0.897 of
             the images (adv-lib's FMN, which projects that way, won 3 of the 4 misses), the two took it to
             0.974, and on images 80-119, not looked at before, from 0.974 to 1.000 (BENCHMARKS.md, issue 10,
-            session 6). l0 ends with
+            session 6). l0 starts with ``one_pixel(steps=0)``: its sweep of every pixel at 0 and at 1 (per
+            channel) finds a one-pixel adversarial wherever one lies at extreme values, an exact answer the
+            gradient members can miss (MNIST test image 65: every member ended at two pixels, adv-lib's
+            sigma-zero at one), for ``H W 2^C + popsize`` forward passes per image. l0 ends with
             ``prune`` (after B&B): it removes pixels from the running best while it stays misclassified
             (``robust_cli.attacks.prune``); on the MNIST LeNet-5 (48 images) one pixel on 3 images that B&B
             left locally non-minimal (mean 4.4167 -> 4.3542) for ~150 more passes per image (~1.7%); digits
