@@ -11,7 +11,7 @@ by ``alpha_k`` along the l2-normalised gradient descending ``m`` and is projecte
 (``gamma_k``, ``alpha_k``: cosine annealing). l0 moves
 ``eps`` by at least one pixel and keeps the ``eps`` largest pixels. Here the projection for l1, l2 and
 linf is by default the exact Euclidean projection onto ball ∩ box (``geometry.project``); ``projection=ball``
-is the authors' (Algorithm 1, line 12, and their code): onto the ball, then clipped to the box. The clipped
+is the authors' (Algorithm 1 and their code): onto the ball, then clipped to the box. The clipped
 point is inside the ball but not the nearest feasible point, so the two end in different local minima; the
 exact one succeeds more often (BENCHMARKS.md, issue 10), the authors' one is kept as an option for the
 ``minimal`` ensemble, whose members are meant to land in different basins.
