@@ -19,7 +19,7 @@ Queries are counted per image: one per candidate image classified. A generation 
 what is left of ``max_queries``, so no image is classified more than ``max_queries`` times. Defaults: the
 paper's population 400 and 100 generations (40,400 queries per ``k``). The corner sweep's queries count against
 ``max_queries`` too, so at the defaults the evolution of ``k = 1`` has that many fewer: on MNIST 1,568 (96
-generations), on 32x32 RGB 8,192 (80); raise ``max_queries`` for the paper's full 100.
+generations), on 32x32 RGB 8,192 (79); raise ``max_queries`` for the paper's full 100.
 """
 
 from __future__ import annotations
