@@ -328,7 +328,8 @@ ATTACK_CHANGES = {
     "alma": ("l2", {"steps": 30}, {
         "steps": (20, {}), "lr": (0.01, {}), "lr_final": (0.5, {}), "mu_init": (10.0, {}), "rho_init": (10.0, {}),
         "check_steps": (3, _SLOW), "tau": (0.5, _SLOW), "gamma": (3.0, {**_SLOW, "check_steps": 1}),
-        "alpha": (0.5, {}), "logit_tolerance": (0.5, {}), "targeted": (True, {})}),
+        "alpha": (0.5, {}), "logit_tolerance": (0.5, {}), "targeted": (True, {}), "restarts": (2, {}),
+        "restart_radius": (0.1, {"restarts": 2}), "seed": (1, {"restarts": 2})}),
 }
 #: options that by design change no number (how the work is split), checked to reach the call instead
 ATTACK_SAME_RESULT = {("stability", "chunk_size"): 2,
