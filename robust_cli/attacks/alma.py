@@ -110,7 +110,7 @@ def alma(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
             uniform noise in ``[-restart_radius, restart_radius]`` per value (clipped to the box).
         restart_radius: the noise of the restarts (1e-3, a quarter of an 8-bit grey level). A tiny start is
             enough: in float32 the method's dynamics amplify a difference of 1e-8 into a different local
-            minimum within ~40 steps (BENCHMARKS.md, issue 10, session 6), so each restart is a new draw of
+            minimum within ~40 steps (BENCHMARKS.md, issue 10, sessions 6 and 7), so each restart is a new draw of
             the basin, not a repeat of run 0; on MNIST LeNet-5 the best of 6 runs lowered the mean l2 by ~5%.
         seed: the private generator of the restarts' noise.
 
