@@ -78,9 +78,10 @@ def test_fmn_with_the_authors_projection_is_minimal_where_it_succeeds(norm):
 
 
 def test_alma_restarts_keep_each_images_best_run():
-    """Run 0 of ``restarts=3`` is the single run bit for bit, and the best is kept per image, so no image gets
-    larger; the restarts start elsewhere (1e-3 noise) and, at 100 steps of the default lr, end closer to the
-    optimum on some images (the mean ratio 1.082 -> 1.053 here). Every point stays valid (never below it)."""
+    """Run 0 of ``restarts=3`` is the single run (the same start and steps), and the best is kept per image, so
+    no image gets larger; the restarts start elsewhere (1e-3 noise) and, at 100 steps of the default lr, end
+    closer to the optimum on some images (the mean ratio 1.082 -> 1.053 here). Every point stays valid (never
+    below the optimum)."""
     model, x, y = make_problem(16, (1, 6, 6), 2, seed=1)
     one = _ratios(model, x, y, alma(model, x, y, norm="l2", steps=100), "l2")
     three = _ratios(model, x, y, alma(model, x, y, norm="l2", steps=100, restarts=3), "l2")
