@@ -22,6 +22,7 @@ from torch import nn
 from robust_cli.attacks.contract import frozen_eval, register_attack
 from robust_cli.attacks.geometry import batch_norm, view_as_images
 from robust_cli.attacks.losses import margin
+from robust_cli.attacks.pgd import random_start_in_ball
 from robust_cli.attacks.best import Best
 from robust_cli.norms import check_norm
 from robust_cli.schema import Range, schema_of
@@ -127,7 +128,8 @@ def alma(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
             if run == 0:
                 delta = torch.zeros_like(x)
             else:
-                noise = torch.rand(x.shape, generator=gen, dtype=x.dtype).mul_(2).sub_(1).mul_(restart_radius)
+                radius = torch.full((x.shape[0],), float(restart_radius), dtype=x.dtype)
+                noise = random_start_in_ball(x.cpu(), radius, "linf", gen)  # drawn on the CPU: any device alike
                 delta = (x + noise.to(x.device)).clamp_(0, 1) - x
             _alma_run(model, x, y, delta, best, norm=norm, steps=steps, lr=lr, lr_final=lr_final, mu_init=mu_init,
                       rho_init=rho_init, check_steps=check_steps, tau=tau, gamma=gamma, alpha=alpha,
