@@ -32,6 +32,7 @@ CASES = [
     (cw, "l2", {"steps": 200}, 1.05, 1.05),
     (cw, "linf", {"steps": 100, "search_steps": 40, "lr": 3e-4, "tau_decrease": 0.97}, 1.1, 1.05),
     (ddn, "l2", {"steps": 300}, 1.05, 1.05),
+    (ddn, "l2", {"steps": 300, "loss": "cross_entropy"}, 1.05, 1.05),
     (fmn, "l0", {}, 1.2, 1.2),
     (fmn, "l1", {}, 1.05, 1.05),
     (fmn, "l2", {}, 1.05, 1.05),
@@ -39,7 +40,7 @@ CASES = [
     (alma, "l2", {"lr": 0.01}, 1.05, 1.05),
     (alma, "l1", {"lr": 0.05}, float("inf"), 2.5),
 ]
-IDS = [f"{a.__name__}-{n}" for a, n, *_ in CASES]
+IDS = [f"{a.__name__}-{n}" + "".join(f"-{v}" for k, v in o.items() if k == "loss") for a, n, o, *_ in CASES]
 QUICK = {cw: {"steps": 50, "search_steps": 4}, ddn: {"steps": 50}, fmn: {"steps": 30}, alma: {"steps": 100}}
 
 
@@ -61,13 +62,14 @@ def test_reaches_the_optimum_on_a_two_class_linear_model(attack, norm, opts, wor
     assert ratio.max() <= worst and ratio.mean() <= mean, f"worst {ratio.max():.4f}, mean {ratio.mean():.4f}"
 
 
-@pytest.mark.parametrize("norm", ["l1", "l2", "linf"])
-def test_fmn_with_the_authors_projection_is_minimal_where_it_succeeds(norm):
-    """``projection=ball`` (onto the ball, then clipped): never below the optimum, within 1.05x of it where it
-    succeeds, and it succeeds on most images (l1's clipped points leave the ball's boundary, so some runs never
-    reach an adversarial: 13 of 16 here, the authors' FMN-l1 weakness that adv-lib's copy shares)."""
+@pytest.mark.parametrize(("norm", "projection"), [("l1", "ball"), ("l2", "ball"), ("linf", "ball"), ("l2", "sphere")])
+def test_fmn_with_the_authors_projection_is_minimal_where_it_succeeds(norm, projection):
+    """``projection=ball`` (onto the ball, then clipped) and adv-lib's l2 ``sphere``: never below the optimum,
+    within 1.05x of it where it succeeds, and it succeeds on most images (l1's clipped points leave the ball's
+    boundary, so some runs never reach an adversarial: 13 of 16 here, the authors' FMN-l1 weakness that
+    adv-lib's copy shares)."""
     model, x, y = make_problem(16, (1, 6, 6), 2, seed=1)
-    adv = fmn(model, x, y, norm=norm, projection="ball")
+    adv = fmn(model, x, y, norm=norm, projection=projection)
     assert adv.min() >= 0 and adv.max() <= 1
     with torch.no_grad():
         fooled = model(adv).argmax(1) != y
@@ -75,6 +77,13 @@ def test_fmn_with_the_authors_projection_is_minimal_where_it_succeeds(norm):
     assert fooled.sum() >= (12 if norm == "l1" else 16)
     ratio = perturbation_norm(adv - x, norm).double()[fooled] / minimal_distance(model, x, y, norm)[fooled]
     assert (ratio >= 1 - 1e-4).all() and ratio.max() <= 1.05, ratio
+
+
+@pytest.mark.parametrize("norm", ["l0", "l1", "linf"])
+def test_fmn_sphere_is_l2_only(norm):
+    model, x, y = make_problem(2, (1, 6, 6), 2, seed=1)
+    with pytest.raises(ValueError, match="l2 only"):
+        fmn(model, x, y, norm=norm, projection="sphere")
 
 
 def test_alma_restarts_keep_each_images_best_run():

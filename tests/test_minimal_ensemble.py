@@ -51,6 +51,9 @@ def test_member_problems_name_what_is_wrong():
     assert "no attack 'nope'" in _member_problem("nope(lr=1)")
     assert "alma has no option 'lrr'" in _member_problem("alma(lrr=1)")
     assert "lr=-1: must be > 0" in _member_problem("alma(lr=-1)")
+    assert _member_problem("fmn(x_init=null)") is None
+    for bad in ("fmn(x_init=1)", "alma(x_init=null)"):  # only null; only for an attack that takes a start
+        assert "x_init can only be null, for an attack that takes a start" in _member_problem(bad)
 
 
 def test_member_options_reach_the_member_and_cold_members_run_twice(monkeypatch):
@@ -64,6 +67,10 @@ def test_member_options_reach_the_member_and_cold_members_run_twice(monkeypatch)
     calls.clear()
     minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "fmn(steps=7)"], cold_members=[])
     assert [(name, x_init is None) for name, _, x_init, _ in calls] == [("deepfool", True), ("fmn", False)]
+    calls.clear()  # x_init=null: from the clean image only, even as a cold member
+    minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "fmn(steps=7, x_init=null)"], cold_members=["fmn"])
+    assert [(name, opts, x_init is None) for name, opts, x_init, _ in calls] == [("deepfool", {}, True),
+                                                                                ("fmn", {"steps": 7}, True)]
 
 
 def test_refiner_runs_from_ranked_and_random_starts_and_is_no_worse(monkeypatch):

@@ -321,7 +321,7 @@ ATTACK_CHANGES = {
         # from the paper code's c (1e-5) rounds fail, so the factor c grows by on a failure shows
         "const_factor": (10.0, {"norm": "linf", "search_steps": 6, "initial_const": 1e-5})}),
     "ddn": ("l2", {"steps": 20}, {"steps": (10, {}), "gamma": (0.2, {}), "init_norm": (0.1, {}), "lr": (0.3, {}),
-                                  "lr_final": (0.5, {}), "targeted": (True, {})}),
+                                  "lr_final": (0.5, {}), "targeted": (True, {}), "loss": ("cross_entropy", {})}),
     "fmn": ("l2", {"steps": 20}, {"steps": (10, {}), "lr": (0.3, {}), "lr_final": (0.5, {}), "gamma": (0.2, {}),
                                   "gamma_final": (0.1, {}), "targeted": (True, {}),
                                   "projection": ("ball", {"norm": "l1"})}),

@@ -42,7 +42,7 @@ def dlr(logits: torch.Tensor, y: torch.Tensor, targeted: bool, tol: float) -> to
 
 def p2(v: torch.Tensor, rho: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     """The penalty-Lagrangian P2 of §3.1, per sample ``[B]``."""
-    above = mu * v + mu * rho * v**2 + rho**2 * v**3 / 6
+    above = mu * v + mu * rho * v**2 + 1 / 6 * rho**2 * v**3  # the authors' order of operations (rounding)
     below = mu * v / (1 - rho * v.clamp_max(0))
     return torch.where(v >= 0, above, below)
 
@@ -52,7 +52,8 @@ def _alma_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.T
               gamma: float, alpha: float, logit_tolerance: float, targeted: bool) -> None:
     """One run of Algorithm 1 from ``x + delta`` (``[B,C,H,W]``), offering every iterate to ``best``."""
     B = x.shape[0]
-    lr0 = float(lr)
+    delta = delta.clone()
+    lr_init = torch.full((B,), float(lr), device=x.device, dtype=x.dtype)
     square_avg, momentum = torch.ones_like(x), torch.zeros_like(x)
     mu = torch.full((B,), float(mu_init), device=x.device, dtype=x.dtype)
     rho = torch.full_like(mu, float(rho_init))
@@ -83,7 +84,10 @@ def _alma_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.T
         decay = lr_final ** ((i - first_found).clamp_min(0) / (steps - first_found))
         square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
         momentum.mul_(alpha).addcdiv_(grad, square_avg.sqrt().add_(1e-8))
-        delta = (xa.detach() - momentum * view_as_images(lr0 * decay, x)).clamp(0, 1) - x
+        # The step in the authors' order of operations (on delta, then back into the box): the float32 rounding
+        # is theirs, so on one machine and batch run 0 retraces their run bit for bit; any other order ends
+        # each image in another local minimum within ~40 steps (BENCHMARKS.md, issue 10, session 8).
+        delta.addcmul_(momentum, view_as_images(lr_init * decay, x), value=-1).add_(x).clamp_(0, 1).sub_(x)
 
 
 @register_attack(norms=("l1", "l2"), budget=False)
@@ -107,8 +111,10 @@ def alma(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
         alpha: EMA weight of the multiplier update (0.9; also RMSProp's smoothing and momentum).
         logit_tolerance: added to the margin: success needs it crossed by this much (the paper: 1e-4).
         targeted: ``y`` holds targets.
-        restarts: runs, the best kept per sample. Run 0 starts at ``x`` (the paper); the others at ``x`` plus
-            uniform noise in ``[-restart_radius, restart_radius]`` per value (clipped to the box).
+        restarts: runs, the best kept per sample. Run 0 starts at ``x`` (the paper) and, computing in the
+            authors' order of operations, is adv-lib's ALMA bit for bit on one machine and batch
+            (``tests/test_peer_reproduction.py``); the others start at ``x`` plus uniform noise in
+            ``[-restart_radius, restart_radius]`` per value (clipped to the box).
         restart_radius: the noise of the restarts (1e-3, a quarter of an 8-bit grey level). A tiny start is
             enough: in float32 the method's dynamics amplify a difference of 1e-8 into a different local
             minimum within ~40 steps (BENCHMARKS.md, issue 10, sessions 6 and 7), so each restart is a new draw of

@@ -80,7 +80,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
         steps: Annotated[int, Range(ge=1)] = 100, lr: Annotated[float, Range(gt=0)] = 1.0,
         lr_final: Annotated[float, Range(gt=0)] = 0.01, gamma: Annotated[float, Range(gt=0, lt=1)] = 0.05,
         gamma_final: Annotated[float, Range(gt=0, lt=1)] = 0.001,
-        targeted: bool = False, projection: Literal["exact", "ball"] = "exact") -> torch.Tensor:
+        targeted: bool = False, projection: Literal["exact", "ball", "sphere"] = "exact") -> torch.Tensor:
     """FMN (Algorithm 1); ``x`` ``[B,C,H,W]`` in [0,1], ``y`` ``[B]`` (targets when ``targeted``).
 
     Args:
@@ -93,11 +93,20 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
         targeted: ``y`` holds targets.
         projection: ``exact`` (onto ball ∩ box) or ``ball`` (onto the ball, then clipped to the box: the
             authors'); l0 keeps its largest pixels either way, and for linf the two are the same map.
+            ``sphere`` (l2 only): adv-lib 0.2.8's FMN-l2, step for step and in its order of operations, so
+            that on one machine and batch it retraces that run bit for bit: ``delta`` rescaled onto the
+            sphere ``||delta|| = eps`` every step (its ``clamp_(max=1)`` falls on ``delta``, not on the
+            scale, so the ball's inside is never used), then clipped to the box, and before the first success
+            ``eps = ||delta|| + |m| / ||grad m||`` without the ``gamma_k`` margin. A draw of another local
+            minimum for the ``minimal`` ensemble (BENCHMARKS.md, issue 10, session 8).
 
     Returns:
         ``[B,C,H,W]`` in [0,1]: per sample the smallest-norm adversarial iterate, ``x`` where none was found.
     """
     check_norm(norm, fmn.norms, who="fmn")
+    sphere = projection == "sphere"
+    if sphere and norm != "l2":
+        raise ValueError(f"fmn projection=sphere is l2 only, got norm={norm!r}")
     x, y = x.detach(), y.to(x.device)
     B = x.shape[0]
     cap = worst_norm(x, norm)
@@ -114,27 +123,38 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
         proj = None if norm == "l0" else Projector(x, norm)
         for k in range(steps):
             cosine = (1 + math.cos(math.pi * k / steps)) / 2
-            alpha = lr * (lr_final + (1 - lr_final) * cosine)
+            if sphere:  # the same number, in adv-lib's float rounding
+                alpha = lr * lr_final + (lr - lr * lr_final) * cosine
+            else:
+                alpha = lr * (lr_final + (1 - lr_final) * cosine)
             g = gamma_final + (gamma - gamma_final) * cosine
-            xa = delta.add_(x).clamp_(0, 1)  # x + delta, in the buffer of delta (owned, not needed after)
+            # sphere: adv-lib keeps delta itself (already in the box) and measures it, not xa - x; else x + delta
+            # in the buffer of delta (owned, not needed after)
+            xa = x + delta if sphere else delta.add_(x).clamp_(0, 1)
             # ascend -m (untargeted) or m towards the target: attack_loss "margin", its value |m| reused below
             value, grad, logits = loss_value_gradient(model, xa, y, "margin", targeted)
-            r = xa - x
+            r = delta if sphere else xa - x
             adv = best.update(xa, logits, r=r)
             if k == steps - 1:  # the next point would never be evaluated
                 break
             found |= adv
             size = best.last_size  # ||xa - x||, measured by the update
-            gn = batch_norm(grad, "l2").clamp_min(1e-30)
+            gn = batch_norm(grad, "l2").clamp_min(1e-12 if sphere else 1e-30)
             if norm == "l0":
                 eps = torch.where(adv, torch.minimum(torch.minimum(eps - 1, (eps * (1 - g)).floor()), best.size),
                                   torch.maximum(eps + 1, (eps * (1 + g)).floor())).clamp_min(0)
             else:
                 dual = gn if norm == "l2" else batch_norm(grad, DUAL[norm]).clamp_min(1e-30)
                 to_boundary = value.abs_() / dual
+                first = size + to_boundary if sphere else (size + to_boundary) * (1 + g)
                 eps = torch.where(adv, torch.minimum(eps * (1 - g), best.size),
-                                  torch.where(found, eps * (1 + g), (size + to_boundary) * (1 + g)))
+                                  torch.where(found, eps * (1 + g), first))
             eps = torch.minimum(eps, cap)
+            if sphere:
+                delta = delta.addcdiv(grad, view_as_images(gn, x), value=alpha)
+                scale = eps / batch_norm(delta, "l2").clamp_min(1e-12)
+                delta = delta.mul_(view_as_images(scale, x)).clamp_(max=1).add_(x).clamp_(0, 1).sub_(x)
+                continue
             delta = r.add_(grad.mul_(alpha).div_(view_as_images(gn, x)))  # xa - x + alpha grad / ||grad||
             l0 = norm == "l0"
             if l0:
