@@ -121,15 +121,19 @@ def with_targeted(attacks: dict[str, tuple[Any, dict]], targeted: bool) -> dict[
 
 def plan(attacks: dict[str, tuple[Any, dict]], norms: list[str], single: bool) -> list[tuple[str, str]]:
     """The (attack, norm) pairs to evaluate; unsupported pairs are an error when asked for singly."""
+    from robust_cli.attacks.contract import norms_with
+
     pairs = []
-    for name, (fn, _) in attacks.items():
+    for name, (fn, params) in attacks.items():
+        supported, why = norms_with(fn, params)
         for norm in norms:
-            if norm in fn.norms:
+            if norm in supported:
                 pairs.append((name, norm))
             elif single:
-                raise UserError(f"attack {name} does not support norm={norm} (it supports {', '.join(fn.norms)})")
+                raise UserError(f"attack {name}{why} does not support norm={norm} (it supports "
+                                f"{', '.join(supported)})")
             else:
-                log.info("skipping %s-%s: %s supports %s only", name, norm, name, ", ".join(fn.norms))
+                log.info("skipping %s-%s: %s%s supports %s only", name, norm, name, why, ", ".join(supported))
     if not pairs and not is_multirun():
         raise UserError(f"no selected attack supports norm={','.join(norms)}")
     return pairs  # a -m job whose one combination is unsupported has nothing to do: not a failed job

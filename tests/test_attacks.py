@@ -480,3 +480,14 @@ def test_attack_configs_compose_side_by_side_and_run(hydra_compose):
 def test_margin_helper_sign():
     logits = torch.tensor([[2.0, 1.0, 0.5], [0.0, 3.0, 1.0]])
     assert torch.allclose(margin(logits, torch.tensor([0, 0])), torch.tensor([1.0, -3.0]))
+
+
+def test_norms_with_narrows_the_norms_by_option():
+    from robust_cli.attacks.contract import norms_with, register_attack
+    from robust_cli.attacks.fmn import fmn
+
+    assert norms_with(fmn, {"projection": "sphere"}) == (("l2",), " with projection=sphere")
+    assert norms_with(fmn, {"projection": "ball", "steps": 3}) == (fmn.norms, "")
+    assert norms_with(fmn, {}) == (fmn.norms, "")
+    with pytest.raises(ValueError, match="unknown norms"):
+        register_attack(norms=("l2",), budget=False, option_norms={"p": {"x": ("l1",)}})

@@ -67,6 +67,9 @@ def test_member_options_reach_the_member_and_cold_members_run_twice(monkeypatch)
     calls.clear()
     minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "fmn(steps=7)"], cold_members=[])
     assert [(name, x_init is None) for name, _, x_init, _ in calls] == [("deepfool", True), ("fmn", False)]
+    calls.clear()  # a member whose options exclude the norm is skipped (FMN's sphere is l2 only)
+    minimal(model, x, y, norm="l1", l1_attacks=["fmn(steps=3, projection=sphere)", "fmn(steps=3)"], cold_members=[])
+    assert [(name, opts) for name, opts, *_ in calls] == [("fmn", {"steps": 3})]
     calls.clear()  # x_init=null: from the clean image only, even as a cold member
     minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "fmn(steps=7, x_init=null)"], cold_members=["fmn"])
     assert [(name, opts, x_init is None) for name, opts, x_init, _ in calls] == [("deepfool", {}, True),

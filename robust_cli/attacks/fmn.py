@@ -75,7 +75,7 @@ def _boundary_start(model, x, y, x_init, norm, targeted, steps, best) -> torch.T
     return torch.where(view_as_images(ok, x), _toward(x, x_init, hi, norm) - x, torch.zeros_like(x))
 
 
-@register_attack(norms=("l0", "l1", "l2", "linf"), budget=False)
+@register_attack(norms=("l0", "l1", "l2", "linf"), budget=False, option_norms={"projection": {"sphere": ("l2",)}})
 def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init: Optional[torch.Tensor] = None,
         steps: Annotated[int, Range(ge=1)] = 100, lr: Annotated[float, Range(gt=0)] = 1.0,
         lr_final: Annotated[float, Range(gt=0)] = 0.01, gamma: Annotated[float, Range(gt=0, lt=1)] = 0.05,

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from robust_cli.attacks.best import Best, perturbation_size
-from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.contract import frozen_eval, norms_with, register_attack
 from robust_cli.attacks.geometry import view_as_images
 from robust_cli.schema import Check, Range, schema_of
 
@@ -356,8 +356,8 @@ def minimal(
         for entry in names:
             name, options = parse_member(entry)
             fn = registry.get(name)
-            if fn is None or name == "minimal" or norm not in fn.norms:
-                log.info("minimal: skipping %s (%s)", name, "not registered" if fn is None else
+            if fn is None or name == "minimal" or norm not in norms_with(fn, options)[0]:
+                log.info("minimal: skipping %s (%s)", entry, "not registered" if fn is None else
                          "the ensemble itself" if name == "minimal" else f"no {norm}")
                 continue
             cold_only = "x_init" in options and options.pop("x_init") is None  # "name(..., x_init=null)"
