@@ -226,10 +226,12 @@ def test_readme_example_runs_as_written_and_a_refusal_is_one_line(slurm, tmp_pat
 
 @_marked
 def test_requeue_after_time_limit_resumes_with_continuous_history(slurm, tmp_path, epoch_hooks):
-    # Training far longer than one attempt (1-minute limit, SIGUSR2 50 s before it: each attempt gets
-    # 10-40 s, depending on when slurmctld checks its time limits); every epoch is padded to 3 s by the
-    # loop's test hook (however fast the machine), so 20 epochs need at least 2 attempts.
-    epochs = int(os.environ.get("ROBUST_REQUEUE_TEST_EPOCHS", "20"))
+    # Training far longer than one attempt (2-minute limit, SIGUSR2 50 s before it; SLURM may send it up to
+    # 60 s early, the resolution of its event handling (sbatch --signal), so each attempt gets 10-70 s: with
+    # a 1-minute limit the signal came 1 s after a start, before Python had its handler, and killed the job,
+    # which was then never requeued). Every epoch is padded to 3 s by the loop's test hook (however fast the
+    # machine), so 40 epochs need at least 2 attempts.
+    epochs = int(os.environ.get("ROBUST_REQUEUE_TEST_EPOCHS", "40"))
     env = epoch_hooks(min_epoch_seconds=3, base=slurm)
     sweep = tmp_path / "sweep"
     stop = threading.Event()
@@ -239,8 +241,8 @@ def test_requeue_after_time_limit_resumes_with_continuous_history(slurm, tmp_pat
     try:
         proc = subprocess.run(
             [robust_bin(), "train", "-m", f"epochs={epochs}", "model.widths=[256,256]", f"out_dir={tmp_path}",
-             "device=cpu", f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=1",
-             "hydra.launcher.signal_delay_s=50", "hydra.launcher.max_num_timeout=10", *SLURM_ARGS],
+             "device=cpu", f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=2",
+             "hydra.launcher.signal_delay_s=50", "hydra.launcher.max_num_timeout=20", *SLURM_ARGS],
             env=env, capture_output=True, text=True, timeout=540,
         )
     except subprocess.TimeoutExpired:
