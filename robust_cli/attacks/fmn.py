@@ -29,7 +29,7 @@ from typing import Annotated, Literal, Optional
 import torch
 from torch import nn
 
-from robust_cli.attacks.contract import frozen_eval, register_attack
+from robust_cli.attacks.contract import frozen_eval, norms_with, register_attack
 from robust_cli.attacks.geometry import Projector, batch_norm, project_ball, view_as_images
 from robust_cli.attacks.losses import loss_value_gradient
 from robust_cli.attacks.best import Best, worst_norm
@@ -105,9 +105,10 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
         ``[B,C,H,W]`` in [0,1]: per sample the smallest-norm adversarial iterate, ``x`` where none was found.
     """
     check_norm(norm, fmn.norms, who="fmn")
+    supported, why = norms_with(fmn, {"projection": projection})  # the registration's option_norms, once
+    if norm not in supported:
+        raise ValueError(f"fmn{why} supports {', '.join(supported)} only, got norm={norm!r}")
     sphere = projection == "sphere"
-    if sphere and norm != "l2":
-        raise ValueError(f"fmn projection=sphere is l2 only, got norm={norm!r}")
     x, y = x.detach(), y.to(x.device)
     B = x.shape[0]
     cap = worst_norm(x, norm)
@@ -121,7 +122,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             eps = torch.where(found, best.size, torch.ones_like(best.size))
         else:
             eps = torch.full((B,), float("inf"), device=x.device, dtype=x.dtype)
-        proj = None if norm == "l0" else Projector(x, norm)
+        proj = None if norm == "l0" or sphere else Projector(x, norm)
         for k in range(steps):
             cosine = (1 + math.cos(math.pi * k / steps)) / 2
             if sphere:  # the same number, in adv-lib's float rounding
