@@ -73,9 +73,10 @@ def test_low_precision_matches_fp32_on_a_conv_net(attack, params):
                              attack_model=attack_model(model, torch.device("cpu"), precision="bf16"))
     assert np.isfinite(fp32).all() and np.isfinite(bf16).all()
     # the same images, each distance within 5% (bf16 keeps 8 mantissa bits) or, for the budget attack, two
-    # steps of its eps search; the medians within 2%
+    # steps of its eps search; the medians within 2% (and the search's resolution: on an AVX2 CPU the middle
+    # one of the 16 PGD distances moved by 7%, one search step, which moved the median by 3.6%)
     np.testing.assert_allclose(bf16, fp32, rtol=0.05, atol=2 * result.resolution)
-    assert abs(np.median(bf16) - np.median(fp32)) <= 0.02 * np.median(fp32)
+    assert abs(np.median(bf16) - np.median(fp32)) <= 0.02 * np.median(fp32) + np.max(result.resolution)
     assert_verified_in_fp32(model, result, y)
 
 

@@ -51,7 +51,9 @@ def test_searched_distance_is_the_exact_one_within_tolerance(norm, eps_tol):
     model, x, y = _problem()
     exact = minimal_distance(model, x, y, norm)
     found = search_distance(exact_step, model, x, y, norm, method="adaptive", steps=20, eps_tol=eps_tol)
-    tol = 1e-3 if eps_tol else 0.01 * exact
+    # rtol (1%) is of the bracket's upper end, which lies up to 1% above the exact distance (on an AVX2 CPU one
+    # image ended 1.008% above it, within 1% of its upper end)
+    tol = 1e-3 if eps_tol else 0.01 * exact * 1.01
     d = batch_norm(found.x_adv - x, norm).double()
     assert (model(found.x_adv).argmax(1) != y).all()
     assert (d >= exact * (1 - 1e-5)).all()  # a verified adversarial is never below the optimum

@@ -23,6 +23,7 @@ CASES = [  # (attack, norm, options, tolerance)
     # the step and the rate's annealing, and at 300 under the authors' order (the default since session 7)
     ("sigma_zero", "l0", {"steps": 1000}, 1.2),
     ("jsma", "l0", {}, 1.2),
+    ("vfga", "l0", {}, 1.2),
     ("sparsefool", "l1", {"lam": 1.0}, 1.05),
     ("one_pixel", "l0", {"max_pixels": 3, "popsize": 40, "steps": 30, "max_queries": 4000}, 1.2),
     ("boundary", "l2", {"max_queries": 3000, "x_init": "deepfool"}, 1.2),
@@ -82,6 +83,29 @@ def test_confident_over_scaled_model_does_not_defeat_the_gradient_attacks(name, 
     ratio = perturbation_size(out, x, norm).double() / minimal_distance(model, x, y, norm)
     assert ratio.min() >= 1 - 1e-4, f"below the exact optimum: {ratio.min():.6f}"
     assert ratio.max() <= tol, f"{name}-{norm}: worst ratio {ratio.max():.3f} > {tol}"
+
+
+def test_vfga_breaks_the_saturated_vote_on_the_logits():
+    """VFGA votes by the softmax probability ``p_y``, which is exactly 1 in float32 on every candidate of a
+    confident model (logits x1000), so adv-lib's vote (``saturation=authors``) takes the first draw blindly; the
+    default breaks those ties by the logits' ``s = logsumexp_{j != y} f_j - f_y``. On this model the vote is
+    then the margin's greedy (its softmax is a hard max): every image is still fooled, in the box, never below
+    the optimum, and closer than the blind vote (one image of 2 optimal pixels: 3 against 4)."""
+    model, x, y = make_problem(n=12, in_shape=(1, 6, 6), num_classes=3, seed=0)
+    best = minimal_distance(model, x, y, "l0")
+    with torch.no_grad():
+        model.fc.weight.mul_(1000.0)
+        model.fc.bias.mul_(1000.0)
+    ratios = {}
+    for ties in ("logits", "authors"):
+        out = list_attacks()["vfga"](model, x, y, norm="l0", saturation=ties)
+        assert out.min() >= 0 and out.max() <= 1
+        with torch.no_grad():
+            assert bool((model(out).argmax(1) != y).all()), f"ties={ties}: an image was not fooled"
+        ratios[ties] = perturbation_size(out, x, "l0").double() / best
+        assert ratios[ties].min() >= 1 - 1e-4
+    assert ratios["logits"].mean() <= 1.05 and ratios["logits"].max() <= 1.5
+    assert bool((ratios["logits"] <= ratios["authors"]).all()) and ratios["logits"].sum() < ratios["authors"].sum()
 
 
 def test_boundary_from_noise_is_local_but_close_on_average():
