@@ -66,6 +66,8 @@ def ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
         fallback = None if plain else torch.randn_like(x) / math.sqrt(x[0].numel())
         gen = torch.Generator(device=x.device).manual_seed(0) if plain else None
         xa = x.clone()
+        # eps's factors as tensors of its dtype: one where + one product per step (was two products and a where)
+        shrink, grow = (torch.tensor(1 + s * gamma, dtype=eps.dtype, device=x.device) for s in (-1, 1))
         sign = -1.0 if targeted else 1.0  # cross_entropy: ascend the true class's CE, descend the target's
         for k in range(steps):
             if plain:
@@ -88,7 +90,7 @@ def ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
                     unit = torch.where(view_as_images(gn > 0, x), unit, fallback)
             alpha = lr * (lr_final + (1 - lr_final) * (1 + math.cos(math.pi * k / steps)) / 2)
             delta = delta.add_(unit, alpha=alpha)
-            eps = torch.minimum(torch.where(adv, eps * (1 - gamma), eps * (1 + gamma)), cap)
+            eps = torch.minimum(eps.mul_(torch.where(adv, shrink, grow)), cap)
             delta = delta.mul_(view_as_images(eps / batch_norm(delta, "l2").clamp_min(1e-30), x))
             xa = torch.add(x, delta, out=xa).clamp_(0, 1)  # the next iterate, in the box (its graph is gone)
             delta = torch.sub(xa, x, out=delta)

@@ -63,8 +63,9 @@ def attack_loss(
 
 
 def attack_loss_grad(
-    logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", targeted: bool = False, *, scale_free: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+    logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", targeted: bool = False, *, scale_free: bool = False,
+    with_value: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(attack_loss(logits, y, loss, targeted, scale_free=scale_free) [B], its gradient w.r.t. the logits
     [B,K])``, the gradient in closed form: ``torch.autograd.grad(logits, x, grad_outputs=G)`` then gives the
     input gradient of the summed loss without autograd through the loss's scatter/logsumexp/gather/amax
@@ -80,7 +81,9 @@ def attack_loss_grad(
 
     negated when targeted. The plain ``ce`` (``softplus(s)``) has no bitwise closed form here (its backward
     uses its own ``exp``), so its ``G`` comes from autograd on the logits alone (still no model pass).
-    ``logits`` need not require grad; the result does not.
+    ``logits`` need not require grad; the result does not. ``with_value=False``: the value is not formed
+    (``None`` in its place) where the closed form does not need it (direction-only callers: a few kernels
+    less per step).
     """
     logits = logits.detach()
     if loss not in ("ce", "margin") or (loss == "ce" and not scale_free):
@@ -90,17 +93,19 @@ def attack_loss_grad(
             (g,) = torch.autograd.grad(value.sum(), z)
         return value.detach(), g
     yi = y[:, None]
-    true = logits.gather(1, yi).squeeze(1)
     if loss == "ce":
         g, _, lse = scale_free_ce_logit_gradient(logits, y)
-        value = lse.squeeze(1) - true
+        top = lse
     else:
         other = logits.scatter(1, yi, float("-inf"))
         top = other.amax(dim=1, keepdim=True)
-        value = top.squeeze(1) - true
         g = (other == top).to(logits.dtype)
         g = g.div_(g.sum(1, keepdim=True)).scatter_(1, yi, -1.0)
-    return (value.neg_(), g.neg_()) if targeted else (value, g)
+    value = top.squeeze(1) - logits.gather(1, yi).squeeze(1) if with_value else None
+    if targeted:
+        g = g.neg_()
+        value = None if value is None else value.neg_()
+    return value, g
 
 
 def scale_free_ce_logit_gradient(
@@ -140,10 +145,11 @@ def objective_gradient(
 
 def loss_value_gradient(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce", targeted: bool = False,
-    *, scale_free: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    *, scale_free: bool = False, with_value: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """``(loss [B], grad_x sum_b loss_b [B,C,H,W], logits [B,K])``: :func:`attack_loss` per sample, its input
-    gradient (each sample's own: summed, not averaged) and the logits, all detached.
+    gradient (each sample's own: summed, not averaged) and the logits, all detached (the loss ``None`` with
+    ``with_value=False``, see :func:`attack_loss_grad`).
 
     One forward and one input-only backward; the loss's own part of the backward in closed form
     (:func:`attack_loss_grad`: the same bits as autograd through the loss). Runs with grad enabled even
@@ -152,7 +158,7 @@ def loss_value_gradient(
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = model(x)
-        value, g = attack_loss_grad(logits, y, loss, targeted, scale_free=scale_free)
+        value, g = attack_loss_grad(logits, y, loss, targeted, scale_free=scale_free, with_value=with_value)
         (grad,) = torch.autograd.grad(logits, x, grad_outputs=g)
     return value, grad, logits.detach()
 
@@ -164,7 +170,7 @@ def loss_gradient(
     """``(grad_x sum_b loss_b, logits)``: the per-sample input gradient ``[B,C,H,W]`` and the logits ``[B,K]``
     of :func:`loss_value_gradient`. ``scale_free``: see ``attack_loss`` (direction-only users).
     """
-    _, grad, logits = loss_value_gradient(model, x, y, loss, targeted, scale_free=scale_free)
+    _, grad, logits = loss_value_gradient(model, x, y, loss, targeted, scale_free=scale_free, with_value=False)
     return grad, logits
 
 
