@@ -303,7 +303,7 @@ def minimal(
             5-pixel basin, image 13 of test images 100-149, where every member of ours ended at 7 and the B&B
             starts it adds also took image 22 from 4 pixels to foolbox's 3), capped at 100 changed values (its
             failures otherwise run to every value of the image, ~16k passes each; a point of 100 pixels is no
-            use here): test images 100-149 0.940 -> 0.980 within 0.1% of the peers, mean 4.74 -> 4.60
+            use here): test images 100-149 0.940 -> 0.980 within 0.1% of the peers, mean 4.74 -> 4.68
             (BENCHMARKS.md, issue 10, session 9). l0 ends with
             ``prune`` (after B&B): it removes pixels from the running best while it stays misclassified
             (``robust_cli.attacks.prune``); on the MNIST LeNet-5 (48 images) one pixel on 3 images that B&B
