@@ -300,7 +300,7 @@ def minimal(
             ensemble went 0.958 -> 0.979 and 0.880 -> 0.980 within 0.1% of the peers (BENCHMARKS.md, issue 10,
             session 7). l0 runs adv-lib's VFGA as the authors' code runs it (``saturation=authors``: on the
             MNIST LeNet-5 its float32 softmax saturates, so its votes are blind draws, and one of them reached a
-            5-pixel basin, image 13 of test images 100-149, where every member of ours ended at 7 and the B&B
+            5-pixel basin, image 13 of test images 100-149, where the ensemble had ended at 7, and the B&B
             starts it adds also took image 22 from 4 pixels to foolbox's 3), capped at 100 changed values (its
             failures otherwise run to every value of the image, ~16k passes each; a point of 100 pixels is no
             use here): test images 100-149 0.940 -> 0.980 within 0.1% of the peers, mean 4.74 -> 4.68
