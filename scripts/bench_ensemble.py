@@ -9,6 +9,11 @@ changed pixels). Printed per norm: mean/median of our result and of the peers' p
 forward passes per image each side spent, and the fraction of images where ours is at most the peers'
 minimum (the target: >= 0.99), exactly and within 0.1%, with the images where it is more than 0.1% larger.
 
+foolbox's B&B runs on the whole batch at once, and its trust region is ``lr * np.prod(x.shape)`` (the batch size
+included), so its result depends on how many images the window holds: the peers' B&B here runs with a region
+``N`` times its per-image default (a sub-batch at ``lr`` scaled by the ratio reproduces a window's run bit for
+bit; BENCHMARKS.md, issue 10, session 9). It is run as a user running it on that batch would get it.
+
 Peers live in side directories (``scripts/_bench.py`` says how to install them)::
 
     .venv/bin/python scripts/bench_ensemble.py --run RUN_DIR --n 100 --advlib .bench-advlib --peers .bench-peers
