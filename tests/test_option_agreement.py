@@ -278,7 +278,7 @@ ATTACK_CHANGES = {
     "jsma": ("l0", {}, {"gamma": (0.02, {}), "saliency": ("margin", {}), "directions": ("increase", {}),
                         "candidates": (1, {})}),
     "vfga": ("l0", {}, {"samples": (3, {}), "max_iter": (1, {}), "targeted": (True, {}),
-                        "saturation": ("authors", {}), "seed": (1, {})}),
+                        "saturation": ("advlib", {}), "seed": (1, {})}),
     "sparsefool": ("l1", {}, {"steps": (0, {}), "lam": (1.0, {}),
                               "overshoot": (0.5, {"search_steps": 0}), "search_steps": (0, {})}),
     "one_pixel": ("l0", {"popsize": 8, "steps": 3, "max_queries": 200, "corners": False}, {

@@ -1,5 +1,5 @@
 """The attacks that retrace a public implementation bit for bit: ALMA (l1, l2), FMN-l2 ``projection=sphere``,
-DDN ``loss=cross_entropy``, sigma-zero and VFGA ``saturation=authors`` against adv-lib 0.2.8, the authors' reference
+DDN ``loss=cross_entropy``, sigma-zero and VFGA ``saturation=advlib`` against adv-lib 0.2.8, the authors' reference
 code for ALMA, DDN and sigma-zero.
 
 Why it matters: these runs are chaotic (a difference of one rounding grows into another local minimum within
@@ -111,7 +111,7 @@ def test_ddn_cross_entropy_retraces_advlib_where_the_gradient_vanishes(lib):
 
 
 @pytest.mark.parametrize("scale", [1.0, 1000.0])
-def test_vfga_authors_saturation_retraces_advlib(lib, scale):
+def test_vfga_advlib_saturation_retraces_advlib(lib, scale):
     """adv-lib draws VFGA's magnitudes from the global generator (``torch.manual_seed(0)``, as the benchmarks run
     it), ours from a private one seeded 0. Logits x1000: every failing candidate's ``p_y`` is exactly 1, and
     both votes take the first (the blind vote retraced); the default vote breaks those ties and parts from it."""
@@ -121,7 +121,7 @@ def test_vfga_authors_saturation_retraces_advlib(lib, scale):
         model.fc.bias.mul_(scale)
     torch.manual_seed(0)
     theirs = lib.vfga(model, x, y, targeted=False)
-    ours = vfga(model, x, y, saturation="authors")
+    ours = vfga(model, x, y, saturation="advlib")
     assert torch.equal(ours, theirs), (ours - theirs).abs().max()
     if scale > 1:
         assert not torch.equal(vfga(model, x, y), theirs)

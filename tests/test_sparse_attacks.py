@@ -87,7 +87,7 @@ def test_confident_over_scaled_model_does_not_defeat_the_gradient_attacks(name, 
 
 def test_vfga_breaks_the_saturated_vote_on_the_logits():
     """VFGA votes by the softmax probability ``p_y``, which is exactly 1 in float32 on every candidate of a
-    confident model (logits x1000), so adv-lib's vote (``saturation=authors``) takes the first draw blindly; the
+    confident model (logits x1000), so adv-lib's vote (``saturation=advlib``) takes the first draw blindly; the
     default breaks those ties by the logits' ``s = logsumexp_{j != y} f_j - f_y``. On this model the vote is
     then the margin's greedy (its softmax is a hard max): every image is still fooled, in the box, never below
     the optimum, and closer than the blind vote (one image of 2 optimal pixels: 3 against 4)."""
@@ -97,15 +97,15 @@ def test_vfga_breaks_the_saturated_vote_on_the_logits():
         model.fc.weight.mul_(1000.0)
         model.fc.bias.mul_(1000.0)
     ratios = {}
-    for ties in ("logits", "authors"):
-        out = list_attacks()["vfga"](model, x, y, norm="l0", saturation=ties)
+    for mode in ("logits", "advlib"):
+        out = list_attacks()["vfga"](model, x, y, norm="l0", saturation=mode)
         assert out.min() >= 0 and out.max() <= 1
         with torch.no_grad():
-            assert bool((model(out).argmax(1) != y).all()), f"ties={ties}: an image was not fooled"
-        ratios[ties] = perturbation_size(out, x, "l0").double() / best
-        assert ratios[ties].min() >= 1 - 1e-4
+            assert bool((model(out).argmax(1) != y).all()), f"saturation={mode}: an image was not fooled"
+        ratios[mode] = perturbation_size(out, x, "l0").double() / best
+        assert ratios[mode].min() >= 1 - 1e-4
     assert ratios["logits"].mean() <= 1.05 and ratios["logits"].max() <= 1.5
-    assert bool((ratios["logits"] <= ratios["authors"]).all()) and ratios["logits"].sum() < ratios["authors"].sum()
+    assert bool((ratios["logits"] <= ratios["advlib"]).all()) and ratios["logits"].sum() < ratios["advlib"].sum()
 
 
 def test_boundary_from_noise_is_local_but_close_on_average():

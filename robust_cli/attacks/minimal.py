@@ -232,7 +232,7 @@ def minimal(
     norm: str,
     x_init: torch.Tensor | None = None,
     l0_attacks: Sequence[Member] = ("one_pixel(steps=0)", "sigma_zero(steps=1000)", "pdpgd", "jsma",
-                                    "vfga(saturation=authors, max_iter=100)", "fmn", "bb", "prune"),
+                                    "vfga(saturation=advlib, max_iter=100)", "fmn", "bb", "prune"),
     l1_attacks: Sequence[Member] = ("sparsefool", "fmn(steps=1000)", "fmn(gamma=0.1)",
                                     "fmn(projection=ball, steps=1000)", "ead", "alma", "fab", "fab_t", "pdpgd",
                                     "pdpgd(lr=0.5, proximal_exact=true)", "pdpgd(lr=0.1, proximal_exact=true)", "bb"),
@@ -298,7 +298,7 @@ def minimal(
             reproduces their runs per image, and on MNIST test images 0-49 and 100-149, where their sigma-zero
             or B&B from its point had been a pixel lower than every member of ours on 2 and 6 images, the
             ensemble went 0.958 -> 0.979 and 0.880 -> 0.980 within 0.1% of the peers (BENCHMARKS.md, issue 10,
-            session 7). l0 runs adv-lib's VFGA as the authors' code runs it (``saturation=authors``: on the
+            session 7). l0 runs VFGA as adv-lib runs it (``saturation=advlib``: on the
             MNIST LeNet-5 its float32 softmax saturates, so its votes are blind draws, and one of them reached a
             5-pixel basin, image 13 of test images 100-149, where the ensemble had ended at 7, and the B&B
             starts it adds also took image 22 from 4 pixels to foolbox's 3), capped at 100 changed values (its

@@ -13,9 +13,9 @@ probability of the true class (of the target, ascended, when ``targeted``) and `
   ``p_y`` overall; an image stops at its first misclassified point (the one returned: each iteration adds one
   changed value, so it is the run's sparsest).
 
-The order of operations is that of the authors' code as adv-lib 0.2.8 publishes it (``vfga``; its
+The order of operations is that of adv-lib 0.2.8's implementation (``vfga``; its
 ``large_memory=False`` batching, the candidates classified in ``samples`` chunks), and the draws come from a
-private generator seeded ``seed``, so that with ``saturation=authors`` a run on one machine and batch retraces
+private generator seeded ``seed``, so that with ``saturation=advlib`` a run on one machine and batch retraces
 adv-lib's under ``torch.manual_seed(seed)`` bit for bit: a draw of other sparse basins for the ``minimal``
 ensemble (BENCHMARKS.md, issue 10, session 9). The default differs from it only where the float32 softmax
 saturates (``saturation``). Values are counted per coordinate, as the paper does; on one-channel
@@ -46,7 +46,7 @@ def vfga(
     samples: Annotated[int, Range(ge=1)] = 10,
     max_iter: Annotated[int, Range(ge=1)] | None = None,
     targeted: bool = False,
-    saturation: Literal["logits", "authors"] = "logits",
+    saturation: Literal["logits", "advlib"] = "logits",
     seed: int = 0,
 ) -> torch.Tensor:
     """VFGA on ``x`` ``[B,C,H,W]`` in [0,1], true labels ``y`` ``[B]`` (targets when ``targeted``).
@@ -61,7 +61,7 @@ def vfga(
             broken by the largest ``s = logsumexp_{j != y} f_j - f_y`` (``p_y = sigmoid(-s)``: the lowest
             ``p_y`` in exact arithmetic), and an image whose gradient vanished takes the scale-free CE's
             (``attack_loss``: ``grad p_y`` over a positive factor, so the same choices), the algorithm the
-            paper means. ``authors``: adv-lib's run as it is, retraced (ties: the first candidate, i.e. the
+            paper means. ``advlib``: adv-lib's run as it is, retraced (ties: the first candidate, i.e. the
             first draw of the increasing direction; a zero gradient: the first value not yet changed): its blind
             votes are a draw of other basins for the ``minimal`` ensemble.
         seed: of the private generator of the draws (adv-lib draws from the global one: the same numbers under
@@ -80,7 +80,7 @@ def vfga(
     out = x.clone()
     done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     n = samples
-    authors = saturation == "authors"
+    as_advlib = saturation == "advlib"
     with frozen_eval(model):
         for _ in range(x[0].numel() if max_iter is None else max_iter):
             unchanged = adv == x
@@ -97,7 +97,7 @@ def vfga(
                 (g,) = torch.autograd.grad(sign * p.sum(), inputs=xs, only_inputs=True)
             xs = xs.detach()
             blind = ~g.flatten(1).any(1)
-            if not authors and bool(blind.any()):  # p_y saturated in float32 (a confident model): its gradient is 0
+            if not as_advlib and bool(blind.any()):  # p_y saturated in float32 (a confident model): its gradient is 0
                 # the scale-free CE's gradient is grad(sign p_y) divided by a positive per-image factor
                 # (p_y sigmoid(s), see attack_loss): the same choices below, without the underflow
                 g_free, _ = loss_gradient(model, xs[blind], ys[blind], "ce", targeted, scale_free=True)
@@ -120,7 +120,7 @@ def vfga(
             p_new = probs.gather(2, ys.view(-1, 1, 1).expand(-1, 2 * n, 1)).squeeze(2)
             # the vote: an adversarial candidate first, then the lowest p_y (highest target probability)
             key = -(p_new + hit.float()) if targeted else p_new - hit.float()
-            if authors:  # adv-lib's argmin: the first of exact ties
+            if as_advlib:  # adv-lib's argmin: the first of exact ties
                 pick = key.argmin(dim=1)
             else:  # exact ties of p_y (a saturated softmax) broken by what p_y is a decreasing function of
                 # (p_y = sigmoid(-s), s = logsumexp_{j != y} f_j - f_y, which does not saturate)
