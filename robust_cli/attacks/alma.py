@@ -112,9 +112,11 @@ def alma(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
         logit_tolerance: added to the margin: success needs it crossed by this much (the paper: 1e-4).
         targeted: ``y`` holds targets.
         restarts: runs, the best kept per sample. Run 0 starts at ``x`` (the paper) and, computing in the
-            authors' order of operations, is adv-lib's ALMA bit for bit on one machine and batch
-            (``tests/test_peer_reproduction.py``); the others start at ``x`` plus uniform noise in
-            ``[-restart_radius, restart_radius]`` per value (clipped to the box).
+            authors' order of operations, takes adv-lib's ALMA iterates bit for bit on one machine and batch
+            (``tests/test_peer_reproduction.py``; the point kept can be smaller than theirs, where an iterate is
+            misclassified within their ``logit_tolerance``, which their success test does not count); the
+            others start at ``x`` plus uniform noise in ``[-restart_radius, restart_radius]`` per value (clipped
+            to the box).
         restart_radius: the noise of the restarts (1e-3, a quarter of an 8-bit grey level). A tiny start is
             enough: in float32 the method's dynamics amplify a difference of 1e-8 into a different local
             minimum within ~40 steps (BENCHMARKS.md, issue 10, sessions 6 and 7), so each restart is a new draw of
