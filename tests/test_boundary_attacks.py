@@ -203,3 +203,23 @@ def test_fab_class_choice_by_bounds_equals_projecting_onto_every_hyperplane(norm
         pick, step = nearest_hyperplane(z, w, g, norm)
         assert torch.equal(pick, norms.argmin(1))
         assert torch.equal(step, every[torch.arange(b), pick])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_fab_eq7_picks_the_least_hoelder_ratio_and_stays_within_5_percent(norm):
+    """``nearest="eq7"``: the class of least ``|g_l| / ||w_l||_q`` (eq. 7 as printed, the box ignored), its
+    exact box projection as the step; on the linear model FAB with that choice still ends within 1.05x of the
+    optimum (never below it), and in l1, where the box binds, the two choices part."""
+    gen = torch.Generator().manual_seed(2)
+    b, m, d = 32, 9, 49
+    z = torch.rand(b, d, generator=gen)
+    w = torch.randn(b, m, d, generator=gen) * torch.rand(b, m, 1, generator=gen) * 3
+    g = torch.randn(b, m, generator=gen)
+    q = {"l2": 2, "linf": 1, "l1": float("inf")}[norm]
+    pick, step = nearest_hyperplane(z, w, g, norm, "eq7")
+    assert torch.equal(pick, (g.double().abs() / torch.linalg.vector_norm(w.double(), ord=q, dim=2)).argmin(1))
+    rows = torch.arange(b)
+    assert torch.equal(step, hyperplane_step(z, w[rows, pick], -g[rows, pick], norm))
+    model, x, y = make_problem(n=12, num_classes=10)
+    r = _ratio(model, x, y, fab(model, x, y, norm=norm, steps=20, nearest="eq7"), norm)
+    assert (r >= 1 - 1e-5).all() and (r <= 1.05).all(), r

@@ -54,6 +54,9 @@ def test_member_problems_name_what_is_wrong():
     assert _member_problem("fmn(x_init=null)") is None
     for bad in ("fmn(x_init=1)", "alma(x_init=null)"):  # only null; only for an attack that takes a start
         assert "x_init can only be null, for an attack that takes a start" in _member_problem(bad)
+    assert _member_problem("fab(nearest=eq7, refine=true)") is None
+    for bad in ("fab(refine=1)", "pgd(refine=true)"):  # a boolean; only for a minimal-norm attack
+        assert "refine can only be true or false, for a minimal-norm attack" in _member_problem(bad)
 
 
 def test_member_options_reach_the_member_and_cold_members_run_twice(monkeypatch):
@@ -67,8 +70,8 @@ def test_member_options_reach_the_member_and_cold_members_run_twice(monkeypatch)
     calls.clear()
     minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "fmn(steps=7)"], cold_members=[])
     assert [(name, x_init is None) for name, _, x_init, _ in calls] == [("deepfool", True), ("fmn", False)]
-    calls.clear()  # a member whose options exclude the norm is skipped (FMN's sphere is l2 only)
-    minimal(model, x, y, norm="l1", l1_attacks=["fmn(steps=3, projection=sphere)", "fmn(steps=3)"], cold_members=[])
+    calls.clear()  # a member whose options exclude the norm is skipped (FMN's advlib is l2 and linf only)
+    minimal(model, x, y, norm="l1", l1_attacks=["fmn(steps=3, projection=advlib)", "fmn(steps=3)"], cold_members=[])
     assert [(name, opts) for name, opts, *_ in calls] == [("fmn", {"steps": 3})]
     calls.clear()  # x_init=null: from the clean image only, even as a cold member
     minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "fmn(steps=7, x_init=null)"], cold_members=["fmn"])
@@ -88,6 +91,30 @@ def test_refiner_runs_from_ranked_and_random_starts_and_is_no_worse(monkeypatch)
     with torch.no_grad():
         fooled = model(single).argmax(1) != y
     assert bool((perturbation_size(out, x, "l2")[fooled] <= perturbation_size(single, x, "l2")[fooled] + 1e-6).all())
+
+
+def test_a_refine_member_adds_its_points_as_refiner_starts(monkeypatch):
+    """``refine=true``: the member's own point is one more refiner start per image, after the ranked and random
+    ones (the clean image where the member failed), even where it is larger than the running best and in the
+    same class, so that ``_ranked_starts`` alone would not pick it."""
+    model, x, y = make_problem(n=6, in_shape=(1, 4, 4), num_classes=3, seed=1)
+    calls = []
+    minimal = _spy_registry(monkeypatch, calls)
+    members = ["deepfool", "fmn(steps=3, lr=0.05, refine=true)", "bb(steps=2)"]
+    minimal(model, x, y, norm="l2", l2_attacks=members, refine_starts=1, random_starts=0, target_starts=0,
+            cold_members=[])
+    fmn_out = attacks_pkg.list_attacks()["fmn"](model, x, y, norm="l2", steps=3, lr=0.05,
+                                                x_init=next(c[2] for c in calls if c[0] == "fmn"))
+    (bb_call,) = [c for c in calls if c[0] == "bb"]
+    assert bb_call[1] == {"steps": 2} and bb_call[3] == 2 * len(x)  # 1 ranked start + the refine member's
+    with torch.no_grad():
+        fooled = model(fmn_out).argmax(1) != y
+    expected = torch.where(fooled[:, None, None, None], fmn_out, x)
+    assert torch.equal(bb_call[2][len(x):], expected)
+    calls.clear()  # without refine=true the same run refines the ranked start only
+    minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "fmn(steps=3, lr=0.05)", "bb(steps=2)"],
+            refine_starts=1, random_starts=0, target_starts=0, cold_members=[])
+    assert [c[3] for c in calls if c[0] == "bb"] == [len(x)]
 
 
 def test_random_starts_are_adversarial_perturbed_copies_of_the_best_and_seeded():

@@ -298,7 +298,8 @@ ATTACK_CHANGES = {
         "steps": (2, {}), "restarts": (3, _FAB_ONE_STEP_FAILS), "alpha_max": (0.5, {}), "eta": (1.5, {}),
         "beta": (0.5, {"steps": 2}),
         "restart_radius": (0.01, _FAB_RESTARTS), "seed": (1, _FAB_RESTARTS),
-        **({"targeted": (True, {})} if name == "fab" else {"target_classes": (1, {})})}) for name in ("fab", "fab_t")},
+        **({"targeted": (True, {}), "nearest": ("eq7", {"norm": "l1"})} if name == "fab"
+           else {"target_classes": (1, {})})}) for name in ("fab", "fab_t")},
     "ead": ("l1", {"steps": 10, "search_steps": 2, "const_init": 10.0}, {
         "steps": (5, {}), "search_steps": (1, {}), "lr": (0.05, {}), "beta": (0.001, {}), "const_init": (100.0, {}),
         "confidence": (1.0, {}), "decision": ("en", {}), "fista": (False, {}), "targeted": (True, {})}),

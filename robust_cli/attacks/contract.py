@@ -26,7 +26,7 @@ def register_attack(
         budget: True for eps-bounded attacks (the evaluation searches eps per sample to get a distance);
             False for minimal-norm attacks (they return their best adversarial; the distance is its norm).
         option_norms: option -> value -> the norms the attack supports with that value (a subset of
-            ``norms``), e.g. ``{"projection": {"sphere": ("l2",)}}``; read by :func:`norms_with`.
+            ``norms``), e.g. ``{"projection": {"advlib": ("l2", "linf")}}``; read by :func:`norms_with`.
     """
     bad = set(norms) - set(NORMS)
     for by_value in (option_norms or {}).values():

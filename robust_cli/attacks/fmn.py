@@ -75,12 +75,13 @@ def _boundary_start(model, x, y, x_init, norm, targeted, steps, best) -> torch.T
     return torch.where(view_as_images(ok, x), _toward(x, x_init, hi, norm) - x, torch.zeros_like(x))
 
 
-@register_attack(norms=("l0", "l1", "l2", "linf"), budget=False, option_norms={"projection": {"sphere": ("l2",)}})
+@register_attack(norms=("l0", "l1", "l2", "linf"), budget=False,
+                 option_norms={"projection": {"advlib": ("l2", "linf")}})
 def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init: Optional[torch.Tensor] = None,
         steps: Annotated[int, Range(ge=1)] = 100, lr: Annotated[float, Range(gt=0)] = 1.0,
         lr_final: Annotated[float, Range(gt=0)] = 0.01, gamma: Annotated[float, Range(gt=0, lt=1)] = 0.05,
         gamma_final: Annotated[float, Range(gt=0, lt=1)] = 0.001,
-        targeted: bool = False, projection: Literal["exact", "ball", "sphere"] = "exact") -> torch.Tensor:
+        targeted: bool = False, projection: Literal["exact", "ball", "advlib"] = "exact") -> torch.Tensor:
     """FMN (Algorithm 1); ``x`` ``[B,C,H,W]`` in [0,1], ``y`` ``[B]`` (targets when ``targeted``).
 
     Args:
@@ -93,13 +94,15 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
         targeted: ``y`` holds targets.
         projection: ``exact`` (onto ball ∩ box) or ``ball`` (onto the ball, then clipped to the box: the
             authors'); l0 keeps its largest pixels either way, and for linf the two are the same map.
-            ``sphere`` (l2 only): adv-lib 0.2.8's FMN-l2, step for step and in its order of operations, so
-            that on one machine and batch it retraces that run bit for bit: ``delta`` rescaled onto the
-            sphere ``||delta|| = eps`` every step (its ``clamp_(max=1)`` falls on ``delta``, not on the
-            scale, so the ball's inside is never used), then clipped to the box, and before the first success
-            ``eps = ||delta|| + |m| / ||grad m||`` without the ``gamma_k`` margin. It fails more often (adv-lib's
-            FMN-l2 at 300 steps fooled 77 of 100 MNIST images, ours all, BENCHMARKS.md), but it is a draw of
-            other local minima for the ``minimal`` ensemble (BENCHMARKS.md, issue 10, session 8).
+            ``advlib`` (l2 and linf): adv-lib 0.2.8's FMN, step for step and in its order of operations and
+            float rounding, so that on one machine and batch it retraces that run bit for bit. Before the first
+            success ``eps = ||delta|| + |m| / ||grad m||_*`` without the ``gamma_k`` margin (Algorithm 1 as
+            printed). In l2 ``delta`` is rescaled onto the sphere ``||delta|| = eps`` every step (adv-lib's
+            ``clamp_(max=1)`` falls on ``delta``, not on the scale, so the ball's inside is never used), then
+            clipped to the box; in linf it is clipped to ``[-eps, eps]`` and to the box (the same map as ours).
+            It fails more often (adv-lib's FMN-l2 at 300 steps fooled 77 of 100 MNIST images, ours all,
+            BENCHMARKS.md), but it is a draw of other local minima for the ``minimal`` ensemble (BENCHMARKS.md,
+            issue 10, sessions 8 and 10). Called ``sphere`` (l2 only) before session 10.
 
     Returns:
         ``[B,C,H,W]`` in [0,1]: per sample the smallest-norm adversarial iterate, ``x`` where none was found.
@@ -108,7 +111,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
     supported, why = norms_with(fmn, {"projection": projection})  # the registration's option_norms, once
     if norm not in supported:
         raise ValueError(f"fmn{why} supports {', '.join(supported)} only, got norm={norm!r}")
-    sphere = projection == "sphere"
+    advlib = projection == "advlib"
     x, y = x.detach(), y.to(x.device)
     B = x.shape[0]
     cap = worst_norm(x, norm)
@@ -122,40 +125,50 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             eps = torch.where(found, best.size, torch.ones_like(best.size))
         else:
             eps = torch.full((B,), float("inf"), device=x.device, dtype=x.dtype)
-        proj = None if norm == "l0" or sphere else Projector(x, norm)
+        proj = None if norm == "l0" or advlib else Projector(x, norm)
         for k in range(steps):
             cosine = (1 + math.cos(math.pi * k / steps)) / 2
-            if sphere:  # the same number, in adv-lib's float rounding
+            if advlib:  # the same number, in adv-lib's float rounding
                 alpha = lr * lr_final + (lr - lr * lr_final) * cosine
             else:
                 alpha = lr * (lr_final + (1 - lr_final) * cosine)
             g = gamma_final + (gamma - gamma_final) * cosine
-            # sphere: adv-lib keeps delta itself (already in the box) and measures it, not xa - x; else x + delta
+            # advlib: adv-lib keeps delta itself (already in the box) and measures it, not xa - x; else x + delta
             # in the buffer of delta (owned, not needed after)
-            xa = x + delta if sphere else delta.add_(x).clamp_(0, 1)
+            xa = x + delta if advlib else delta.add_(x).clamp_(0, 1)
             # ascend -m (untargeted) or m towards the target: attack_loss "margin", its value |m| reused below
             value, grad, logits = loss_value_gradient(model, xa, y, "margin", targeted)
-            r = delta if sphere else xa - x
+            r = delta if advlib else xa - x
             adv = best.update(xa, logits, r=r)
             if k == steps - 1:  # the next point would never be evaluated
                 break
             found |= adv
             size = best.last_size  # ||xa - x||, measured by the update
-            gn = batch_norm(grad, "l2").clamp_min(1e-12 if sphere else 1e-30)
+            gn = batch_norm(grad, "l2").clamp_min(1e-12 if advlib else 1e-30)
             if norm == "l0":
                 eps = torch.where(adv, torch.minimum(torch.minimum(eps - 1, (eps * (1 - g)).floor()), best.size),
                                   torch.maximum(eps + 1, (eps * (1 + g)).floor())).clamp_min(0)
             else:
-                dual = gn if norm == "l2" else batch_norm(grad, DUAL[norm]).clamp_min(1e-30)
+                if norm == "l2":
+                    dual = gn
+                elif advlib:  # adv-lib's l1 norm of the gradient (its summation order) and clamp
+                    dual = grad.flatten(1).norm(p=1, dim=1).clamp_min(1e-12)
+                else:
+                    dual = batch_norm(grad, DUAL[norm]).clamp_min(1e-30)
                 to_boundary = value.abs_() / dual
-                first = size + to_boundary if sphere else (size + to_boundary) * (1 + g)
+                first = size + to_boundary if advlib else (size + to_boundary) * (1 + g)
                 eps = torch.where(adv, torch.minimum(eps * (1 - g), best.size),
                                   torch.where(found, eps * (1 + g), first))
             eps = torch.minimum(eps, cap)
-            if sphere:
+            if advlib:
                 delta = delta.addcdiv(grad, view_as_images(gn, x), value=alpha)
-                scale = eps / batch_norm(delta, "l2").clamp_min(1e-12)
-                delta = delta.mul_(view_as_images(scale, x)).clamp_(max=1).add_(x).clamp_(0, 1).sub_(x)
+                if norm == "l2":
+                    scale = eps / batch_norm(delta, "l2").clamp_min(1e-12)
+                    delta = delta.mul_(view_as_images(scale, x)).clamp_(max=1)
+                else:
+                    e = view_as_images(eps, x)
+                    delta = torch.maximum(torch.minimum(delta, e), -e)
+                delta = delta.add_(x).clamp_(0, 1).sub_(x)
                 continue
             delta = r.add_(grad.mul_(alpha).div_(view_as_images(gn, x)))  # xa - x + alpha grad / ||grad||
             l0 = norm == "l0"
