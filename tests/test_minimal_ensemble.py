@@ -228,4 +228,6 @@ def test_l1_members_run_pdpgd_at_its_default_and_with_the_exact_prox_at_both_ear
     minimal = _spy_registry(monkeypatch, calls)
     minimal(model, x, y, norm="l1", l1_attacks=[m for m in default if m.startswith("pdpgd")])
     assert [(name, opts) for name, opts, _, _ in calls] == [
-        ("pdpgd", {}), ("pdpgd", {"lr": 0.5, "proximal_exact": True}), ("pdpgd", {"lr": 0.1, "proximal_exact": True})]
+        ("pdpgd", {}), ("pdpgd", {"lr": 0.5, "proximal_exact": True}), ("pdpgd", {"lr": 0.1, "proximal_exact": True}),
+        ("pdpgd", {"lr_decay": "exponential"})]  # the authors' decay, from scratch only (x_init=null)
+    assert calls[-1][2] is None
