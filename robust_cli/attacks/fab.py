@@ -123,20 +123,19 @@ def nearest_hyperplane(z: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
     ``|g_l| / ||w_l||_q``, the box ignored (lowest class index on ties); one projection per image.
     """
     b, m, _ = w.shape
+    rows = torch.arange(b, device=z.device)
     w64, need = w.double(), g.double().abs()
+    dual = {"l2": 2, "linf": 1, "l1": float("inf")}[norm]
+    holder = need / torch.linalg.vector_norm(w64, ord=dual, dim=2).clamp_min(1e-300)
+    if nearest == "eq7":  # the ratio alone: none of the box's [b, m, d] bookkeeping below
+        pick = holder.argmin(dim=1)
+        return pick, hyperplane_step(z, w[rows, pick], -g[rows, pick], norm)
     a_pos = torch.where(g.double()[:, :, None] <= 0, w64, -w64)  # a = sign(gap) w with gap = -g
     room = torch.where(a_pos > 0, 1 - z.double()[:, None], z.double()[:, None]).clamp_min(0) * (a_pos != 0)
     reachable = (a_pos.abs() * room).sum(2) >= need
-    dual = {"l2": 2, "linf": 1, "l1": float("inf")}[norm]
-    holder = need / torch.linalg.vector_norm(w64, ord=dual, dim=2).clamp_min(1e-300)
-    if nearest == "eq7":
-        pick = holder.argmin(dim=1)
-        rows = torch.arange(b, device=z.device)
-        return pick, hyperplane_step(z, w[rows, pick], -g[rows, pick], norm)
     face = batch_norm(room.reshape(b * m, -1).to(w.dtype), norm).view(b, m)  # unreachable: d = sign(a) room
     bound = torch.where(reachable, holder, face.double())
     order = bound.argsort(dim=1, stable=True)
-    rows = torch.arange(b, device=z.device)
     best_norm = torch.full((b,), float("inf"), dtype=w.dtype, device=z.device)
     pick = torch.zeros(b, dtype=torch.long, device=z.device)
     d = torch.zeros_like(z)
