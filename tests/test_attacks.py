@@ -486,7 +486,7 @@ def test_norms_with_narrows_the_norms_by_option():
     from robust_cli.attacks.contract import norms_with, register_attack
     from robust_cli.attacks.fmn import fmn
 
-    assert norms_with(fmn, {"projection": "advlib"}) == (("l2", "linf"), " with projection=advlib")
+    assert norms_with(fmn, {"projection": "advlib"}) == (("l1", "l2", "linf"), " with projection=advlib")
     assert norms_with(fmn, {"projection": "ball", "steps": 3}) == (fmn.norms, "")
     assert norms_with(fmn, {}) == (fmn.norms, "")
     with pytest.raises(ValueError, match="unknown norms"):

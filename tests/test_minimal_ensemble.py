@@ -70,8 +70,8 @@ def test_member_options_reach_the_member_and_cold_members_run_twice(monkeypatch)
     calls.clear()
     minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "fmn(steps=7)"], cold_members=[])
     assert [(name, x_init is None) for name, _, x_init, _ in calls] == [("deepfool", True), ("fmn", False)]
-    calls.clear()  # a member whose options exclude the norm is skipped (FMN's advlib is l2 and linf only)
-    minimal(model, x, y, norm="l1", l1_attacks=["fmn(steps=3, projection=advlib)", "fmn(steps=3)"], cold_members=[])
+    calls.clear()  # a member whose options exclude the norm is skipped (FMN's advlib has no l0)
+    minimal(model, x, y, norm="l0", l0_attacks=["fmn(steps=3, projection=advlib)", "fmn(steps=3)"], cold_members=[])
     assert [(name, opts) for name, opts, *_ in calls] == [("fmn", {"steps": 3})]
     calls.clear()  # x_init=null: from the clean image only, even as a cold member
     minimal(model, x, y, norm="l2", l2_attacks=["deepfool", "fmn(steps=7, x_init=null)"], cold_members=["fmn"])

@@ -75,10 +75,10 @@ def test_alma_retraces_advlib(lib, problem, norm):
     assert bool(((ours - x).flatten(1).norm(p=p, dim=1) <= (theirs - x).flatten(1).norm(p=p, dim=1)).all())
 
 
-@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("norm", ["l1", "l2", "linf"])
 def test_fmn_advlib_retraces_advlib_fmn(lib, problem, norm):
     model, x, y = problem
-    theirs = lib.fmn(model, x, y, norm={"l2": 2.0, "linf": float("inf")}[norm], steps=200)
+    theirs = lib.fmn(model, x, y, norm={"l1": 1.0, "l2": 2.0, "linf": float("inf")}[norm], steps=200)
     ours = fmn(model, x, y, norm=norm, steps=200, projection="advlib")
     assert torch.equal(ours, theirs), (ours - theirs).abs().max()
 

@@ -238,7 +238,9 @@ def minimal(
     l0_attacks: Sequence[Member] = ("one_pixel(steps=0)", "sigma_zero(steps=1000)", "pdpgd", "jsma",
                                     "vfga(saturation=advlib, max_iter=100)", "fmn", "bb", "prune"),
     l1_attacks: Sequence[Member] = ("sparsefool", "fmn(steps=1000)", "fmn(gamma=0.1)",
-                                    "fmn(projection=ball, steps=1000)", "ead", "alma", "fab", "fab_t", "pdpgd",
+                                    "fmn(projection=ball, steps=1000)",
+                                    "fmn(projection=advlib, steps=1000, x_init=null)", "ead", "alma", "fab", "fab_t",
+                                    "pdpgd",
                                     "pdpgd(lr=0.5, proximal_exact=true)", "pdpgd(lr=0.1, proximal_exact=true)",
                                     "pdpgd(lr_decay=exponential, x_init=null)", "bb"),
     l2_attacks: Sequence[Member] = ("deepfool", "ddn", "fmn", "fmn(projection=advlib, steps=1000, x_init=null)",
@@ -297,10 +299,14 @@ def minimal(
             0.974 -> 0.974 / 1.000 / 1.000 / 1.000 within 0.1% of the peers, for ~2500 more passes per image
             (~11%). linf runs adv-lib's FMN-linf (``fmn(projection=advlib, steps=1000, x_init=null)``), whose
             point held the peers' minimum on images our FMN-linf run missed: three windows 0.974 / 0.950 /
-            0.950 -> 1.000 / 0.950 / 1.000, for 1000 more passes per image (8%); l1 runs the same PDPGD from
+            0.950 -> 1.000 / 0.950 / 1.000, for 1000 more passes per image (8%), and 1.000 on all three since
+            linf's B&B takes the paper's momentum 0.8 (``bb.MOMENTUM_DEFAULT``, session 11); l1 runs the same PDPGD from
             scratch (not ``refine``: its point of MNIST image 2 of 80-119, which held the peers' minimum there,
             is itself the best), three windows 0.949 / 1.000 / 0.975 -> 0.949 / 1.000 / 1.000 for ~500 more
-            passes per image (1.4%) (BENCHMARKS.md, issue 10, session 10). l1 runs PDPGD three
+            passes per image (1.4%) (BENCHMARKS.md, issue 10, session 10), and adv-lib's FMN-l1
+            (``fmn(projection=advlib, steps=1000, x_init=null)``, retraced bit for bit), whose point held the
+            peers' minimum on image 0 of 0-39: 0.949 -> 0.974 there, the other two windows unchanged at 1.000,
+            for ~1000 more passes per image (2.8%) (BENCHMARKS.md, issue 10, session 11). l1 runs PDPGD three
             ways: at its default (the authors' lr 0.1 with the thesis's inexact proximal steps, since session 5),
             and with the exact prox at lr 0.5 and 0.1 (its defaults before): on the MNIST LeNet-5 the exact prox
             at 0.1 alone ended image 12 at 3.7015, where every other member ended at 3.7265 or above and the
