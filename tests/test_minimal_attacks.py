@@ -80,6 +80,24 @@ def test_fmn_with_the_authors_projection_is_minimal_where_it_succeeds(norm, proj
     assert (ratio >= 1 - 1e-4).all() and ratio.max() <= 1.05, ratio
 
 
+def test_fmn_advlib_l1_projection_is_the_l1_ball_projection():
+    """adv-lib's sort-based l1-ball projection (``fmn._advlib_l1_ball``) is the Euclidean projection onto the ball:
+    the same map as ``geometry.project_ball`` up to rounding, ``||r||_1 = eps`` on the rows it moves, signs kept,
+    and rows already inside returned bit for bit."""
+    from robust_cli.attacks.fmn import _advlib_l1_ball
+    from robust_cli.attacks.geometry import project_ball
+
+    gen = torch.Generator().manual_seed(0)
+    delta = torch.randn(6, 1, 5, 5, generator=gen) * 0.3
+    sizes = delta.flatten(1).abs().sum(1)
+    eps = torch.cat([sizes[:4] * torch.tensor([0.1, 0.5, 0.9, 0.99]), sizes[4:] * 1.5])  # last two inside
+    ours = _advlib_l1_ball(delta, eps)
+    assert torch.allclose(ours, project_ball(delta, eps, "l1"), atol=1e-6)
+    assert torch.allclose(ours[:4].flatten(1).abs().sum(1), eps[:4], rtol=1e-5)
+    assert ((ours * delta) >= 0).all()
+    assert torch.equal(ours[4:], delta[4:])
+
+
 def test_fmn_advlib_has_no_l0():
     model, x, y = make_problem(2, (1, 6, 6), 2, seed=1)
     norm = "l0"
