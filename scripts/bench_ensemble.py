@@ -90,10 +90,14 @@ def peer_results(model, x, y, lib, norm: str) -> dict:
         peer_best[better] = adv[better]
         peer_sec, peer_rows = peer_sec + s, peer_rows + r
         who.append(f"{name} {d[torch.isfinite(d)].mean():.4g}")
-    bb = foolbox_bb(norm, peer_best) if members else None
-    if bb is not None and bool(torch.isfinite(peer_min).all()):
+    # foolbox's B&B needs an adversarial start for every image it is given: it runs on the images some adv-lib
+    # attack fooled (a sub-batch where one failed everywhere; its region then scales with that batch, session 9)
+    found = torch.isfinite(peer_min)
+    bb = foolbox_bb(norm, peer_best[found]) if members and bool(found.any()) else None
+    if bb is not None:
         try:
-            adv, s, r = timed(model, lambda m, bb=bb: bb(m, x, y))
+            adv, s, r = timed(model, lambda m, bb=bb: bb(m, x[found], y[found]))
+            adv = x.clone().index_put_((found,), adv)  # the clean image (not adversarial) where no start was
             d = verified_sizes(model, x, y, adv, norm)
             per_peer["foolbox_bb"] = (adv, d)
             better = d < peer_min

@@ -306,7 +306,8 @@ def minimal(
             passes per image (1.4%) (BENCHMARKS.md, issue 10, session 10), and adv-lib's FMN-l1
             (``fmn(projection=advlib, steps=1000, x_init=null)``, retraced bit for bit), whose point held the
             peers' minimum on image 0 of 0-39: 0.949 -> 0.974 there, the other two windows unchanged at 1.000,
-            for ~1000 more passes per image (2.8%) (BENCHMARKS.md, issue 10, session 11). l1 runs PDPGD three
+            for ~1000 more passes per image (2.8%), and with B&B at momentum 0.8 (``bb.MOMENTUM_DEFAULT``)
+            four windows at 157 of 158 (BENCHMARKS.md, issue 10, session 11). l1 runs PDPGD three
             ways: at its default (the authors' lr 0.1 with the thesis's inexact proximal steps, since session 5),
             and with the exact prox at lr 0.5 and 0.1 (its defaults before): on the MNIST LeNet-5 the exact prox
             at 0.1 alone ended image 12 at 3.7015, where every other member ended at 3.7265 or above and the
