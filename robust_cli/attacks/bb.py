@@ -90,7 +90,7 @@ foolbox's start on the MNIST LeNet-5 at lr 10 and 1000 steps, 0.7 / 0.8 / 0.9 en
 pixels; at lr 30, 0.8 / 0.9 at 4.5625 / 4.71), for linf and for l1 (from foolbox's very starts on MNIST test
 images 0-159 of a retrained LeNet-5, 1000 steps, ours within 0.1% of foolbox's B&B on linf 83 of 119 images at
 0.9, 104 at 0.8, l1 125 / 138 of 158; in the ``minimal`` ensemble, within 0.1% of the peers' per-image minimum,
-linf 117 -> 119 of 119 and l1 156 -> 157 of 158, the digits LeNet-5 unchanged at 94 of 94 in linf;
+linf 117 -> 119 of 119 and l1 156 -> 157 of 158, the digits LeNet-5 unchanged at 94 of 94 in both;
 BENCHMARKS.md, issue 10, session 11)."""
 
 
