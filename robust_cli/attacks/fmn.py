@@ -138,9 +138,12 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
     x, y = x.detach(), y.to(x.device)
     B = x.shape[0]
     cap = worst_norm(x, norm)
-    if advlib and norm == "l1":  # adv-lib measures l1 sizes with norm(p=1), whose summation rounds differently
+    # advlib in l1: adv-lib measures sizes with norm(p=1), whose summation rounds unlike batch_norm's, and keeps
+    # its own smallest adversarial size (``kept``) for eps
+    l1_sizes = advlib and norm == "l1"
+    if l1_sizes:
         cap = torch.maximum(x, 1 - x).flatten(1).norm(p=1, dim=1)
-    kept = cap.clone()  # advlib, l1: the smallest adversarial size as adv-lib measures it
+        kept = cap.clone()
     with frozen_eval(model):
         best = Best(x, norm, y=y, targeted=targeted, dtype=x.dtype)
         delta = torch.zeros_like(x)
@@ -171,10 +174,9 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, x_init
             found |= adv
             size = best.last_size  # ||xa - x||, measured by the update
             smallest = best.size
-            if advlib and norm == "l1":  # measured as adv-lib does (above)
+            if l1_sizes:
                 size = delta.flatten(1).norm(p=1, dim=1)
-                kept = torch.where(adv & (size < kept), size, kept)
-                smallest = kept
+                kept = smallest = torch.where(adv & (size < kept), size, kept)
             gn = batch_norm(grad, "l2").clamp_min(1e-12 if advlib else 1e-30)
             if norm == "l0":
                 eps = torch.where(adv, torch.minimum(torch.minimum(eps - 1, (eps * (1 - g)).floor()), best.size),
