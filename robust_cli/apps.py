@@ -103,6 +103,9 @@ def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         setup_logging()
+        from robust_cli.host_memory import reuse_freed_host_memory
+
+        reuse_freed_host_memory()  # once per job process: a step's freed CPU tensors reused, not re-faulted
         previous = _catch_sigterm()
         try:
             from omegaconf import DictConfig

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from robust_cli.errors import UserError
@@ -30,29 +28,3 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} asked for but CUDA is not available here; use device=cpu or auto")
     return device
-
-
-_LIBC: Any = None
-
-
-def release_freed_host_memory() -> None:
-    """Hand the host memory freed since the last call back to the operating system (glibc's
-    ``malloc_trim(0)``; a no-op elsewhere).
-
-    Per batch, an evaluation allocates and frees tens of MB of activations and gradients on the CPU. glibc
-    raises its mmap threshold to the largest block freed, so such blocks then come from the heap, and the
-    heap's free holes are not returned: the resident size crept up by ~7 KB per image evaluated (LeNet-5 on
-    MNIST, batch 500: 1k vs 10k images +70-90 MB, BENCHMARKS.md "Eval scale"). One trim per batch keeps the
-    peak flat in the number of images for about a millisecond a batch."""
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC = libc if hasattr(libc, "malloc_trim") else False
-        except OSError:
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)

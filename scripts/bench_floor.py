@@ -33,6 +33,11 @@ points at a torchvision MNIST root that holds them, uniform noise otherwise) and
 initialised with seed 0 and labelled with the model's own predictions, so that every image is attacked (an
 iteration's cost does not depend on the weights: no attack here stops early).
 
+``--allocator robust`` (the default): glibc's allocator is set as ``robust train`` / ``robust eval`` set it
+(``robust_cli.host_memory.reuse_freed_host_memory``: a step's freed tensors reused, not faulted in again);
+``--allocator glibc`` leaves glibc's moving thresholds, for a before/after in two runs. The last line gives the
+process's user and system CPU time and its page faults.
+
 ``--device cpu`` (the default): times are CPU seconds of the process (``time.process_time``, one thread),
 which on a shared machine do not count the neighbours' load. ``--device cuda``: the model and the batch live
 on the GPU and times are wall seconds (``time.perf_counter``) between two ``torch.cuda.synchronize()``, since
@@ -47,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import resource
 import statistics
 import sys
 import time
@@ -289,17 +295,29 @@ def main() -> None:
     p.add_argument("--mnist", default="/work/shared/data", help="torchvision MNIST root ('' for noise)")
     p.add_argument("--ref", type=Path, default=None, help="another checkout holding robust_cli/ (e.g. main)")
     p.add_argument("--peers", default=None, help="side directory holding torchattacks")
+    p.add_argument("--allocator", default="robust", choices=["robust", "glibc"],
+                   help="robust: glibc's allocator set as `robust train/eval` set it "
+                        "(robust_cli.host_memory.reuse_freed_host_memory); glibc: its own moving thresholds")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
+    from robust_cli.host_memory import reuse_freed_host_memory
+
+    allocator = "glibc's defaults"
+    if args.allocator == "robust":
+        allocator = "robust's thresholds" if reuse_freed_host_memory() else "robust's (not glibc, or set by the user)"
     torch.set_num_threads(1)
     ref = load_attacks(args.ref) if args.ref else None
     ours = load_attacks(None)
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU thread"
     clock = "synchronized wall time" if args.device == "cuda" else "process CPU time"
-    print(f"torch {torch.__version__}, {where}, batch {args.batch}, {args.steps} steps, {clock}\n")
+    print(f"torch {torch.__version__}, {where}, batch {args.batch}, {args.steps} steps, {clock}, "
+          f"host allocator: {allocator}\n")
     for name in args.models.split(","):
         print("\n".join(bench(name, args, ours, ref)), "\n", flush=True)
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"process CPU time: user {use.ru_utime:.1f} s, system {use.ru_stime:.1f} s (page faults: "
+          f"{use.ru_minflt} minor, {use.ru_majflt} major)")
 
 
 if __name__ == "__main__":

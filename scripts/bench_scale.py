@@ -11,7 +11,8 @@ evaluation adds; flat in the number of images is the target.
 ``--ref DIR``: the children of a second column import ``robust_cli`` from ``DIR`` (a snapshot of main).
 
 Usage: ``OMP_NUM_THREADS=1 python scripts/bench_scale.py --run RUN_DIR [--sizes 1000,10000]
-[--attacks fgsm,deepfool] [--norm linf] [--search bisection:1] [--ref /tmp/main_snapshot]`` (a cheap
+[--attacks fgsm,deepfool] [--norm linf] [--search bisection:1] [--ref /tmp/main_snapshot]
+[--allocator both]`` (a cheap
 search by default: the memory, not the attack, is measured).
 """
 
@@ -35,6 +36,12 @@ def child(run: str, n: int, attacks: str, norm: str, search: str) -> None:
     from omegaconf import OmegaConf
 
     torch.set_num_threads(1)
+    try:  # as `robust eval` sets it (apps.user_errors); ROBUST_HOST_ALLOCATOR=glibc in the env: glibc's own
+        from robust_cli.host_memory import reuse_freed_host_memory
+    except ImportError:  # a --ref snapshot older than it
+        pass
+    else:
+        reuse_freed_host_memory()
     from robust_cli.config import EvalConfig
     from robust_cli.eval_app import evaluate
 
@@ -46,14 +53,19 @@ def child(run: str, n: int, attacks: str, norm: str, search: str) -> None:
     for name in attacks.split(","):
         cfg.attack[name] = {"_target_": f"robust_cli.attacks.{name}.{name}", "name": name}
     start, wall = time.process_time(), time.perf_counter()
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    sys0, faults0 = use.ru_stime, use.ru_minflt
     evaluate(cfg)
+    use = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"n": n, "cpu_s": time.process_time() - start, "wall_s": time.perf_counter() - wall,
+                      "sys_s": use.ru_stime - sys0, "faults": use.ru_minflt - faults0,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "tracemalloc_peak_mb": tracemalloc.get_traced_memory()[1] / 2**20}))
 
 
-def measure(run: str, n: int, attacks: str, norm: str, search: str, root: str | None) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def measure(run: str, n: int, attacks: str, norm: str, search: str, root: str | None,
+            allocator: str = "robust") -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", ROBUST_HOST_ALLOCATOR=allocator)
     if root:
         env["PYTHONPATH"] = root
     out = subprocess.run([sys.executable, __file__, "--child", "--run", run, "--sizes", str(n),
@@ -72,6 +84,9 @@ def main() -> None:
     p.add_argument("--norm", default="linf")
     p.add_argument("--ref", default=None)
     p.add_argument("--search", default="bisection:1", help="eps_search:search_steps of budget attacks")
+    p.add_argument("--allocator", default="robust", choices=["robust", "glibc", "both"],
+                   help="glibc's allocator in the children: robust's thresholds (what `robust eval` sets), "
+                        "glibc's own (ROBUST_HOST_ALLOCATOR=glibc), or both, interleaved per size")
     p.add_argument("--child", action="store_true")
     args = p.parse_args()
     if args.child:
@@ -82,13 +97,17 @@ def main() -> None:
         shutil.copytree(args.run, run, ignore=shutil.ignore_patterns("eval"))
         print(f"robust eval attack=[{args.attacks}] norm={args.norm} batch_size=500 lipschitz=false "
               f"eps_search={args.search.replace(':', ' search_steps=')}, {args.run}\n")
-        print("| code | images | CPU s | CPU ms / image | peak RSS MB | tracemalloc peak MB |")
-        print("|---|---|---|---|---|---|")
+        print("| code | allocator | images | CPU s | of which system | page faults | CPU ms / image | peak RSS MB | "
+              "tracemalloc peak MB |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        allocators = ("glibc", "robust") if args.allocator == "both" else (args.allocator,)
         for tag, root in (("main", args.ref), ("this branch", None)) if args.ref else (("this branch", None),):
             for n in (int(s) for s in args.sizes.split(",")):
-                r = measure(run, n, args.attacks, args.norm, args.search, root)
-                print(f"| {tag} | {n} | {r['cpu_s']:.1f} | {1e3 * r['cpu_s'] / n:.2f} | {r['peak_rss_mb']:.0f} | "
-                      f"{r['tracemalloc_peak_mb']:.1f} |", flush=True)
+                for allocator in allocators:
+                    r = measure(run, n, args.attacks, args.norm, args.search, root, allocator)
+                    print(f"| {tag} | {allocator} | {n} | {r['cpu_s']:.1f} | {r['sys_s']:.1f} | {r['faults']} | "
+                          f"{1e3 * r['cpu_s'] / n:.2f} | "
+                          f"{r['peak_rss_mb']:.0f} | {r['tracemalloc_peak_mb']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="tiny models and epoch: a smoke run in seconds")
+    p.add_argument("--allocator", default="robust", choices=["robust", "glibc"],
+                   help="glibc's allocator as `robust train` sets it (robust_cli.host_memory), or glibc's own")
     args = p.parse_args(argv)
+    from robust_cli.host_memory import reuse_freed_host_memory
+
+    allocator = "robust" if args.allocator == "robust" and reuse_freed_host_memory() else "glibc's"
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if args.threads:
@@ -126,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
     print(f"# torch {torch.__version__}, device {device}{' ' + torch.cuda.get_device_name(device) if cuda else ''}"
           f", threads {torch.get_num_threads()}, images {args.images} x {tuple(args.shape)}, batch {args.batch}, "
-          f"amp {args.amp and cuda}, channels_last {args.channels_last}{', quick (tiny models)' if args.quick else ''}")
+          f"amp {args.amp and cuda}, channels_last {args.channels_last}{', quick (tiny models)' if args.quick else ''}"
+          f", host allocator {allocator}")
     print("\n| model | epoch img/s | no-loader img/s | loader wait | host time in loader | data on device |")
     print("|---|---|---|---|---|---|")
     for name in args.models:

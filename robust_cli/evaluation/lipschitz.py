@@ -36,7 +36,7 @@ from torch import nn
 from robust_cli.attacks.contract import frozen_eval
 from robust_cli.attacks.losses import loss_gradient
 from robust_cli.attacks.losses import margin as logit_margin
-from robust_cli.device import release_freed_host_memory
+from robust_cli.host_memory import release_freed_host_memory
 from robust_cli.models.layers import Normalize
 
 #: the keys of lipschitz.json before they were named estimates: new name -> old name

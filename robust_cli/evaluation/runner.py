@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robust_cli.device import release_freed_host_memory
+from robust_cli.host_memory import release_freed_host_memory
 from robust_cli.norms import NORMS
 from robust_cli.evaluation.distances import adversarial_distance, perturbation_norms
 from robust_cli.errors import UserError

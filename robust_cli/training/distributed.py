@@ -49,6 +49,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from robust_cli.host_memory import reuse_freed_host_memory
+
 log = logging.getLogger(__name__)
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -102,6 +104,7 @@ def _worker(local_rank: int, fn: Callable[..., Any], cfg: Any, args: tuple, worl
     )
     # W processes on one machine: share the cores instead of each taking all of them.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    reuse_freed_host_memory()  # a spawned process starts with glibc's defaults (see robust_cli.host_memory)
     result = fn(cfg, *args)
     if local_rank == 0:
         # Plain pickle (by value): torch.multiprocessing would share tensors through handles that die with
