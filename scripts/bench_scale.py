@@ -59,7 +59,7 @@ def child(run: str, n: int, attacks: str, norm: str, search: str) -> None:
     use = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"n": n, "cpu_s": time.process_time() - start, "wall_s": time.perf_counter() - wall,
                       "sys_s": use.ru_stime - sys0, "faults": use.ru_minflt - faults0,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mb": use.ru_maxrss / 1024,
                       "tracemalloc_peak_mb": tracemalloc.get_traced_memory()[1] / 2**20}))
 
 
