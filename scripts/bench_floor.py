@@ -44,7 +44,7 @@ on the GPU and times are wall seconds (``time.perf_counter``) between two ``torc
 the process's CPU time does not see the GPU's work.
 
 Usage: ``OMP_NUM_THREADS=1 python scripts/bench_floor.py [--device cuda] [--ref /tmp/main_snapshot]
-[--peers .bench-peers]``.
+[--peers .bench-peers] [--attacks "pdpgd l2,pdpgd linf"]``.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ ATTACKS = {  # label -> (module, function, norm, eps or None for minimal-norm at
     "fmn linf": ("fmn", "fmn", "linf", None, {}),
     "ddn l2": ("ddn", "ddn", "l2", None, {}),
     "pdpgd l2": ("pdpgd", "pdpgd", "l2", None, {}),
+    "pdpgd linf": ("pdpgd", "pdpgd", "linf", None, {}),
 }
 
 
@@ -239,7 +240,9 @@ def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
     model, x, y, source = build(name, args.mnist, args.batch, args.device)
     s, h = args.steps, args.steps // 2
     jobs: dict[str, Callable[[], None]] = {"floor": floor_fn(model, x, y, s), "floor/2": floor_fn(model, x, y, h)}
-    for label, (_, _, norm, eps, opts) in ATTACKS.items():
+    labels = args.attacks.split(",") if args.attacks else list(ATTACKS)
+    for label in labels:
+        _, _, norm, eps, opts = ATTACKS[label]
         # the floor at the points our attack visits (the same for --ref: its loop must visit the same points)
         points = visited_points(ours[label], model, x, y, norm, eps, s, opts)
         jobs[f"floor {label}"] = floor_at(model, points, y, s)
@@ -249,7 +252,7 @@ def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
                 continue
             jobs[f"{tag} {label}"] = attack_fn(fns[label], model, x, y, norm, eps, s, opts)
             jobs[f"{tag} {label}/2"] = attack_fn(fns[label], model, x, y, norm, eps, h, opts)
-    if args.peers:
+    if args.peers and "pgd linf" in labels:
         jobs["torchattacks pgd linf"] = torchattacks_fn(args.peers, model, x, y, 0.3, s)
     for fn in jobs.values():  # warm-up: allocator, oneDNN primitive caches
         fn()
@@ -264,7 +267,7 @@ def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
              "| attack | floor at its points, ms/iter | ratio (whole call) | marginal (loop body) |"
              + (" main ratio | main marginal |" if ref else "") + " ratio to the floor at x |",
              "|---|---|---|---|" + ("---|---|" if ref else "") + "---|"]
-    for label in ATTACKS:
+    for label in labels:
         own = med[f"floor {label}"] / s
         own_marginal = (med[f"floor {label}"] - med[f"floor {label}/2"]) / (s - h)
         row = f"| {label} | {1e3 * own:.3f} |"
@@ -276,7 +279,7 @@ def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
             marg = (med[f"{tag} {label}"] - med[f"{tag} {label}/2"]) / (s - h) / own_marginal
             row += f" {whole:.3f} | {marg:.3f} |"
         lines.append(row + f" {med[f'ours {label}'] / s / floor:.3f} |")
-    if args.peers:
+    if args.peers and "ours pgd linf" in med:
         ta = med["torchattacks pgd linf"]
         lines += ["", f"PGD-linf throughput, {s} steps: ours {x.shape[0] * s / med['ours pgd linf']:.0f} img-steps/s,"
                   f" torchattacks {x.shape[0] * s / ta:.0f} img-steps/s: ours / theirs = "
@@ -290,6 +293,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--models", default="mnist,digits")
+    p.add_argument("--attacks", default="", help=f"comma-separated labels to time (default: all of {list(ATTACKS)})")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cpu: CPU seconds, one thread; cuda: synchronized wall seconds on the GPU")
     p.add_argument("--mnist", default="/work/shared/data", help="torchvision MNIST root ('' for noise)")
@@ -299,6 +303,9 @@ def main() -> None:
                    help="robust: glibc's allocator set as `robust train/eval` set it "
                         "(robust_cli.host_memory.reuse_freed_host_memory); glibc: its own moving thresholds")
     args = p.parse_args()
+    unknown = [a for a in args.attacks.split(",") if a and a not in ATTACKS]
+    if unknown:
+        raise SystemExit(f"--attacks: unknown {unknown}; expected labels of {list(ATTACKS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     from robust_cli.host_memory import reuse_freed_host_memory

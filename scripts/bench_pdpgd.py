@@ -67,7 +67,7 @@ def load_advlib(path: str | None):
 
 def norms_of(model, x, y, adv, norm):
     """Success mask ``[B]`` and distances ``[B]`` (inf where failed), recomputed from the returned images."""
-    from robust_cli.attacks.pdpgd import perturbation_norm
+    from robust_cli.attacks.primal_steps import perturbation_norm
 
     with torch.no_grad():
         inside = (adv >= 0).flatten(1).all(1) & (adv <= 1).flatten(1).all(1)

@@ -41,6 +41,8 @@ SETTINGS = [
     ("pdpgd", "pdpgd", dict(norm="l0")),
     ("pdpgd", "pdpgd", dict(norm="l2", optimizer="sgd", restarts=2)),
     ("pdpgd", "pdpgd", dict(norm="l1", proximal_exact=False)),
+    ("pdpgd", "pdpgd", dict(norm="l2", proximal_exact=False)),  # the thesis's inexact step (exact by default)
+    ("pdpgd", "pdpgd", dict(norm="linf", proximal_exact=False)),
     ("pdpgd", "pdpgd", dict(norm="l2", targeted=True, loss_margin=0.5)),
     ("pdpgd", "pdpgd", dict(norm="linf", loss="hinge")),
     ("pdpgd", "pdpgd", dict(norm="l2", loss="squared_hinge")),

@@ -257,7 +257,8 @@ ATTACK_CHANGES = {
     "stability": ("l2", {}, {"grid": (3, {}), "search_steps": (1, {})}),
     "pdgd": ("l2", {"steps": 150}, _PD),  # fewer steps stay at the first Adam step's overshoot here
     "pdpgd": ("l2", {"steps": 150}, {
-        **_PD, "optimizer": ("sgd", {}), "proximal_steps": (1, {}), "proximal_tol": (0.9, {}),
+        **_PD, "optimizer": ("sgd", {}), "proximal_steps": (1, {"proximal_exact": False}),
+        "proximal_tol": (0.9, {"proximal_exact": False}),
         "proximal_exact": (True, {"norm": "l1"}), "l0_mode": ("element", {"norm": "l0"}),
         "l0_prox": ("l23", {"norm": "l0"})}),
     # --- sparse and black-box attacks, minimal

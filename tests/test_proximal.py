@@ -175,3 +175,175 @@ def test_zero_weight_is_identity():
     u = torch.randn(3, 2, 2, 2, dtype=torch.float64)
     for name, fn in P.PROX.items():
         assert torch.allclose(fn(u, 0.0), u, atol=1e-12), name
+
+
+# ---- the operators in a diagonal metric (PDPGD's exact step in Adam's metric) ------------------------------
+
+
+def _metric_objective(z, u, lam, d, f):
+    return lam * f(z) + 0.5 * np.sum(d * (z - u) ** 2)
+
+
+def _spread_metric(gen: torch.Generator, shape, decades: float) -> torch.Tensor:
+    """Positive weights log-uniform over ``decades`` decades (Adam's ``sqrt(v) + eps`` spans many)."""
+    return torch.pow(10.0, -decades * torch.rand(shape, generator=gen, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_diagonal_metric_prox_matches_definition(norm):
+    """``argmin_z lam ||z|| + 0.5 sum d (z - u)^2`` minimised numerically (Powell, several starts): ours is at
+    least as good, and by strong convexity (modulus min d) within reach of the numerical minimiser."""
+    gen = torch.Generator().manual_seed(7)
+    u = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    d = _spread_metric(gen, (6, 5), 2.0)
+    lam = torch.tensor([0.01, 0.1, 0.3, 0.8, 2.0, 20.0], dtype=torch.float64)
+    z = P.DIAGONAL[norm](u, lam, d)
+    f = NORM_FNS[norm]
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        ui, zi, di = u[i].numpy(), z[i].numpy(), d[i].numpy()
+        best = None
+        for s in [np.zeros_like(ui), ui.copy()] + [rng.normal(size=ui.shape) for _ in range(3)]:
+            res = minimize(_metric_objective, s, args=(ui, lam[i].item(), di, f), method="Powell",
+                           options={"xtol": 1e-12, "ftol": 1e-15, "maxiter": 40000})
+            best = res if best is None or res.fun < best.fun else best
+        f_ours = _metric_objective(zi, ui, lam[i].item(), di, f)
+        assert f_ours <= best.fun + 1e-9
+        assert 0.5 * di.min() * np.sum((zi - best.x) ** 2) <= best.fun - f_ours + 1e-9
+    assert (z[-1] == 0).all()  # lam above ||d u|| (l2) / sum d |u| (linf): the zero vector
+    # every value moves towards 0 and keeps its sign: z stays in any box around 0 that holds u
+    assert ((z * u >= 0) & (z.abs() <= u.abs())).all()
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_diagonal_metric_prox_with_unit_metric_is_the_plain_prox(norm):
+    gen = torch.Generator().manual_seed(8)
+    u = torch.randn(5, 2, 3, 3, generator=gen, dtype=torch.float64)
+    lam = torch.tensor([0.0, 0.05, 0.5, 2.0, 50.0], dtype=torch.float64)
+    z = P.DIAGONAL[norm](u, lam, torch.ones_like(u))
+    assert torch.allclose(z, P.PROX[norm](u, lam), atol=1e-12)
+    assert torch.equal(z[0], u[0])  # lam = 0: the identity
+
+
+def _l2_bisection(u, lam, d):
+    """The root of ``t ||z(t)|| = lam``, ``z(t) = d u / (d + t)``, by 200 bisections (float64 reference)."""
+    a = d * u
+    lo, hi = torch.zeros_like(lam), lam * d.amax(1) / ((a.norm(dim=1) - lam).clamp_min(1e-300))
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        below = mid * (a / (d + mid[:, None])).norm(dim=1) < lam
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return torch.where((a.norm(dim=1) > lam)[:, None], a / (d + hi[:, None]), torch.zeros_like(a))
+
+
+@pytest.mark.parametrize("decades", [0.0, 2.0, 4.0, 8.0])
+def test_l2_diagonal_newton_converges_in_its_fixed_steps(decades):
+    """``L2_NEWTON_STEPS`` Newton steps against bisection on metrics spread over up to eight decades: float32 (the
+    attacks' dtype) at its rounding floor, float64 within 1e-7 and quadratic (one more step: 1e-12); one step
+    fewer is not enough on the spread metrics (the count is not idle); a constant metric takes one step."""
+    gen = torch.Generator().manual_seed(9)
+    B, n = 256, 200
+    u = torch.randn(B, n, generator=gen, dtype=torch.float64) * torch.rand(B, 1, generator=gen, dtype=torch.float64)
+    d = _spread_metric(gen, (B, n), decades)
+    # weights from 5% to 95% of the zero threshold ||d u||: rows with a small z are the hard ones
+    lam = (d * u).norm(dim=1) * (0.05 + 0.9 * torch.rand(B, generator=gen, dtype=torch.float64))
+    ref = _l2_bisection(u, lam, d)
+
+    def worst(z):
+        return ((z.double() - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
+
+    steps = P.L2_NEWTON_STEPS
+    assert worst(P.prox_l2_diagonal(u.float(), lam.float(), d.float())) <= 1e-5
+    assert worst(P.prox_l2_diagonal(u, lam, d)) <= 1e-7
+    assert worst(P.prox_l2_diagonal(u, lam, d, newton_steps=steps + 1)) <= 1e-12
+    if decades > 0:
+        assert worst(P.prox_l2_diagonal(u.float(), lam.float(), d.float(), newton_steps=steps - 1)) > 1e-5
+    else:
+        assert worst(P.prox_l2_diagonal(u, lam, d, newton_steps=1)) <= 1e-12
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_proximal_adam_iterations_converge_to_the_exact_step(norm):
+    """The thesis's inexact step (proximal Adam's inner iterations in ``primal_steps.proximal_step``) run long
+    enough reaches what the exact operator in Adam's metric gives in one call: the same minimiser."""
+    from robust_cli.attacks.primal_steps import proximal_step
+
+    gen = torch.Generator().manual_seed(10)
+    x = torch.rand(4, 1, 4, 4, generator=gen, dtype=torch.float64)
+    v = (x + 0.3 * torch.randn(x.shape, generator=gen, dtype=torch.float64)).clamp(0, 1) - x  # in the box
+    denom = _spread_metric(gen, x.shape, 1.0)
+    mu = torch.tensor([0.001, 0.01, 0.05, 0.2], dtype=torch.float64)
+    exact = proximal_step(P.PROX[norm], v, x, mu, denom, 0, 0.0, exact=P.in_diagonal_metric(norm))
+    iterated = proximal_step(P.PROX[norm], v, x, mu, denom, 20000, 0.0)
+    assert torch.allclose(exact, iterated, atol=1e-7)
+    assert ((x + exact) >= 0).all() and ((x + exact) <= 1).all()
+    assert not torch.allclose(exact, proximal_step(P.PROX[norm], v, x, mu, denom, 5, 1e-2), atol=1e-4)
+
+
+def test_diagonal_metric_prox_in_half_precision():
+    """bf16 / fp16 inputs (the attacks' ``precision=``): computed in float32, returned in the input's dtype."""
+    gen = torch.Generator().manual_seed(11)
+    u = torch.randn(4, 30, generator=gen)
+    d = torch.rand(4, 30, generator=gen) + 0.1
+    lam = torch.tensor([0.1, 0.5, 1.0, 3.0])
+    for name in ("l2", "linf"):
+        ref = P.DIAGONAL[name](u, lam, d)
+        for dt in (torch.bfloat16, torch.float16):
+            z = P.DIAGONAL[name](u.to(dt), lam, d.to(dt))
+            assert z.dtype == dt and torch.isfinite(z).all()
+            assert torch.allclose(z.float(), ref, atol=0.05, rtol=0.05), (name, dt)
+
+
+def test_in_diagonal_metric_names_each_operator_form():
+    """Elementwise operators weigh each value by ``lam / d_i``; l2, linf have their own forms; the pixel-group
+    operators have none (PDPGD iterates there)."""
+    gen = torch.Generator().manual_seed(12)
+    u = torch.randn(3, 1, 4, 4, generator=gen, dtype=torch.float64)
+    d = torch.rand(u.shape, generator=gen, dtype=torch.float64) + 0.1
+    lam = torch.tensor([0.05, 0.2, 1.0], dtype=torch.float64)
+    for name in P.SEPARABLE:
+        assert torch.equal(P.in_diagonal_metric(name)(u, lam, d), P.PROX[name](u, lam.view(-1, 1, 1, 1) / d))
+    assert P.in_diagonal_metric("l2") is P.prox_l2_diagonal and P.in_diagonal_metric("linf") is P.prox_linf_diagonal
+    for name in ("l0_group", "l0_group_max", "l23_group"):
+        assert P.in_diagonal_metric(name) is None
+
+
+def _linf_level_by_sort(u, lam, d):
+    """Reference: the level ``tau`` of ``sum d (|u| - tau)_+ = lam`` from the magnitudes sorted in decreasing
+    order: ``tau = (sum_{i<=k} d_i s_i - lam) / sum_{i<=k} d_i`` for the largest ``k`` with
+    ``sum_{i<=k} d_i (s_i - s_k) <= lam``."""
+    s, order = u.abs().sort(dim=1, descending=True)
+    w = d.gather(1, order)
+    cw, cws = w.cumsum(1), (w * s).cumsum(1)
+    k = (cws - s * cw <= lam[:, None]).sum(1).clamp_min(1)
+    at = (k - 1)[:, None]
+    return ((cws.gather(1, at).squeeze(1) - lam) / cw.gather(1, at).squeeze(1)).clamp_min(0)
+
+
+@pytest.mark.parametrize("magnitudes", ["gaussian", "geometric", "ties"])
+def test_linf_diagonal_newton_reaches_the_sorted_solution(magnitudes, monkeypatch):
+    """Newton's level against the sort-based one, float64, on Gaussian rows, on magnitudes spread geometrically
+    (each step drops few values from the active set) and on rows with repeated magnitudes; the step count stays
+    far below the cap."""
+    gen = torch.Generator().manual_seed(13)
+    B, n = 64, 300
+    u = torch.randn(B, n, generator=gen, dtype=torch.float64)
+    if magnitudes == "geometric":
+        u = u.sign() * torch.pow(0.97, torch.rand(B, n, generator=gen, dtype=torch.float64) * n)
+    elif magnitudes == "ties":
+        u = u.sign() * torch.randint(1, 5, (B, n), generator=gen).double() / 4
+    d = _spread_metric(gen, (B, n), 3.0)
+    lam = (d * u.abs()).sum(1) * torch.rand(B, generator=gen, dtype=torch.float64)
+    steps = []
+    real_any = torch.Tensor.any
+
+    def counting_any(self, *args, **kwargs):
+        steps.append(1)
+        return real_any(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "any", counting_any)
+    z = P.prox_linf_diagonal(u, lam, d)
+    monkeypatch.undo()
+    tau = _linf_level_by_sort(u, lam, d)
+    assert torch.allclose(z, u.sign() * torch.minimum(u.abs(), tau[:, None]), rtol=0, atol=1e-12)
+    assert len(steps) <= 30 < P.LINF_NEWTON_MAX_STEPS

@@ -1,11 +1,13 @@
 """PDPGD: primal-dual proximal gradient descent, a minimal-norm attack (Matyasko thesis Ch.5, §5.3, Algorithm 3).
 
 The primal player takes an Adam step on the constraint surrogate ``g`` alone, then the proximal operator of
-``lam * step * ||.||`` (eq 5.10) in Adam's diagonal metric, solved by a few proximal-gradient inner
-iterations (proximal Adam), then projects onto the box (:class:`robust_cli.attacks.primal_steps.ProximalStep`;
-the operators of eqs 5.11-5.16 are in :mod:`robust_cli.attacks.proximal`). The dual player, restarts, the lr
-grid, fine-tuning and the warm start from ``x_init`` are the engine's (:mod:`robust_cli.attacks.primal_dual`),
-shared with PDGD.
+``lam * step * ||.||`` (eq 5.10) in Adam's diagonal metric, then projects onto the box
+(:class:`robust_cli.attacks.primal_steps.ProximalStep`; the operators of eqs 5.11-5.16 are in
+:mod:`robust_cli.attacks.proximal`). The thesis solves that prox inexactly, by a few proximal-gradient inner
+iterations (proximal Adam); here it is exact where a closed form exists (l2: Newton on its secular equation;
+linf: one sort; l1, l0: elementwise), which is both cheaper and, in l2, stronger (``PROXIMAL_EXACT_DEFAULT``).
+The dual player, restarts, the lr grid, fine-tuning and the warm start from ``x_init`` are the engine's
+(:mod:`robust_cli.attacks.primal_dual`), shared with PDGD.
 """
 
 from __future__ import annotations
@@ -23,12 +25,19 @@ from robust_cli.schema import Range, schema_of
 
 
 PROXIMAL_EXACT_DEFAULT = {"linf": True, "l2": True, "l1": False, "l0": True}
-"""``proximal_exact`` where none is given, per norm. l1 takes the thesis's inexact proximal Adam iterations
-with the authors' lr 0.1 (``DEFAULT_LR``): single runs of 500 steps, mean / median l1 over the correctly
-classified images, against the exact prox at 0.5 (the earlier default) and at 0.1 (BENCHMARKS.md, issue 10,
-session 5): MNIST LeNet-5 (38 images) 3.8097 / 3.4116 and 3.6403 / 3.4150 -> 3.5689 / 3.2110; digits
-LeNet-5 (94) 1.1995 / 1.0977 and 1.2112 / 1.0946 -> 1.2130 / 1.0934. (linf and l2 have no elementwise
-operator to make exact; l0 keeps the exact hard threshold, not measured against the iterations here.)"""
+"""``proximal_exact`` where none is given, per norm: the exact prox in Adam's metric
+(``proximal.in_diagonal_metric``) or the thesis's inexact proximal Adam iterations (``proximal_steps``,
+``proximal_tol``). Single runs of 500 steps at the default lr, mean l2 / linf over the correctly classified
+images, iterations -> exact (BENCHMARKS.md, issue 16, session 13): l2 on the MNIST LeNet-5 0.5856 -> 0.5488
+(images 0-99) and 0.6442 -> 0.6068 (100-199), smaller on 95 and 91 of 99 images; on the digits LeNet-5 0.4747 ->
+0.4675 (images 0-199); linf (at lr 0.05, its default then) within the noise of a run on both (MNIST 0.0415 ->
+0.0412, digits 0.0905 -> 0.0904) and 2x as fast on MNIST (a few Newton steps on the level instead of five
+l1-ball projections). l1 keeps the iterations with the authors' lr 0.1:
+mean / median l1 over the correctly classified images, against the exact prox at 0.5 (the earlier default) and
+at 0.1 (issue 10, session 5): MNIST LeNet-5 (38 images) 3.8097 / 3.4116 and 3.6403 / 3.4150 -> 3.5689 /
+3.2110; digits LeNet-5 (94) 1.1995 / 1.0977 and 1.2112 / 1.0946 -> 1.2130 / 1.0934. l0 keeps the exact hard
+threshold (elementwise on one-channel images; the pixel-group operator of colour images has no exact form in
+the metric here and iterates)."""
 
 
 @dataclass
@@ -37,11 +46,12 @@ class PDPGDOptions(PrimalDualOptions):
 
     Attributes:
         optimizer: ``adam`` (proximal Adam) or ``sgd`` (plain proximal gradient).
-        proximal_steps: inner iterations of the proximal Adam step (thesis §5.4: 5) ...
+        proximal_steps: inner iterations of the inexact proximal Adam step (thesis §5.4: 5) ...
         proximal_tol: ... stopped at a relative change below this (thesis: 1e-2).
-        proximal_exact: elementwise operators (l1, l0, l2/3): the exact prox in Adam's metric; False: the
-            thesis's proximal Adam iterations (``proximal_steps``, ``proximal_tol``); None: per norm,
-            ``PROXIMAL_EXACT_DEFAULT`` (l1 False, else True).
+        proximal_exact: True: the exact prox in Adam's metric, where it has a form here (l2, linf, l1, l0 on
+            values or on one-channel pixels, l2/3); False: the thesis's proximal Adam iterations
+            (``proximal_steps``, ``proximal_tol``); None: per norm, ``PROXIMAL_EXACT_DEFAULT`` (l1 False, else
+            True).
         l0_mode: l0 counts changed ``pixel`` s (all channels of a pixel together, eq 5.15) or ``element`` s.
         l0_prox: the l0 operator: ``l0`` (hard threshold, eq 5.14/5.16 exact), ``l23`` (the prox of
             ``|.|^(2/3)``, the authors' choice) or ``l0_max`` (eq 5.16 as printed).

@@ -33,40 +33,43 @@ def perturbation_norm(r: torch.Tensor, norm: str, l0_mode: str = "pixel") -> tor
     return batch_norm(r, norm)
 
 
-def pick_prox(norm: str, l0_mode: str, l0_prox: str) -> tuple[proximal.ProxFn, bool]:
-    """The proximal operator used for ``norm`` and whether it is elementwise (separable).
+def pick_prox(norm: str, l0_mode: str, l0_prox: str) -> str:
+    """The name (a key of :data:`robust_cli.attacks.proximal.PROX`) of the operator used for ``norm``.
 
     l0 in pixel mode uses the pixel-group operators (thesis eq 5.16; on one-channel images they equal the
     elementwise ones, and the caller passes ``l0_mode="element"`` there).
     """
     if norm != "l0":
-        return proximal.PROX[norm], norm in proximal.SEPARABLE
+        return norm
     names = {"l0": "l0", "l23": "l23", "l0_max": "l0"}
     if l0_prox not in names:
         raise ValueError(f"unknown l0_prox {l0_prox!r}; expected one of {L0_PROXES}")
     if l0_mode == "element":
-        return proximal.PROX[names[l0_prox]], True
+        return names[l0_prox]
     if l0_mode != "pixel":
         raise ValueError(f"unknown l0_mode {l0_mode!r}; expected one of {L0_MODES}")
-    return proximal.PROX[{"l0": "l0_group", "l23": "l23_group", "l0_max": "l0_group_max"}[l0_prox]], False
+    return {"l0": "l0_group", "l23": "l23_group", "l0_max": "l0_group_max"}[l0_prox]
 
 
 def proximal_step(prox: proximal.ProxFn, v: torch.Tensor, x: torch.Tensor, mu: torch.Tensor,
-                  denom: torch.Tensor | None, inner: int, tol: float, exact: bool = False) -> torch.Tensor:
+                  denom: torch.Tensor | None, inner: int, tol: float,
+                  exact: proximal.MetricProxFn | None = None) -> torch.Tensor:
     """``argmin_z mu ||z|| + 0.5 (z - v)^T H (z - v)`` over the box, ``H`` Adam's diagonal metric ``denom``.
 
-    Shapes: ``v``, ``x``, ``denom`` ``[B, C, H, W]``; ``mu`` ``[B]`` (the norm weight times the step).
-    ``exact`` (elementwise operators only): the problem separates, and value ``i`` is the prox with weight
-    ``mu / denom_i``, clamped to the box (0 and ``v`` are both in the box, so this is exact for l1 and
-    harmless for the shrinking non-convex l0/l2/3 operators). Otherwise ``H = denom / max(denom)`` and
-    ``mu / max(denom)`` (proximal Adam, Melchior et al. 2019, as in the authors' code): up to ``inner``
-    proximal-gradient steps of unit length, ``z <- box(prox_{mu ||.||}(z - H (z - v)))``, stopped per
-    sample once ``||dz|| / ||z|| < tol``. Without a metric (SGD) the prox is taken once, exactly.
+    Shapes: ``v``, ``x``, ``denom`` ``[B, C, H, W]``; ``mu`` ``[B]`` (the norm weight times the step); ``v``
+    is in the box (``x + v`` in [0,1]).
+    ``exact``: the operator in the metric (``proximal.in_diagonal_metric``), taken once and clamped to the box.
+    Every such operator moves each value of ``v`` towards 0, and 0 and ``v`` are both in the box, so the clamp
+    only removes rounding: this is the exact minimiser for l1, l2 and linf (and harmless for the shrinking
+    non-convex l0/l2/3 operators). Otherwise ``H = denom / max(denom)`` and ``mu / max(denom)`` (proximal Adam,
+    Melchior et al. 2019, as in the authors' code): up to ``inner`` proximal-gradient steps of unit length,
+    ``z <- box(prox_{mu ||.||}(z - H (z - v)))``, stopped per sample once ``||dz|| / ||z|| < tol``. Without a
+    metric (SGD) the prox is taken once, exactly.
     """
     if denom is None:
         return (x + prox(v, mu)).clamp_(0, 1) - x
-    if exact:
-        return (x + prox(v, view_as_images(mu, v) / denom)).clamp_(0, 1) - x
+    if exact is not None:
+        return (x + exact(v, mu, denom)).clamp_(0, 1) - x
     psi = denom.flatten(1).amax(dim=1)
     h = denom / view_as_images(psi, denom)
     mu = mu / psi
@@ -132,8 +135,10 @@ class ProximalStep:
             raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
         pick_prox(norm, l0_mode, l0_prox)  # validate the options as given, before any work
         self.norm, self.l0_mode, self.optimizer = norm, l0_mode, optimizer
-        self.prox, separable = pick_prox(norm, "element" if channels == 1 else l0_mode, l0_prox)
-        self.exact = separable and bool(proximal_exact)
+        name = pick_prox(norm, "element" if channels == 1 else l0_mode, l0_prox)
+        self.prox = proximal.PROX[name]
+        # the exact operator in Adam's metric where one exists (None: proximal Adam's inner iterations)
+        self.exact = proximal.in_diagonal_metric(name) if proximal_exact else None
         self.inner, self.tol = int(proximal_steps), float(proximal_tol)
 
     def size(self, r: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,9 @@
 Every operator takes a batch ``u`` ``[B, ...]`` (any float dtype, any device) and a per-sample weight
 ``lam`` (a float, or a tensor ``[B]`` of non-negative values) and returns a tensor shaped like ``u``; the
 norm is taken over all non-batch dimensions of each sample. Nothing here has a Python loop over the batch.
+
+``prox_l2_diagonal`` and ``prox_linf_diagonal`` (and ``in_diagonal_metric``) take the operators into a diagonal
+metric ``d`` ``[B, ...]``: ``argmin_z lam f(z) + 0.5 sum_i d_i (z_i - u_i)^2``, PDPGD's step in Adam's metric.
 """
 
 from __future__ import annotations
@@ -160,8 +163,121 @@ def prox_l23_group(u: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
     return u * (shrunk / n.clamp_min(torch.finfo(u.dtype).tiny))
 
 
+MetricProxFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+L2_NEWTON_STEPS = 3
+"""Newton steps of ``prox_l2_diagonal``. On metrics spread over up to eight decades, three steps bring ``z``
+within 2e-6 relative of a float64 bisection on every row in float32 (its rounding floor: more steps change
+nothing) and within 1e-7 in float64; two steps leave up to 4e-4 (``tests/test_proximal.py``)."""
+
+
+def _working_dtype(u: torch.Tensor) -> torch.dtype:
+    """float32 at least: the secular equation's sums of squares overflow and lose digits in half precision."""
+    return torch.promote_types(u.dtype, torch.float32)
+
+
+def prox_l2_diagonal(u: torch.Tensor, lam: torch.Tensor | float, d: torch.Tensor,
+                     newton_steps: int = L2_NEWTON_STEPS) -> torch.Tensor:
+    """``argmin_z lam ||z||_2 + 0.5 sum_i d_i (z_i - u_i)^2`` per sample: eq 5.12 in the diagonal metric ``d``.
+
+    The optimality condition ``lam z / ||z|| + d (z - u) = 0`` gives ``z_i = d_i u_i / (d_i + t)`` with
+    ``t = lam / ||z||``: every value shrinks towards 0 by its own factor (so ``z`` stays in any box around 0
+    that holds ``u``), and ``z = 0`` where ``||d u|| <= lam``. ``t`` is the root of the secular equation
+    ``phi(t) = 1 / ||z(t)|| - t / lam``, a concave function of ``t`` (``1 / ||z(t)||`` is concave by
+    Cauchy-Schwarz, as for the trust-region subproblem of Moré & Sorensen 1983) with one root; with a constant
+    ``d`` it is linear and one Newton step is exact. Newton's iterates from the upper bound
+    ``t_0 = lam max(d) / (||d u|| - lam)`` (from ``||z(t)|| >= ||d u|| / (max(d) + t)``) decrease
+    monotonically to the root. ``d = 1`` is ``prox_l2``.
+
+    Args:
+        u: ``[B, ...]``; lam: float or ``[B]``, non-negative; d: ``[B, ...]`` like ``u``, positive (Adam's
+            ``sqrt(v) + eps``).
+        newton_steps: Newton iterations on ``t`` (no host synchronisation: a fixed count).
+    Returns:
+        ``[B, ...]`` in ``u``'s dtype; computed in float32 at least.
+    """
+    dt = _working_dtype(u)
+    flat, w = u.flatten(1).to(dt), d.flatten(1).to(dt)
+    lam_b = _per_sample(lam, flat).squeeze(1)
+    tiny = torch.finfo(dt).tiny
+    lam_safe = lam_b.clamp_min(tiny)  # lam = 0: t -> 0, the identity
+    a = w * flat
+    norm_a = torch.linalg.vector_norm(a, dim=1)
+    shrink = norm_a > lam_b
+    t = lam_b * w.amax(dim=1) / (norm_a - lam_b).clamp_min(tiny)
+    for _ in range(newton_steps):
+        inv = (w + t[:, None]).reciprocal_()
+        z = a * inv
+        r = torch.linalg.vecdot(z, z).clamp_min(tiny).rsqrt()  # 1 / ||z(t)||
+        slope_sum = torch.linalg.vecdot(z, z * inv)  # sum z^2 / (d + t) = ||z||^3 d(1/||z||)/dt
+        # t - phi / phi' with phi = r - t / lam and phi' = slope_sum r^3 - 1 / lam, both multiplied by lam
+        lam_r = lam_safe * r
+        t = (t - (lam_r - t) / (lam_r * slope_sum * r * r - 1)).clamp_min(0)
+    z = a / (w + t[:, None])
+    return torch.where(shrink[:, None], z, torch.zeros_like(z)).to(u.dtype).view_as(u)
+
+
+LINF_NEWTON_MAX_STEPS = 100
+"""A cap on ``prox_linf_diagonal``'s Newton steps. Each step leaves the active set no larger, so the count is
+at most the number of distinct magnitudes; on PDPGD-linf's iterates (MNIST and digits LeNet-5) it stopped
+after 2-8 steps, and a cap reached leaves a level below the exact one: ``z`` clipped harder than the prox
+would, still in the box."""
+
+
+def prox_linf_diagonal(u: torch.Tensor, lam: torch.Tensor | float, d: torch.Tensor) -> torch.Tensor:
+    """``argmin_z lam ||z||_inf + 0.5 sum_i d_i (z_i - u_i)^2`` per sample: eq 5.11 in the diagonal metric ``d``.
+
+    For a level ``tau = ||z||_inf`` the best ``z`` clips ``u`` at ``tau``, ``z_i = sign(u_i) min(|u_i|, tau)``,
+    and the level minimises ``lam tau + 0.5 sum_i d_i (|u_i| - tau)_+^2``, i.e. solves
+    ``g(tau) = sum_i d_i (|u_i| - tau)_+ = lam`` (``tau = 0`` where ``g(0) = sum_i d_i |u_i| <= lam``). ``g`` is
+    convex, decreasing and piecewise linear, so Newton's steps from ``tau = 0``,
+    ``tau <- (sum_{|u_i| > tau} d_i |u_i| - lam) / sum_{|u_i| > tau} d_i``, rise monotonically and reach the
+    root exactly once the active set ``{|u_i| > tau}`` stops changing (as the l1-ball projection of Michelot
+    1986 does with ``d = 1``; ``d = 1`` is ``prox_linf``). It stops when no row's level rises (one host
+    synchronisation per step): on MNIST-sized rows ~3x cheaper than the same root by one sort of the
+    magnitudes. Every value moves towards 0, so ``z`` stays in any box around 0 that holds ``u``.
+
+    Args:
+        u: ``[B, ...]``; lam: float or ``[B]``, non-negative; d: ``[B, ...]`` like ``u``, positive.
+    Returns:
+        ``[B, ...]`` in ``u``'s dtype; computed in float32 at least.
+    """
+    dt = _working_dtype(u)
+    flat, w = u.flatten(1).to(dt), d.flatten(1).to(dt)
+    lam_b = _per_sample(lam, flat).squeeze(1)
+    mag = flat.abs()
+    weighted = w * mag
+    tiny = torch.finfo(dt).tiny
+    tau = torch.zeros_like(lam_b)
+    for _ in range(LINF_NEWTON_MAX_STEPS):
+        active = mag > tau[:, None]
+        rise = (((weighted * active).sum(dim=1) - lam_b) / (w * active).sum(dim=1).clamp_min(tiny)).clamp_min(0)
+        if not bool((rise > tau).any()):  # in exact arithmetic the level only rises: settled (up to rounding)
+            break
+        tau = torch.maximum(rise, tau)
+    return (torch.sign(flat) * torch.minimum(mag, tau[:, None])).to(u.dtype).view_as(u)
+
+
 # elementwise operators: the prox in a diagonal metric is the same operator with a per-value weight
 SEPARABLE = {"l1", "l0", "l23"}
+
+DIAGONAL: dict[str, MetricProxFn] = {"l2": prox_l2_diagonal, "linf": prox_linf_diagonal}
+"""Operators that are not elementwise but have an exact form in a diagonal metric (``prox(u, lam, d)``)."""
+
+
+def in_diagonal_metric(name: str) -> MetricProxFn | None:
+    """The exact operator ``(u, lam [B], d) -> z`` of ``PROX[name]`` in the diagonal metric ``d``, or None.
+
+    Elementwise operators take the weight ``lam / d_i`` per value; l2 and linf have the forms of ``DIAGONAL``;
+    the pixel-group operators of l0 have none here (``None``: the caller iterates, proximal Adam).
+    """
+    if name in DIAGONAL:
+        return DIAGONAL[name]
+    if name in SEPARABLE:
+        prox = PROX[name]
+        return lambda u, lam, d: prox(u, _per_sample(lam, u) / d)
+    return None
+
 
 PROX: dict[str, ProxFn] = {
     "linf": prox_linf,
