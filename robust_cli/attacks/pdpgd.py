@@ -5,7 +5,8 @@ The primal player takes an Adam step on the constraint surrogate ``g`` alone, th
 (:class:`robust_cli.attacks.primal_steps.ProximalStep`; the operators of eqs 5.11-5.16 are in
 :mod:`robust_cli.attacks.proximal`). The thesis solves that prox inexactly, by a few proximal-gradient inner
 iterations (proximal Adam); here it is exact where a closed form exists (l2: Newton on its secular equation;
-linf: one sort; l1, l0: elementwise), which is both cheaper and, in l2, stronger (``PROXIMAL_EXACT_DEFAULT``).
+linf: Newton on its clipping level; l1, l0: elementwise), which is both cheaper and, in l2, stronger
+(``PROXIMAL_EXACT_DEFAULT``).
 The dual player, restarts, the lr grid, fine-tuning and the warm start from ``x_init`` are the engine's
 (:mod:`robust_cli.attacks.primal_dual`), shared with PDGD.
 """
