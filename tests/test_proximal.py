@@ -323,8 +323,8 @@ def _linf_level_by_sort(u, lam, d):
 @pytest.mark.parametrize("magnitudes", ["gaussian", "geometric", "ties"])
 def test_linf_diagonal_newton_reaches_the_sorted_solution(magnitudes, monkeypatch):
     """Newton's level against the sort-based one, float64, on Gaussian rows, on magnitudes spread geometrically
-    (each step drops few values from the active set) and on rows with repeated magnitudes; the step count stays
-    far below the cap."""
+    (each step drops few values from the active set) and on rows with repeated magnitudes, with the cap lowered
+    to 30 steps (a cap reached leaves a lower level, which the comparison would catch): far below the cap."""
     gen = torch.Generator().manual_seed(13)
     B, n = 64, 300
     u = torch.randn(B, n, generator=gen, dtype=torch.float64)
@@ -334,16 +334,8 @@ def test_linf_diagonal_newton_reaches_the_sorted_solution(magnitudes, monkeypatc
         u = u.sign() * torch.randint(1, 5, (B, n), generator=gen).double() / 4
     d = _spread_metric(gen, (B, n), 3.0)
     lam = (d * u.abs()).sum(1) * torch.rand(B, generator=gen, dtype=torch.float64)
-    steps = []
-    real_any = torch.Tensor.any
-
-    def counting_any(self, *args, **kwargs):
-        steps.append(1)
-        return real_any(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "any", counting_any)
+    assert P.LINF_NEWTON_MAX_STEPS > 30
+    monkeypatch.setattr(P, "LINF_NEWTON_MAX_STEPS", 30)
     z = P.prox_linf_diagonal(u, lam, d)
-    monkeypatch.undo()
     tau = _linf_level_by_sort(u, lam, d)
     assert torch.allclose(z, u.sign() * torch.minimum(u.abs(), tau[:, None]), rtol=0, atol=1e-12)
-    assert len(steps) <= 30 < P.LINF_NEWTON_MAX_STEPS
