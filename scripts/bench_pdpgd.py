@@ -10,8 +10,11 @@ adv-lib is never a dependency of ``robust``: install it into a separate director
     .venv/bin/python scripts/bench_pdpgd.py --advlib .bench-advlib --run outputs/train/mnist/lenet5/...
 Its optional ``visdom`` import is satisfied by an empty stub module.
 
-Usage: ``python scripts/bench_pdpgd.py [--run RUN_DIR] [--n 100] [--steps 500] [--advlib DIR] [--out x.json]``
-(``ADVLIB_PATH`` works as well as ``--advlib``; without either, only our attacks run).
+Usage: ``python scripts/bench_pdpgd.py [--run RUN_DIR] [--n 100] [--offset 0] [--steps 500] [--advlib DIR]
+[--out x.json]`` (``ADVLIB_PATH`` works as well as ``--advlib``; without either, only our attacks run).
+``--npz FILE`` takes the test images from ``x_test`` / ``y_test`` of an npz (e.g. the coloured MNIST of
+``scripts/coloured_mnist.py``, with a run trained by ``robust train dataset=npz``) instead of torchvision's MNIST;
+``--ours`` and ``--advlib-kw`` pass extra options to each side (``--advlib-kw proximal_operator=23``).
 """
 
 from __future__ import annotations
@@ -76,18 +79,28 @@ def norms_of(model, x, y, adv, norm):
     return ok, torch.where(ok, dist, torch.full_like(dist, float("inf")))
 
 
+def options(text: str) -> dict:
+    """``'lr=0.05,proximal_exact=False,l0_prox=l23'`` -> keyword arguments (numbers and booleans parsed)."""
+    pairs = dict(kv.split("=", 1) for kv in text.split(",") if kv)
+    return {k: (ast.literal_eval(v) if v[:1] in "0123456789.[-" or v in ("True", "False") else v)
+            for k, v in pairs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=None, help="robust train run dir (default: first under outputs/)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "outputs")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--n", type=int, default=100, help="first N test images (500 for the full benchmark)")
+    ap.add_argument("--offset", type=int, default=0, help="skip the first OFFSET test images")
+    ap.add_argument("--npz", type=Path, default=None, help="test images x_test, y_test (uint8) of this npz")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--advlib", default=os.environ.get("ADVLIB_PATH"), help="directory holding adv_lib")
     ap.add_argument("--only", default="", help="comma-separated labels, e.g. 'pdpgd l0,pdgd l2'")
     ap.add_argument("--ours", default="", help="extra options for our attacks, e.g. 'lr=0.05,restarts=2'")
+    ap.add_argument("--advlib-kw", default="", help="extra options for adv-lib, e.g. 'proximal_operator=23'")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,9 +115,17 @@ def main() -> None:
     run = args.run or find_run(args.out_dir)
     model, _ = load_trained_model(run)
     model.eval()
-    test = torchvision.datasets.MNIST(str(args.data), train=False, download=False)
-    x_all = test.data[: args.n].float().div(255).unsqueeze(1)
-    y_all = test.targets[: args.n].long()
+    window = slice(args.offset, args.offset + args.n)
+    if args.npz is not None:
+        import numpy as np
+
+        with np.load(args.npz) as arrays:
+            x_all = torch.as_tensor(arrays["x_test"][window]).float().div(255)
+            y_all = torch.as_tensor(arrays["y_test"][window]).long()
+    else:
+        test = torchvision.datasets.MNIST(str(args.data), train=False, download=False)
+        x_all = test.data[window].float().div(255).unsqueeze(1)
+        y_all = test.targets[window].long()
     with torch.no_grad():
         correct = model(x_all).argmax(1) == y_all
     x_all, y_all = x_all[correct], y_all[correct]
@@ -113,9 +134,7 @@ def main() -> None:
 
     adv_lib = load_advlib(args.advlib)
     ours = {"pdpgd": pdpgd, "pdgd": pdgd}
-    extra = dict(kv.split("=", 1) for kv in args.ours.split(",") if kv)
-    extra = {k: (ast.literal_eval(v) if v[:1] in "0123456789.[-" or v in ("True", "False") else v)
-             for k, v in extra.items()}
+    extra, lib_extra = options(args.ours), options(args.advlib_kw)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     rows = []
     for label, our_name, norm, lib_name, lib_kw in ATTACKS:
@@ -127,7 +146,8 @@ def main() -> None:
         impls = [("robust", run_ours)]
         if adv_lib is not None:
             fn = getattr(adv_lib, lib_name)
-            impls.append(("adv-lib", lambda xb, yb, fn=fn, kw=lib_kw: fn(model, xb, yb, num_steps=args.steps, **kw)))
+            impls.append(("adv-lib", lambda xb, yb, fn=fn, kw={**lib_kw, **lib_extra}:
+                          fn(model, xb, yb, num_steps=args.steps, **kw)))
         for impl, attack in impls:
             oks, dists, t0 = [], [], time.perf_counter()
             for i in range(0, len(x_all), args.batch_size):

@@ -123,6 +123,51 @@ def test_pixel_group_l0_on_multichannel_linear_model():
     assert (perturbation_norm(adv - x, "l0", "element") >= perturbation_norm(adv - x, "l0", "pixel")).all()
 
 
+def _pixel_l0_by_capacity(model: LinearModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The same optimum as ``_pixel_l0_optimum`` without enumeration: towards class j each pixel can buy at most
+    its capacity (the sum of its values' ``|a_i| room_i``) of the gap, independently of the others, so the
+    fewest pixels are the largest capacities first: the smallest ``k`` whose ``k`` largest cover the gap."""
+    w = model.fc.weight.detach().double()
+    xf = x.flatten(1).double()
+    logits = xf @ w.T + model.fc.bias.detach().double()
+    best = torch.full((len(y),), float("inf"), dtype=torch.float64)
+    for j in range(w.shape[0]):
+        a = w[j][None] - w[y]
+        cap = (a.abs() * torch.where(a > 0, 1 - xf, xf)).view(len(y), x.shape[1], -1).sum(1)  # [B, pixels]
+        gap = logits.gather(1, y[:, None]).squeeze(1) - logits[:, j]
+        covered = cap.sort(1, descending=True).values.cumsum(1)
+        k = ((covered < gap[:, None]).sum(1) + 1).double()
+        reachable = (covered[:, -1] >= gap) & (y != j)
+        best = torch.minimum(best, torch.where(reachable, k, torch.full_like(best, float("inf"))))
+    return best
+
+
+def test_pixel_l0_references_agree():
+    model, x, y = make_problem(10, (3, 3, 3), 3, seed=3)
+    assert torch.equal(_pixel_l0_by_capacity(model, x, y), _pixel_l0_optimum(model, x, y))
+
+
+def test_pixel_group_l0_at_the_defaults_on_colour_images_with_larger_optima():
+    """Three-channel 6x6 images drawn towards a class's weights (optima of 3-6 pixels), PDPGD at its defaults (one
+    lr, no grid): the exact pixel-group step in Adam's metric lands within 10% of the optimum on average. The
+    thesis's inner iterations, which threshold the plain pixel norm in a rescaled metric, end 28-34% above it
+    here (pixels whose metric is small are never dropped)."""
+    g = torch.Generator().manual_seed(0)
+    shape, K, n = (3, 6, 6), 3, 32
+    w = torch.randn(K, 108, generator=g)
+    w = w - w.mean(1, keepdim=True)
+    model = LinearModel(w, torch.zeros(K), shape).eval()
+    towards = torch.randint(0, K, (n,), generator=g)
+    x = (0.5 + 0.45 * torch.tanh(0.5 * w[towards] + 0.5 * torch.randn(n, 108, generator=g))).view(n, *shape)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    opt = _pixel_l0_by_capacity(model, x, y)
+    assert torch.isfinite(opt).all() and opt.mean() >= 3
+    adv = pdpgd(model, x, y, norm="l0")
+    _check(model, x, y, adv, "l0", opt, 1.5, l0_mode="pixel")
+    assert (perturbation_norm(adv - x, "l0", "pixel").double() / opt).mean() <= 1.10
+
+
 def test_more_restarts_never_worse():
     model, x, y = make_problem(12, (1, 6, 6), 3, seed=4)
     dists = []

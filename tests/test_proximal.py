@@ -112,6 +112,45 @@ def test_l0_group_prox_matches_enumeration():
     assert torch.equal(P.prox_l0_group(u1, lam), P.prox_l0(u1, lam))
 
 
+def _l0_group_in_metric_by_enumeration(u, lam, d, groups):
+    """Exact prox of lam * (non-zero groups) in the metric d: every set of kept groups (a kept group stays u)."""
+    best, best_val = None, np.inf
+    for keep in itertools.product([False, True], repeat=len(groups)):
+        z = np.zeros_like(u)
+        for g, k in zip(groups, keep):
+            if k:
+                z[g] = u[g]
+        val = lam * sum(keep) + 0.5 * np.sum(d * (z - u) ** 2)
+        if val < best_val:
+            best, best_val = z, val
+    return best
+
+
+def test_l0_group_prox_in_a_diagonal_metric_matches_enumeration():
+    """Pixel groups [B, C=3, H=2, W=2] in a metric spread over three decades: keep a pixel iff its metric-weighted
+    squares exceed 2 lam, the best of all 16 kept sets; the unit metric gives ``prox_l0_group`` bit for bit."""
+    gen = torch.Generator().manual_seed(13)
+    u = torch.randn(8, 3, 2, 2, generator=gen, dtype=torch.float64)
+    d = _spread_metric(gen, u.shape, 3.0)
+    lam = torch.linspace(0.02, 2.0, 8, dtype=torch.float64)
+    z = P.prox_l0_group_diagonal(u, lam, d)
+    idx = np.arange(12).reshape(3, 2, 2)
+    groups = [idx[:, h, w].tolist() for h in range(2) for w in range(2)]
+    kept = 0
+    for i in range(8):
+        ref = _l0_group_in_metric_by_enumeration(u[i].numpy().ravel(), lam[i].item(), d[i].numpy().ravel(), groups)
+        np.testing.assert_allclose(z[i].numpy().ravel(), ref, atol=0)
+        kept += int((ref != 0).any())
+    assert kept > 0  # the weights leave some pixels kept and zero others
+    assert (z == 0).any()
+    # the metric matters: the plain operator at the same lam keeps other pixels
+    assert not torch.equal(z, P.prox_l0_group(u, lam))
+    assert torch.equal(P.prox_l0_group_diagonal(u, lam, torch.ones_like(u)), P.prox_l0_group(u, lam))
+    for dt in (torch.bfloat16, torch.float16):  # half inputs: the test in float32, the values kept as given
+        zh = P.prox_l0_group_diagonal(u.to(dt), lam, d.to(dt))
+        assert zh.dtype == dt and ((zh == 0) | (zh == u.to(dt))).all()
+
+
 def test_l23_prox_matches_grid_search():
     """Separable: each value minimises lam |z|^(2/3) + 0.5 (z - a)^2 on its own; a dense grid is the reference."""
     a = torch.linspace(-4, 4, 41, dtype=torch.float64)
@@ -295,8 +334,8 @@ def test_diagonal_metric_prox_in_half_precision():
 
 
 def test_in_diagonal_metric_names_each_operator_form():
-    """Elementwise operators weigh each value by ``lam / d_i``; l2, linf have their own forms; the pixel-group
-    operators have none (PDPGD iterates there)."""
+    """Elementwise operators weigh each value by ``lam / d_i``; l2, linf and the pixel-group hard threshold have
+    their own forms; the thesis's literal pixel threshold and the pixel-group l2/3 have none (PDPGD iterates)."""
     gen = torch.Generator().manual_seed(12)
     u = torch.randn(3, 1, 4, 4, generator=gen, dtype=torch.float64)
     d = torch.rand(u.shape, generator=gen, dtype=torch.float64) + 0.1
@@ -304,7 +343,8 @@ def test_in_diagonal_metric_names_each_operator_form():
     for name in P.SEPARABLE:
         assert torch.equal(P.in_diagonal_metric(name)(u, lam, d), P.PROX[name](u, lam.view(-1, 1, 1, 1) / d))
     assert P.in_diagonal_metric("l2") is P.prox_l2_diagonal and P.in_diagonal_metric("linf") is P.prox_linf_diagonal
-    for name in ("l0_group", "l0_group_max", "l23_group"):
+    assert P.in_diagonal_metric("l0_group") is P.prox_l0_group_diagonal
+    for name in ("l0_group_max", "l23_group"):
         assert P.in_diagonal_metric(name) is None
 
 
