@@ -26,6 +26,8 @@ APPS = {
 REPORT_LISTS = ("runs", "by", "metrics", "attacks", "format")
 # Hydra flags that print something and exit: nothing to validate
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc"}
+#: flags that print the composed config instead of running it: the config is checked, its input files are not
+_SHOW_FLAGS = {"--cfg", "-c"}
 _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                      "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
 
@@ -185,8 +187,11 @@ def _covering(combos: list[list[str]]) -> list[list[str]]:
     return chosen
 
 
-def validate(config_name: str, args: list[str]) -> str | None:
-    """Compose ``config_name`` with the overrides (each sweep combination); the error line, or None."""
+def validate(config_name: str, args: list[str], inputs: bool = True) -> str | None:
+    """Compose ``config_name`` with the overrides (each sweep combination); the error line, or None.
+
+    ``inputs=False`` checks the config alone, not the files a job would read (``--cfg job`` only shows the
+    config, which must work on a machine without the data set)."""
     from hydra import compose, initialize_config_module
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
@@ -194,7 +199,7 @@ def validate(config_name: str, args: list[str]) -> str | None:
 
     from omegaconf import open_dict
 
-    from robust_cli.config import check_config, check_launcher, register_configs
+    from robust_cli.config import check_config, check_job_name, check_launcher, register_configs
     from robust_cli.norms import canonicalize_config
     from robust_cli.preflight import check_inputs
 
@@ -211,10 +216,12 @@ def validate(config_name: str, args: list[str]) -> str | None:
             for combo in _covering(combos):
                 cfg = compose(config_name, overrides=list(combo), return_hydra_config=True)
                 check_launcher(cfg.hydra)
+                check_job_name(cfg.hydra)
                 with open_dict(cfg):
                     del cfg["hydra"]
                 check_config(canonicalize_config(cfg))  # values too
-                check_inputs(config_name, cfg)  # the files each job will read (a multirun's bad one fails now)
+                if inputs:  # the files each job will read (a multirun's bad one fails now)
+                    check_inputs(config_name, cfg)
     except UserError as err:
         return " ".join(str(err).split())
     except Exception as err:  # every composition error is the user's input
@@ -225,6 +232,17 @@ def validate(config_name: str, args: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``robust <command> [overrides]``: the exit status (2: bad input, 130: interrupted). Ctrl-C before a job
+    has started (while torch and Hydra import, while the config is checked) is one line too, not a traceback;
+    once a job runs, its app handles it (``robust_cli.apps``)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("robust: interrupted\n")
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(usage() + "\n")
@@ -237,8 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     rest = expand_model_shorthand(expand_attack_all(rest)) if command == "eval" else rest
     rest = expand_attack_all(rest) if command == "detect" else rest
     rest = report_lists(rest) if command == "report" else rest
+    if _SHOW_FLAGS.intersection(rest) and _overrides(rest)[1]:  # Hydra's own refusal is a traceback
+        sys.stderr.write("robust: error: --cfg shows one job's config and -m runs a sweep: give one of them\n")
+        return 2
     if not _INFO_FLAGS.intersection(rest):
-        problem = validate(config_name, rest)
+        problem = validate(config_name, rest, inputs=not _SHOW_FLAGS.intersection(rest))
         if problem:
             sys.stderr.write(f"robust: error: {problem}\n")
             return 2

@@ -369,7 +369,7 @@ def check_config(cfg: Any) -> None:
     """
     from omegaconf import DictConfig, OmegaConf
 
-    from robust_cli.schema import check_options, check_schema_values
+    from robust_cli.schema import check_known_keys, check_options, check_schema_values
 
     from robust_cli.errors import UserError
 
@@ -388,6 +388,8 @@ def check_config(cfg: Any) -> None:
     if "mode" in cfg and "eps" in cfg:
         check_eval_mode(cfg)
     check_required(cfg)
+    check_known_keys(cfg)
+    check_norm_keys(cfg)
     check_schema_values(cfg)
     nodes = [(key, cfg.get(key)) for key in ("model", "defense")]
     attacks = cfg.get("attack")
@@ -401,6 +403,32 @@ def check_config(cfg: Any) -> None:
         obj = objects.get(str(node._target_))
         if obj is not None:
             check_options(obj, OmegaConf.to_container(node, resolve=True), where)
+
+
+#: config nodes keyed by norm (``eps.linf=0.3``, ``thresholds.l2=[0.5,1]``, ``dataset.thresholds``)
+NORM_KEYED = ("eps", "thresholds")
+
+
+def check_norm_keys(node: Any, where: str = "") -> None:
+    """Raise ``UserError`` for a key of a norm-keyed node (``NORM_KEYED``) that is not a norm
+    (``+eps.l7=3``), which would otherwise sit unused in the run's config."""
+    from omegaconf import DictConfig
+
+    from robust_cli.errors import UserError
+    from robust_cli.norms import NORMS
+
+    if not isinstance(node, DictConfig):
+        return
+    for key in node:
+        child = node._get_node(key)
+        if not isinstance(child, DictConfig) or child._is_missing() or child._is_none():
+            continue
+        if key in NORM_KEYED:
+            for norm in child:
+                if norm not in NORMS:
+                    raise UserError(f"{where}{key}.{norm}: not a norm; expected one of {', '.join(NORMS)}")
+        else:
+            check_norm_keys(child, f"{where}{key}.")
 
 
 #: what to give for a required value left out (the key's ``???`` in the schema or YAML)
@@ -422,6 +450,17 @@ def check_required(cfg: Any) -> None:
         hint = _REQUIRED_HINTS.get(key, f"give {key}=<value>")
         given = " (attack=[] selects none)" if key == "attack" else ""
         raise UserError(f"{key} is required{given}; {hint}")
+
+
+def check_job_name(hydra_cfg: Any) -> None:
+    """``hydra.job.name`` names a sweep's folder under ``<out_dir>/sweeps/``: one plain name, never a path that
+    leads out of it (``../../etc``) or elsewhere (``/tmp/x``)."""
+    from omegaconf import OmegaConf
+
+    name = str(OmegaConf.select(hydra_cfg, "job.name", default="") or "")
+    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\")):
+        raise UserError(f"hydra.job.name={name!r}: must be a plain folder name (no '/', not '..'): it names the "
+                        "sweep's folder <out_dir>/sweeps/<name>")
 
 
 def check_launcher(hydra_cfg: Any) -> None:

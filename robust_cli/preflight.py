@@ -26,6 +26,9 @@ def check_inputs(config_name: str, cfg: Any) -> None:
 
     if "device" in cfg:
         check_device_name(str(cfg.device))
+    for key in ("out_dir", "out"):  # where a job writes: a file there, or a folder it cannot make, fails now
+        if cfg.get(key) is not None:
+            check_output_folder(str(cfg[key]), key)
     if config_name == "train":
         from robust_cli.data import info_of, load_split
         from robust_cli.defenses import build_defense
@@ -58,6 +61,25 @@ def check_inputs(config_name: str, cfg: Any) -> None:
         # every file it reads; kept for the app in this process (no second load)
         load_trained_model(run, checkpoint=str(cfg.get("checkpoint", "model")), keep=True)
         check_eval_writable(run)
+
+
+def check_output_folder(path: str, key: str) -> None:
+    """``path`` is a folder a job can write in, or can be made: nothing on the way to it is a file, and the
+    nearest folder that exists is writable. Raises ``UserError`` naming ``key`` (``out_dir=...``) otherwise,
+    before any work (a run that would fail only when it first writes, after its attacks, wastes them)."""
+    import os
+    from pathlib import Path
+
+    from robust_cli.errors import UserError
+
+    where = Path(path).expanduser().absolute()
+    for folder in (where, *where.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"{key}={path}: {folder} is a file, not a folder; give another {key}")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise UserError(f"{key}={path}: cannot write in {folder}; give another {key}")
+            return
 
 
 def check_eval_writable(run) -> None:

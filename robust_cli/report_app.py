@@ -89,7 +89,7 @@ def build(cfg: DictConfig, overrides: list[str]) -> Path:
     paths = collect.resolve(as_list(cfg.runs) or [])
     runs = collect.load(paths)
     by = paper_tables.grouping(runs, as_list(cfg.by))
-    attacks = as_list(cfg.attacks)
+    attacks = paper_tables.select_attacks(runs, as_list(cfg.attacks))
     all_metrics = paper_tables.select_metrics(runs, None)
     metrics = paper_tables.select_metrics(runs, as_list(cfg.metrics))
     inputs = {"runs": paths, "by": by, "metrics": as_list(cfg.metrics), "attacks": attacks, "format": formats}

@@ -334,6 +334,34 @@ def check_schema_values(node: Any, where: str = "") -> None:
             raise UserError(f"{where}{key}={value!r}: {problem}")
 
 
+def check_known_keys(node: Any, where: str = "") -> None:
+    """Raise ``UserError`` (``<where><key>: not an option of <schema> (did you mean ...?)``) for the first key of
+    a composed config node typed by a dataclass schema that the schema lacks, recursing into sub-nodes.
+
+    Hydra refuses such a key when it is overridden (``attack.pgd.stepz=5``), but ``+key=value`` adds it to any
+    node, where it would reach the attack's call (a ``TypeError`` mid-run) or silently name a run. Nodes that
+    are plain dicts (``val_options``, ``eps``) take any key here.
+    """
+    import difflib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(node, DictConfig):
+        return
+    kind = OmegaConf.get_type(node)
+    fields = {f.name for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else None
+    for key in node:
+        if fields is not None and key not in fields:
+            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+            hint = f"; did you mean {where}{close[0]}?" if close else ""
+            owner = f"{where.rstrip('.')}" if where else "the command"
+            raise UserError(f"{where}{key}: not an option of {owner}{hint} (known: "
+                            f"{', '.join(sorted(f for f in fields if not f.startswith('_')))})")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            check_known_keys(child, f"{where}{key}.")
+
+
 def check_options(obj: Any, values: collections.abc.Mapping, where: str) -> None:
     """Raise ``UserError`` (one line: ``<where>.<option>=<value>: <what is accepted>``) for the first option in
     ``values`` outside what ``obj``'s signature states (a ``Literal`` choice, a ``Range``)."""

@@ -11,7 +11,9 @@ from omegaconf import DictConfig
 from robust_cli.apps import refuse_overrides, task_overrides, user_errors
 from robust_cli.config import register_configs
 from robust_cli.device import resolve_device
+from robust_cli.errors import UserError
 from robust_cli.rundir import RunDir
+from robust_cli.training.same_run import stored_differences
 
 register_configs()
 log = logging.getLogger("robust_cli.train")
@@ -33,10 +35,16 @@ def train(cfg: DictConfig) -> dict:
     run_dir = RunDir.of_train(cfg, overrides)
     record = run_dir.record() if run_dir.has_record() else None
     done = record is not None and record.status == "done"
+    other = stored_differences(run_dir.read_config(), cfg) if record is not None else []
+    if other and not cfg.force:  # another configuration's run: neither its result nor its checkpoint is ours
+        shown = ", ".join(other[:4]) + (f" and {len(other) - 4} more" if len(other) > 4 else "")
+        raise UserError(f"{run_dir} holds a run of another configuration ({shown}); give another run_dir, or "
+                        "force=true to train this one there from scratch (replacing it)")
     if done and run_dir.model_path.exists() and not cfg.force:
         log.info("already trained: %s (force=true retrains)", run_dir)
         return dict(record.data.get("final", {}))
-    fresh = done and bool(cfg.force)  # retrain a finished run; running/interrupted/failed ones resume
+    # retrain a finished run, or another configuration's (force=true); running/interrupted/failed ones resume
+    fresh = (done or bool(other)) and bool(cfg.force)
     from robust_cli.training import distributed
 
     if cfg.trainer.devices > 1 or distributed.under_torchrun():

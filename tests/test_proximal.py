@@ -71,15 +71,16 @@ def test_linf_prox_is_moreau_of_l1_projection():
     assert torch.allclose(P.prox_linf(u[3:], 50.0), torch.zeros_like(u[3:]), atol=1e-12)
 
 
-def _l0_by_enumeration(u, lam, groups):
-    """Exact prox of lam * (number of non-zero groups): try every set of kept groups."""
+def _l0_by_enumeration(u, lam, groups, d=1.0):
+    """Exact prox of lam * (number of non-zero groups) in the metric ``d`` (a kept group stays ``u``): try every
+    set of kept groups."""
     best, best_val = None, np.inf
     for keep in itertools.product([False, True], repeat=len(groups)):
         z = np.zeros_like(u)
         for g, k in zip(groups, keep):
             if k:
                 z[g] = u[g]
-        val = lam * sum(keep) + 0.5 * np.sum((z - u) ** 2)
+        val = lam * sum(keep) + 0.5 * np.sum(d * (z - u) ** 2)
         if val < best_val:
             best, best_val = z, val
     return best, best_val
@@ -112,20 +113,6 @@ def test_l0_group_prox_matches_enumeration():
     assert torch.equal(P.prox_l0_group(u1, lam), P.prox_l0(u1, lam))
 
 
-def _l0_group_in_metric_by_enumeration(u, lam, d, groups):
-    """Exact prox of lam * (non-zero groups) in the metric d: every set of kept groups (a kept group stays u)."""
-    best, best_val = None, np.inf
-    for keep in itertools.product([False, True], repeat=len(groups)):
-        z = np.zeros_like(u)
-        for g, k in zip(groups, keep):
-            if k:
-                z[g] = u[g]
-        val = lam * sum(keep) + 0.5 * np.sum(d * (z - u) ** 2)
-        if val < best_val:
-            best, best_val = z, val
-    return best
-
-
 def test_l0_group_prox_in_a_diagonal_metric_matches_enumeration():
     """Pixel groups [B, C=3, H=2, W=2] in a metric spread over three decades: keep a pixel iff its metric-weighted
     squares exceed 2 lam, the best of all 16 kept sets; the unit metric gives ``prox_l0_group`` bit for bit."""
@@ -138,7 +125,7 @@ def test_l0_group_prox_in_a_diagonal_metric_matches_enumeration():
     groups = [idx[:, h, w].tolist() for h in range(2) for w in range(2)]
     kept = 0
     for i in range(8):
-        ref = _l0_group_in_metric_by_enumeration(u[i].numpy().ravel(), lam[i].item(), d[i].numpy().ravel(), groups)
+        ref, _ = _l0_by_enumeration(u[i].numpy().ravel(), lam[i].item(), groups, d[i].numpy().ravel())
         np.testing.assert_allclose(z[i].numpy().ravel(), ref, atol=0)
         kept += int((ref != 0).any())
     assert kept > 0  # the weights leave some pixels kept and zero others

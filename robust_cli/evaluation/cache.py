@@ -101,6 +101,14 @@ def cached_summary(result: ResultDir, expected: dict[str, Any], eps: float,
     if changed:
         raise UserError(f"{result.name} was evaluated with {', '.join(_changes(stored, expected, attack))}; "
                         "force=true replaces the stored result (or repeat its settings to reuse it)")
+    try:  # a per_sample.csv cut short (a copy, a full disk) is not a result: its n images are recomputed
+        rows = len(result.read_per_sample())
+    except (OSError, ValueError, KeyError):
+        rows = -1
+    if rows != int(stored.get("n") or 0):
+        log.warning("%s: per_sample.csv holds %s of its %s images; recomputing", result.name,
+                    "none" if rows < 0 else rows, stored.get("n"))
+        return None
     new_eps = not math.isclose(float(summary.get("eps", math.nan)), eps) and not math.isnan(eps)
     new_thresholds = thresholds is not None and set(summary.get("robust_accuracy", {})) != {
         f"{t:g}" for t in thresholds}

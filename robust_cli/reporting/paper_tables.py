@@ -75,6 +75,22 @@ def select_metrics(runs: list[Run], metrics: list[str] | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def select_attacks(runs: list[Run], attacks: list[str] | None) -> list[str] | None:
+    """``attacks=`` checked against what the runs hold: each entry an attack (``pgd``) or an attack-norm pair
+    (``pgd-linf``) of some run's ``eval/summary.csv``; ``UserError`` naming what they hold otherwise."""
+    if not attacks:
+        return attacks
+    names, pairs = set(), set()
+    for run in runs:
+        for attack, norm in zip(run.summary["attack"], run.summary["norm"]):
+            names.add(str(attack))
+            pairs.add(f"{attack}-{norm}")
+    unknown = [a for a in attacks if a not in names and a not in pairs]
+    if unknown:
+        raise UserError(f"attacks: {', '.join(unknown)} not in the runs; they hold {', '.join(sorted(pairs))}")
+    return attacks
+
+
 def _pair_ok(attack: str, norm: str, attacks: list[str] | None) -> bool:
     return not attacks or attack in attacks or f"{attack}-{norm}" in attacks
 

@@ -85,12 +85,13 @@ def latex(table: Table) -> str:
 def csv_frame(table: Table) -> pd.DataFrame:
     """The numbers: the index columns, ``<column>`` (mean) and ``<column> std`` per value, ``runs``."""
     values = [c for c in table.mean if c not in table.index]
-    out = table.mean[table.index].copy()
+    columns = {c: table.mean[c] for c in table.index}
     for c in values:
-        out[c] = table.mean[c]
-        out[f"{c} std"] = table.std[c]
-    out["runs"] = table.count.to_numpy()
-    return out
+        columns[c] = table.mean[c]
+        columns[f"{c} std"] = table.std[c]
+    columns["runs"] = table.count.to_numpy()
+    # built at once: a column inserted one by one into a wide table is pandas' PerformanceWarning
+    return pd.DataFrame(columns, index=table.mean.index)
 
 
 def html_table(table: Table) -> str:
