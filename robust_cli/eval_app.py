@@ -300,10 +300,13 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
                 refused = refused or err
                 continue
             if stored is not None:
-                reused.append((name, norm, config))
                 if cfg.save_adversarials > 0 and not eval_dir.result(label_of(name), norm).adversarials_path.is_file():
-                    log.info("%s-%s: a reused result holds no images; force=true to save adversarials", name, norm)
-                continue
+                    # asked for images a stored result lacks: the same settings again, this time keeping them
+                    log.info("%s-%s: the stored result holds no adversarial images; recomputing it to save them",
+                             name, norm)
+                else:
+                    reused.append((name, norm, config))
+                    continue
             if shard is not None:
                 sharded.append((name, norm, config))
                 if not cfg.force and shard_done(shards.result(shard[1], shard[0], name, norm), config):

@@ -50,13 +50,37 @@ def test_a_cut_per_sample_csv_is_recomputed_not_reused(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(per_sample), full)  # the same attack again: the same rows
 
 
+def test_images_asked_of_a_stored_result_without_them_recompute_it(tmp_path):
+    """``save_adversarials=`` on a pair evaluated without images: the same settings again, keeping them (a reuse
+    would end with none); the distances are the stored ones."""
+    out = tmp_path / "out"
+    res = robust_in_process("train", "experiment=quickstart", "epochs=1", "max_batches_per_epoch=2", "device=cpu",
+                            f"out_dir={out}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = next(p.parent for p in out.glob("train/*/*/*/*/model.pt"))
+    args = ("eval", f"run={run}", "attack=fgsm", "norm=linf", "n_examples=6", "device=cpu", "lipschitz=false")
+    assert robust_in_process(*args).returncode == 0
+    result = run / "eval" / "fgsm-linf"
+    stored = pd.read_csv(result / "per_sample.csv")
+    assert not any(result.glob("adversarials*"))
+    res = robust_in_process(*args, "save_adversarials=3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "recomputing it to save them" in res.stderr
+    assert any(result.glob("adversarials*"))
+    pd.testing.assert_frame_equal(pd.read_csv(result / "per_sample.csv"), stored)
+    res = robust_in_process(*args, "save_adversarials=3")  # now they are there: reused
+    assert res.returncode == 0 and "already evaluated, reusing" in res.stderr
+
+
 def test_a_stored_run_is_compared_on_what_decides_the_weights():
     stored = OmegaConf.create({"model": {"name": "lenet5", "channels": [6, 16]}, "epochs": 20, "seed": 0,
-                               "dataset": {"name": "npz", "path": "/data/a.npz"}, "device": "cuda"})
+                               "dataset": {"name": "npz", "path": "/data/a.npz", "thresholds": {"l2": [1.0]}},
+                               "device": "cuda"})
     same = OmegaConf.create({"model": {"name": "lenet5", "channels": [6, 16], "tanh_head": False}, "epochs": 20,
                              "seed": 0, "dataset": {"name": "npz", "path": "a.npz"}, "device": "cpu",
                              "val_options": {}})
-    # a key added to the code since (tanh_head, val_options), the data file's path and the device: no change
+    # a key added to the code since (tanh_head, val_options), the data file's path, what only robust eval reads
+    # (thresholds) and the device: no change
     assert stored_differences(stored, same) == []
     other = OmegaConf.merge(same, {"model": {"name": "mlp"}, "epochs": 3})
     assert stored_differences(stored, other) == ["model=lenet5 (now mlp)", "epochs=20 (now 3)"]

@@ -154,11 +154,13 @@ def test_robust_train_devices_2_matches_devices_1(tmp_path):
     runs = {}
     for devices in (1, 2):
         out = tmp_path / f"d{devices}"
-        subprocess.run(
+        res = subprocess.run(
             [robust, "train", "experiment=quickstart", "epochs=3", f"trainer.devices={devices}", f"out_dir={out}",
              "device=cpu"],
-            check=True, env=env, timeout=300,
+            check=True, env=env, timeout=300, capture_output=True, text=True,
         )
+        # the epochs are reported once, by rank 0 (a spawned rank has no log handler of its own)
+        assert sum("epoch 3/3" in line for line in res.stderr.splitlines()) == 1, res.stderr[-2000:]
         (hist,) = list(out.glob("train/**/history.csv"))
         runs[devices] = pd.read_csv(hist)
     h1, h2 = runs[1], runs[2]

@@ -105,6 +105,11 @@ def _worker(local_rank: int, fn: Callable[..., Any], cfg: Any, args: tuple, worl
     # W processes on one machine: share the cores instead of each taking all of them.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     reuse_freed_host_memory()  # a spawned process starts with glibc's defaults (see robust_cli.host_memory)
+    from robust_cli.apps import setup_logging
+
+    # a spawned process starts without the parent's log handler: rank 0 reports the epochs as one process
+    # would, the other ranks only their warnings
+    setup_logging(logging.INFO if local_rank == 0 else logging.WARNING)
     result = fn(cfg, *args)
     if local_rank == 0:
         # Plain pickle (by value): torch.multiprocessing would share tensors through handles that die with

@@ -15,8 +15,9 @@ from typing import Any
 #: the top-level keys of ``TrainConfig`` that decide what is trained (all others may differ on a resume)
 MODEL_KEYS = ("dataset", "model", "defense", "optimizer", "schedule", "epochs", "batch_size", "seed", "tikhonov",
               "max_batches_per_epoch", "val_attack", "val_every", "val_eps", "val_norm", "val_n", "val_options")
-#: below ``dataset``: where its file lies, not what it holds (a relative ``dataset.path`` from another folder)
-_IGNORED = {"dataset.path"}
+#: below ``dataset``: where its file lies, not what it holds (a relative ``dataset.path`` from another folder),
+#: and what only ``robust eval`` reads (the evaluation subset's size, the robust-accuracy thresholds)
+_IGNORED = {"dataset.path", "dataset.eval_size", "dataset.thresholds"}
 
 
 def _differences(stored: Any, now: Any, where: str) -> list[str]:
