@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--n", type=int, default=100, help="first N test images (500 for the full benchmark)")
     ap.add_argument("--offset", type=int, default=0, help="skip the first OFFSET test images")
-    ap.add_argument("--npz", type=Path, default=None, help="test images x_test, y_test (uint8) of this npz")
+    ap.add_argument("--npz", type=Path, default=None, help="test images x_test, y_test [N,C,H,W] of this npz")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
@@ -120,7 +120,8 @@ def main() -> None:
         import numpy as np
 
         with np.load(args.npz) as arrays:
-            x_all = torch.as_tensor(arrays["x_test"][window]).float().div(255)
+            xs = arrays["x_test"][window]
+            x_all = torch.as_tensor(xs).float().div(255 if xs.dtype == np.uint8 else 1)  # uint8 or [0,1] floats
             y_all = torch.as_tensor(arrays["y_test"][window]).long()
     else:
         test = torchvision.datasets.MNIST(str(args.data), train=False, download=False)
