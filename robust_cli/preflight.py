@@ -26,9 +26,8 @@ def check_inputs(config_name: str, cfg: Any) -> None:
 
     if "device" in cfg:
         check_device_name(str(cfg.device))
-    for key in ("out_dir", "out"):  # where a job writes: a file there, or a folder it cannot make, fails now
-        if cfg.get(key) is not None:
-            check_output_folder(str(cfg[key]), key)
+    for key in _written_folders(config_name, cfg):  # a file there, or a folder it cannot make, fails now
+        check_output_folder(str(cfg[key]), key)
     if config_name == "train":
         from robust_cli.data import info_of, load_split
         from robust_cli.defenses import build_defense
@@ -61,6 +60,19 @@ def check_inputs(config_name: str, cfg: Any) -> None:
         # every file it reads; kept for the app in this process (no second load)
         load_trained_model(run, checkpoint=str(cfg.get("checkpoint", "model")), keep=True)
         check_eval_writable(run)
+
+
+def _written_folders(config_name: str, cfg: Any) -> list[str]:
+    """The keys of the folders a job of ``config_name`` writes under: ``out`` (a report's own folder) or
+    ``out_dir``, except where the job writes elsewhere (``robust train run_dir=``; ``robust eval run=``, which
+    writes into the run, from any folder, a read-only one included)."""
+    if cfg.get("out") is not None:
+        return ["out"]
+    if config_name == "train" and cfg.get("run_dir") is not None:
+        return []
+    if config_name == "eval" and cfg.get("run") is not None:
+        return []
+    return ["out_dir"] if cfg.get("out_dir") is not None else []
 
 
 def check_output_folder(path: str, key: str) -> None:

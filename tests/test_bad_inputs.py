@@ -326,7 +326,7 @@ CASES = [
     Case("train-plus-model-key", [*TRAIN, "+model.widht=3"], "model.widht: not an option of model"),
     # ---- where a job would write, and which run it would resume
     Case("train-out-dir-a-file", [*TRAIN[:-1], "out_dir={npz_good}"], "is a file, not a folder; give another out_dir"),
-    Case("eval-out-dir-under-a-file", [*EVAL, "out_dir={npz_good}/sub"], "is a file, not a folder"),
+    Case("train-out-dir-under-a-file", [*TRAIN[:-1], "out_dir={npz_good}/sub"], "is a file, not a folder"),
     Case("report-out-a-file", ["report", "runs=[{R}]", "out={npz_good}"], "out={npz_good}: {npz_good} is a file"),
     Case("train-m-job-name-path", [*TRAIN_M, "seed=0,1", "hydra.job.name=../../etc"],
          "hydra.job.name='../../etc': must be a plain folder name"),

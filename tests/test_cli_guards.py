@@ -72,6 +72,24 @@ def test_images_asked_of_a_stored_result_without_them_recompute_it(tmp_path):
     assert res.returncode == 0 and "already evaluated, reusing" in res.stderr
 
 
+def test_an_out_dir_a_job_does_not_write_in_is_not_checked(tmp_path):
+    """``robust eval run=`` writes into the run, so an ``out_dir`` it never uses (here a file) is no error: an
+    evaluation from a read-only folder, with the default ``out_dir=outputs`` there, keeps working."""
+    out = tmp_path / "out"
+    res = robust_in_process("train", "experiment=quickstart", "epochs=1", "max_batches_per_epoch=2", "device=cpu",
+                            f"out_dir={out}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = next(p.parent for p in out.glob("train/*/*/*/*/model.pt"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    res = robust_in_process("eval", f"run={run}", "attack=fgsm", "norm=linf", "n_examples=4", "device=cpu",
+                            "lipschitz=false", f"out_dir={a_file}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = robust_in_process("train", "experiment=quickstart", "epochs=1", "max_batches_per_epoch=2", "device=cpu",
+                            f"run_dir={run}", f"out_dir={a_file}")  # run_dir= given: out_dir unused too
+    assert res.returncode == 0 and "already trained" in res.stderr, res.stderr[-2000:]
+
+
 def test_a_stored_run_is_compared_on_what_decides_the_weights():
     stored = OmegaConf.create({"model": {"name": "lenet5", "channels": [6, 16]}, "epochs": 20, "seed": 0,
                                "dataset": {"name": "npz", "path": "/data/a.npz", "thresholds": {"l2": [1.0]}},
