@@ -5,12 +5,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 from cli_helpers import robust_in_process
 from omegaconf import OmegaConf
 
 from robust_cli import cli
 from robust_cli.training.same_run import stored_differences
+
+
+def _quickstart_run(tmp_path) -> Path:
+    """A quickstart run (one epoch of two batches) trained under ``tmp_path/out``; its directory."""
+    out = tmp_path / "out"
+    res = robust_in_process("train", "experiment=quickstart", "epochs=1", "max_batches_per_epoch=2", "device=cpu",
+                            f"out_dir={out}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    return next(p.parent for p in out.glob("train/*/*/*/*/model.pt"))
 
 
 def test_ctrl_c_before_a_job_starts_is_one_line_and_status_130(monkeypatch, capsys):
@@ -33,11 +44,7 @@ def test_cfg_job_shows_a_recipe_without_its_data(tmp_path):
 
 
 def test_a_cut_per_sample_csv_is_recomputed_not_reused(tmp_path):
-    out = tmp_path / "out"
-    res = robust_in_process("train", "experiment=quickstart", "epochs=1", "max_batches_per_epoch=2", "device=cpu",
-                            f"out_dir={out}")
-    assert res.returncode == 0, res.stderr[-2000:]
-    run = next(p.parent for p in out.glob("train/*/*/*/*/model.pt"))
+    run = _quickstart_run(tmp_path)
     args = ("eval", f"run={run}", "attack=fgsm", "norm=linf", "n_examples=6", "device=cpu", "lipschitz=false")
     assert robust_in_process(*args).returncode == 0
     per_sample = run / "eval" / "fgsm-linf" / "per_sample.csv"
@@ -53,11 +60,7 @@ def test_a_cut_per_sample_csv_is_recomputed_not_reused(tmp_path):
 def test_images_asked_of_a_stored_result_without_them_recompute_it(tmp_path):
     """``save_adversarials=`` on a pair evaluated without images: the same settings again, keeping them (a reuse
     would end with none); the distances are the stored ones."""
-    out = tmp_path / "out"
-    res = robust_in_process("train", "experiment=quickstart", "epochs=1", "max_batches_per_epoch=2", "device=cpu",
-                            f"out_dir={out}")
-    assert res.returncode == 0, res.stderr[-2000:]
-    run = next(p.parent for p in out.glob("train/*/*/*/*/model.pt"))
+    run = _quickstart_run(tmp_path)
     args = ("eval", f"run={run}", "attack=fgsm", "norm=linf", "n_examples=6", "device=cpu", "lipschitz=false")
     assert robust_in_process(*args).returncode == 0
     result = run / "eval" / "fgsm-linf"
@@ -75,11 +78,7 @@ def test_images_asked_of_a_stored_result_without_them_recompute_it(tmp_path):
 def test_an_out_dir_a_job_does_not_write_in_is_not_checked(tmp_path):
     """``robust eval run=`` writes into the run, so an ``out_dir`` it never uses (here a file) is no error: an
     evaluation from a read-only folder, with the default ``out_dir=outputs`` there, keeps working."""
-    out = tmp_path / "out"
-    res = robust_in_process("train", "experiment=quickstart", "epochs=1", "max_batches_per_epoch=2", "device=cpu",
-                            f"out_dir={out}")
-    assert res.returncode == 0, res.stderr[-2000:]
-    run = next(p.parent for p in out.glob("train/*/*/*/*/model.pt"))
+    run = _quickstart_run(tmp_path)
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     res = robust_in_process("eval", f"run={run}", "attack=fgsm", "norm=linf", "n_examples=4", "device=cpu",
