@@ -335,7 +335,7 @@ def check_schema_values(node: Any, where: str = "") -> None:
 
 
 def check_known_keys(node: Any, where: str = "") -> None:
-    """Raise ``UserError`` (``<where><key>: not an option of <schema> (did you mean ...?)``) for the first key of
+    """Raise ``UserError`` (``<where><key>: not an option of <node> (did you mean ...?)``) for the first key of
     a composed config node typed by a dataclass schema that the schema lacks, recursing into sub-nodes.
 
     Hydra refuses such a key when it is overridden (``attack.pgd.stepz=5``), but ``+key=value`` adds it to any

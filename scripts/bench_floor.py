@@ -236,11 +236,16 @@ def seconds(fn: Callable[[], None], device: str = "cpu") -> float:
     return time.process_time() - start
 
 
+def attack_labels(text: str) -> list[str]:
+    """``--attacks "pgd linf, pdpgd l2"`` -> its labels (spaces around the commas dropped); empty: all."""
+    return [a.strip() for a in text.split(",") if a.strip()] if text else list(ATTACKS)
+
+
 def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
     model, x, y, source = build(name, args.mnist, args.batch, args.device)
     s, h = args.steps, args.steps // 2
     jobs: dict[str, Callable[[], None]] = {"floor": floor_fn(model, x, y, s), "floor/2": floor_fn(model, x, y, h)}
-    labels = args.attacks.split(",") if args.attacks else list(ATTACKS)
+    labels = attack_labels(args.attacks)
     for label in labels:
         _, _, norm, eps, opts = ATTACKS[label]
         # the floor at the points our attack visits (the same for --ref: its loop must visit the same points)
@@ -303,7 +308,7 @@ def main() -> None:
                    help="robust: glibc's allocator set as `robust train/eval` set it "
                         "(robust_cli.host_memory.reuse_freed_host_memory); glibc: its own moving thresholds")
     args = p.parse_args()
-    unknown = [a for a in args.attacks.split(",") if a and a not in ATTACKS]
+    unknown = [a for a in attack_labels(args.attacks) if a not in ATTACKS]
     if unknown:
         raise SystemExit(f"--attacks: unknown {unknown}; expected labels of {list(ATTACKS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
