@@ -96,6 +96,23 @@ def test_l0_prox_matches_enumeration():
         np.testing.assert_allclose(z[i].numpy(), ref, atol=0)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_kept_is_the_bool_masked_product_bit_for_bit(dtype):
+    """``_kept`` (the hard thresholds' float-indicator product) gives ``u * (score > threshold)`` exactly: NaN,
+    ±inf and -0 in ``u``, ties at the threshold, a score broadcast over channels and a per-sample threshold."""
+    gen = torch.Generator().manual_seed(5)
+    u = (torch.randn(6, 3, 4, 4, generator=gen) * 0.5).to(dtype)
+    u.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0]).to(dtype)
+    score = u.float().abs().amax(dim=1, keepdim=True).nan_to_num(nan=0.2)
+    threshold = torch.tensor([0.0, 0.1, 0.2, 0.4, 1.0, float("inf")]).view(6, 1, 1, 1)
+    score[1, 0, 0, 0] = 0.1  # a tie: not kept
+    got, ref = P._kept(u, score, threshold), u * (score > threshold)
+    assert got.dtype == ref.dtype == dtype
+    assert torch.equal(got.isnan(), ref.isnan())
+    assert torch.equal(got.nan_to_num(nan=7.0), ref.nan_to_num(nan=7.0))
+    assert torch.equal(got.signbit(), ref.signbit())  # the zeros keep their signs too
+
 def test_l0_group_prox_matches_enumeration():
     """Pixel groups: [B, C=3, H=2, W=2] -> 4 groups of 3 values; the cost counts changed pixels."""
     gen = torch.Generator().manual_seed(4)

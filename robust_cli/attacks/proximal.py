@@ -34,6 +34,17 @@ def _per_sample(lam: torch.Tensor | float, u: torch.Tensor) -> torch.Tensor:
     return lam.reshape(-1, *([1] * (u.dim() - 1)))
 
 
+def _kept(u: torch.Tensor, score: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """``u`` where ``score > threshold``, else 0 (``score`` and ``threshold`` broadcast against ``u``).
+
+    The comparison is written as a float 0/1 indicator in ``u``'s dtype and multiplied in: the same values as
+    ``u * (score > threshold)`` bit for bit, without a bool tensor (on the CPU a comparison into a bool tensor and
+    a float x bool product are slow paths: 145 + 186 µs on ``[256, 784]``, one thread, against 29 + 34 µs).
+    """
+    keep = torch.empty(torch.broadcast_shapes(score.shape, threshold.shape), dtype=u.dtype, device=u.device)
+    return u * torch.gt(score, threshold, out=keep)
+
+
 def project_l1_ball(v: torch.Tensor, radius: torch.Tensor | float) -> torch.Tensor:
     """Exact Euclidean projection of each row onto ``{z : ||z||_1 <= radius}`` (Duchi et al. 2008).
 
@@ -89,7 +100,7 @@ def prox_l0(u: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
     Keeping a value costs ``lam``, zeroing it costs ``u_i^2 / 2``; at equality both are optimal and the
     operator returns zero.
     """
-    return u * (u.abs() > (2 * _per_sample(lam, u)).sqrt())
+    return _kept(u, u.abs(), (2 * _per_sample(lam, u)).sqrt())
 
 
 def _scalar_prox_l23(a: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -143,7 +154,7 @@ def prox_l0_group(u: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
     ``||u_pixel||_2 > sqrt(2 lam)``. (The thesis writes the test with the largest ``|value|`` of the pixel;
     that is the exact operator only for one channel, where both coincide. See ``prox_l0_group_max``.)
     """
-    return u * (_group_norm(u) > (2 * _per_sample(lam, u)).sqrt())
+    return _kept(u, _group_norm(u), (2 * _per_sample(lam, u)).sqrt())
 
 
 def prox_l0_group_max(u: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
@@ -151,7 +162,7 @@ def prox_l0_group_max(u: torch.Tensor, lam: torch.Tensor | float) -> torch.Tenso
 
     Not the exact proximal operator for ``C > 1`` (it ignores the other channels' cost); kept as an option.
     """
-    return u * (u.abs().amax(dim=1, keepdim=True) > (2 * _per_sample(lam, u)).sqrt())
+    return _kept(u, u.abs().amax(dim=1, keepdim=True), (2 * _per_sample(lam, u)).sqrt())
 
 
 def prox_l23_group(u: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
@@ -255,7 +266,7 @@ def prox_linf_diagonal(u: torch.Tensor, lam: torch.Tensor | float, d: torch.Tens
     active = torch.empty_like(mag)
     for _ in range(LINF_NEWTON_MAX_STEPS):
         # the active set {|u_i| > tau} as a float 0/1 indicator written into one reused buffer: a bool mask
-        # and its products with float rows are slow CPU paths (the operator took 2.6x as long on MNIST rows
+        # and its products with float rows are slow CPU paths (the operator took 3x as long on MNIST rows
         # with them); the sums below are of the same products, so the same bits
         torch.gt(mag, tau[:, None], out=active)
         num, den = torch.linalg.vecdot(weighted, active), torch.linalg.vecdot(w, active)
@@ -288,7 +299,7 @@ def prox_l0_group_diagonal(u: torch.Tensor, lam: torch.Tensor | float, d: torch.
     dt = _working_dtype(u)  # squares of half-precision values underflow
     flat, w = u.to(dt), d.to(dt)
     cost = torch.linalg.vecdot(w, flat * flat, dim=1).unsqueeze(1)  # [B, 1, H, W]: zeroing each pixel
-    return u * (cost > 2 * _per_sample(lam, flat))
+    return _kept(u, cost, 2 * _per_sample(lam, flat))
 
 
 # elementwise operators: the prox in a diagonal metric is the same operator with a per-value weight
