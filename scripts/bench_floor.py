@@ -28,7 +28,11 @@ snapshot) in the same run, interleaved with ours, and print both ratios side by 
 imported one after the other under the same name; each function keeps its own module's globals.
 An attack the ``--ref`` snapshot lacks (e.g. APGD in a checkout older than it) gets ``-`` in the main columns.
 ``--peers DIR``: torchattacks' ``PGD`` (a side-directory install, never a dependency of ``robust``) on the
-same model, batch and steps: images x steps per second, ours over theirs.
+same model, batch and steps: images x steps per second, ours over theirs. With ``--peers`` and/or ``--advlib DIR``
+(adv-lib, also a side directory) the published implementations of the same attacks are timed in the same loop,
+each over the floor at the points *it* visits (``PEERS``: torchattacks' PGD and APGD-CE, adv-lib's FMN, DDN,
+PDPGD and PDGD, each at ``--steps`` iterations and its other defaults), and a second table sets their ratio beside
+ours: what the best public step costs on the same model, batch and machine.
 
 Models: LeNet-5 (``robust_cli.models.lenet5``) on MNIST (1x28x28, the real test images when ``--mnist``
 points at a torchvision MNIST root that holds them, uniform noise otherwise) and on scikit-learn's 8x8 digits, randomly
@@ -46,7 +50,7 @@ on the GPU and times are wall seconds (``time.perf_counter``) between two ``torc
 the process's CPU time does not see the GPU's work.
 
 Usage: ``OMP_NUM_THREADS=1 python scripts/bench_floor.py [--device cuda] [--ref /tmp/main_snapshot]
-[--peers .bench-peers] [--attacks "pdpgd l2,pdpgd linf"]``.
+[--peers .bench-peers] [--advlib .bench-advlib] [--attacks "pdpgd l2,pdpgd linf"]``.
 """
 
 from __future__ import annotations
@@ -226,6 +230,61 @@ def torchattacks_fn(peers: str, model, x, y, eps: float, steps: int) -> Callable
     return lambda: atk(x, y)
 
 
+def _torchattacks_apgd(model, x, y, steps: int) -> Callable[[], None]:
+    import torchattacks
+
+    atk = torchattacks.APGD(model, norm="Linf", eps=0.3, steps=steps, n_restarts=1, loss="ce", seed=0)
+    return lambda: atk(x, y)
+
+
+def _advlib(name: str, **kw) -> Callable[..., Callable[[], None]]:
+    """A builder ``(model, x, y, steps) -> call`` of adv-lib's attack ``name`` (its step count's keyword: ``steps``
+    for FMN and DDN, ``num_steps`` for the primal-dual ones)."""
+    def build_call(model, x, y, steps: int) -> Callable[[], None]:
+        import adv_lib.attacks as al
+
+        fn = getattr(al, name)
+        key = "num_steps" if name in ("pdpgd", "pdgd") else "steps"
+        return lambda: fn(model, x, y, **{key: steps}, **kw)
+
+    return build_call
+
+
+#: label of ours -> (library, side-directory option, builder (model, x, y, steps) -> call)
+PEERS: dict[str, tuple[str, str, Callable[..., Callable[[], None]]]] = {
+    "apgd linf": ("torchattacks", "peers", _torchattacks_apgd),
+    "fmn l2": ("adv-lib", "advlib", _advlib("fmn", norm=2)),
+    "fmn linf": ("adv-lib", "advlib", _advlib("fmn", norm=float("inf"))),
+    "ddn l2": ("adv-lib", "advlib", _advlib("ddn")),
+    "pdpgd l2": ("adv-lib", "advlib", _advlib("pdpgd", norm=2)),
+    "pdpgd linf": ("adv-lib", "advlib", _advlib("pdpgd", norm=float("inf"))),
+    "pdgd l2": ("adv-lib", "advlib", _advlib("pdgd")),
+}
+
+
+def peer_calls(args, labels: list[str], model, x, y, steps: int) -> dict[str, Callable[[], None]]:
+    """``{label: call}`` of the published implementation of each of ``labels`` whose side directory was given."""
+    out = {}
+    for label in labels:
+        if label not in PEERS:
+            continue
+        _, option, builder = PEERS[label]
+        where = getattr(args, option)
+        if where:
+            from _bench import add_peers  # the side directory first on sys.path, adv-lib's optional imports stubbed
+
+            add_peers(where)
+            out[label] = builder(model, x, y, steps)
+    return out
+
+
+def recorded_points(call: Callable[[], None], rec: GradientPoints, x: torch.Tensor) -> list[torch.Tensor]:
+    """The points where ``call`` (which runs on the recording model ``rec``) takes its gradients."""
+    rec.points = []
+    call()
+    return rec.points or [x]
+
+
 def seconds(fn: Callable[[], None], device: str = "cpu") -> float:
     """CPU: CPU seconds of this (one-threaded) process, since on a shared machine wall time measures the
     neighbours. CUDA: wall seconds from an idle GPU to an idle GPU (kernels run asynchronously, and the
@@ -264,6 +323,12 @@ def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
             jobs[f"{tag} {label}/2"] = attack_fn(fns[label], model, x, y, norm, eps, h, opts)
     if args.peers and "pgd linf" in labels:
         jobs["torchattacks pgd linf"] = torchattacks_fn(args.peers, model, x, y, 0.3, s)
+    rec = GradientPoints(model).eval()
+    peers = peer_calls(args, labels, model, x, y, s)
+    for label in peers:  # each peer over the floor at the points it visits, as ours
+        points = recorded_points(peer_calls(args, [label], rec, x, y, s)[label], rec, x)
+        jobs[f"peer {label}"] = peers[label]
+        jobs[f"floor peer {label}"] = floor_at(model, points, y, s)
     for fn in jobs.values():  # warm-up: allocator, oneDNN primitive caches
         fn()
     times: dict[str, list[float]] = {k: [] for k in jobs}
@@ -289,6 +354,14 @@ def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
             marg = (med[f"{tag} {label}"] - med[f"{tag} {label}/2"]) / (s - h) / own_marginal
             row += f" {whole:.3f} | {marg:.3f} |"
         lines.append(row + f" {med[f'ours {label}'] / s / floor:.3f} |")
+    if peers:
+        lines += ["", "The published implementations, each over the floor at its own points (whole call):", "",
+                  "| attack | library | floor at its points, ms/iter | theirs | ours |", "|---|---|---|---|---|"]
+        for label in peers:
+            theirs = med[f"peer {label}"] / med[f"floor peer {label}"]
+            ours_ratio = med[f"ours {label}"] / med[f"floor {label}"]
+            lines.append(f"| {label} | {PEERS[label][0]} | {1e3 * med[f'floor peer {label}'] / s:.3f} | "
+                         f"{theirs:.3f} | {ours_ratio:.3f} |")
     if args.peers and "ours pgd linf" in med:
         ta = med["torchattacks pgd linf"]
         lines += ["", f"PGD-linf throughput, {s} steps: ours {x.shape[0] * s / med['ours pgd linf']:.0f} img-steps/s,"
@@ -309,6 +382,7 @@ def main() -> None:
     p.add_argument("--mnist", default="/work/shared/data", help="torchvision MNIST root ('' for noise)")
     p.add_argument("--ref", type=Path, default=None, help="another checkout holding robust_cli/ (e.g. main)")
     p.add_argument("--peers", default=None, help="side directory holding torchattacks")
+    p.add_argument("--advlib", default=None, help="side directory holding adv_lib (FMN, DDN, PDPGD, PDGD)")
     p.add_argument("--allocator", default="robust", choices=["robust", "glibc"],
                    help="robust: glibc's allocator set as `robust train/eval` set it "
                         "(robust_cli.host_memory.reuse_freed_host_memory); glibc: its own moving thresholds")
