@@ -615,6 +615,42 @@ def test_fixed_mode_end_to_end_reports_robust_accuracy_at_exactly_the_budgets(fa
     assert np.all(np.isinf(d[exact > max(budgets) * (1 + 1e-6)]))  # never attacked past the largest budget
 
 
+
+class _ValueInBand(torch.nn.Module):
+    """Two classes on ``[B,1,1,1]`` images: class 1 iff the one value lies in ``(low, high)``."""
+
+    def __init__(self, low: float, high: float):
+        super().__init__()
+        self.low, self.high = low, high
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x.flatten(1)[:, :1]
+        z = torch.minimum(v - self.low, self.high - v)
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+
+
+def test_fixed_mode_counts_an_image_broken_at_a_budget_whose_float32_size_rounds_above_it():
+    """An adversarial found at the budget 0.3 whose size is 0.29999999702 in float64 (``x0 + e`` rounded in
+    float32) has a float32 size of 0.30000001192, above 0.3: it is still an error at 0.3 (robust accuracy 0, not
+    1), and its distance is recorded at 0.3 at most. Images the budget did not break stay ``inf``."""
+    e = torch.nextafter(torch.tensor(0.3), torch.tensor(-1.0))  # fixed_eps._at_most(0.3, float32)
+    x0 = next(v for v in torch.linspace(0.01, 0.6, 400)  # a value where x0 + e rounds up past 0.3 in float32
+              if float(((v + e).double() - v.double()).float()) > 0.3)
+    model = _ValueInBand(float(x0) + 0.2, 0.6).eval()
+
+    def shift(model, x, y, *, norm, eps, **options):  # moves the value by the whole budget
+        return (x + eps.view(-1, 1, 1, 1)).clamp(0, 1)
+
+    shift.budget, shift.norms, shift.__name__ = True, ("l2",), "shift"
+    x = torch.full((2, 1, 1, 1), float(x0))
+    x[1] = 0.9  # shifted to 1 (clipped): past the band, not broken
+    y = torch.zeros(2, dtype=torch.long)
+    res = run_attack(model, x, y, shift, "l2", {}, budgets=[0.3])
+    d = res.frame["distance"].to_numpy()
+    assert d[0] <= 0.3 and d[0] == pytest.approx(0.3, rel=1e-6) and np.isinf(d[1])
+    assert error_at(d, 0.3) == 0.5
+    assert res.frame["adv_pred"].tolist() == [1, 0]  # the model's own verdict on the adversarial
+
 def test_a_fixed_budget_result_is_cross_checked_at_its_budgets_only():
     """A fixed-budget attack's size is that of the adversarial found at the smallest breaking budget, not a
     minimal distance: a single-step attack with smaller distances is no violation unless it breaks an image at

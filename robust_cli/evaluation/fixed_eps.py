@@ -48,12 +48,13 @@ def attack_at_budgets(
 
     Returns:
         A ``SearchResult``: ``x_adv`` the verified adversarial of the smallest breaking budget (``x`` where
-        none), ``eps`` that budget ``[B]`` (``inf`` where none), resolution 0 (no search).
+        none), ``eps`` that budget ``[B]`` in float64, the listed value itself (``inf`` where none): a float32
+        copy of 0.3 is above 0.3, and would not read as broken at 0.3; resolution 0 (no search).
     """
     params = dict(params or {})
     attack_model = model if attack_model is None else attack_model
     best = x.clone()
-    found = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
+    found = torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
     for eps in sorted(float(e) for e in budgets):
         rows = torch.isinf(found).nonzero().squeeze(1)
         if rows.numel() == 0:

@@ -257,7 +257,8 @@ def run_attack(
             eps search's success tests and the verification always use ``model`` in fp32.
         budgets: ``mode=fixed``: a budget attack runs at exactly these eps (``fixed_eps.attack_at_budgets``)
             instead of the eps search; its distance is then the size of the adversarial found at the smallest
-            breaking budget. Minimal-norm attacks ignore it.
+            breaking budget, at most that budget (a size within the check's rounding tolerance above it is
+            recorded as the budget). Minimal-norm attacks ignore it.
         craft_model: a transfer attack's *source* model (same input and label space): the attack sees only
             it, while ``model`` (the target) decides every success, the budget search's included, and the
             distances are measured on what ``model`` misclassifies. None: white-box (``model`` itself).
@@ -307,11 +308,14 @@ def run_attack(
         correct = clean_pred == yb
         x_adv = xb.clone()
         idx = correct.nonzero().squeeze(1)
+        broken_at = None  # mode=fixed: per image the budget that broke it (float64, inf where none)
         if idx.numel():
             xc, yc = xb[idx], tb[idx]
             if budget and budgets is not None:
                 found = attack_at_budgets(attack, model, xc, yc, norm, budgets, params, attack_model=counted)
                 x_adv[idx] = sanitize(found.x_adv, xc)
+                broken_at = torch.full((xb.shape[0],), float("inf"), dtype=torch.float64, device=xb.device)
+                broken_at[idx] = found.eps
             elif budget:
                 up = None if upper is None else upper[i:i + batch_size].to(device).to(xc.dtype)[idx]
                 found = search_distance(attack, model, xc, yc, norm, params, method=eps_search,
@@ -345,7 +349,12 @@ def run_attack(
         adv_pred = predict(model, x_adv)
         success = adv_pred == tb if targeted else adv_pred != yb  # the model's own verdict, never the attack's
         sizes = perturbation_norms(x_adv, xb)
-        dist = adversarial_distance(sizes[norm], correct, success)
+        dist = adversarial_distance(sizes[norm], correct, success).double()
+        if broken_at is not None:
+            # an image broken at budget b passed the within-b check (attack_at: relative tolerance 1e-6); its
+            # size rounded to float32 can read just above b (float32 sums, float32(0.3) > 0.3), which the
+            # summary's P[distance > b] would count as robust at b: it is recorded at b at most
+            dist = torch.where(success & torch.isfinite(broken_at), torch.minimum(dist, broken_at), dist)
         rows["label"].append(yb.cpu().numpy())
         if targeted:
             rows["target"].append(tb.cpu().numpy())
