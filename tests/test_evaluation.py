@@ -65,6 +65,12 @@ def linear_budget(model, x, y, *, norm, eps):
     return x_adv
 
 
+@register_attack(norms=("l2", "linf"), budget=True)
+def linear_budget_twin(model, x, y, *, norm, eps):
+    """``linear_budget`` under another name: a second attack of the same norm."""
+    return linear_budget(model, x, y, norm=norm, eps=eps)
+
+
 @register_attack(norms=("l2",), budget=False)
 def liar(model, x, y, *, norm):
     """Returns an image the model still classifies correctly: must be recorded as a failure."""
@@ -500,6 +506,38 @@ def test_eval_writes_schemas_merges_and_reuses(fake_run):
     assert liar_s["checks"]["unbounded_success"] is False and liar_s["success_rate"] == 0.0
     assert "unbounded_success" in table[table["attack"] == "liar"]["checks_failed"].iloc[0]
 
+
+
+def test_worst_case_row_reads_every_members_thresholds_at_one_eps_whatever_their_order(fake_run, caplog):
+    """Two attacks of one norm summarised at different eps, with different thresholds, on 25 and 15 images:
+    the worst case is over the 15 images both evaluated, read at the smaller eps and at the union of the
+    thresholds, and says so in a warning. Its numbers are the per-image minimum's, and on those images it is
+    never less severe than either member (it used to take eps and thresholds from the member sorting first)."""
+    from robust_cli.eval_app import evaluate
+
+    run, model, x, y = fake_run
+    evaluate(_cfg(run, ["linear_budget"], "l2", lipschitz=False, eps={"l2": 0.9}))
+    with caplog.at_level("WARNING", logger="robust_cli.reporting.tables"):
+        evaluate(_cfg(run, ["linear_budget_twin"], "l2", lipschitz=False, n_examples=15, eps={"l2": 0.4},
+                      thresholds={"l2": [0.3]}))
+    ev = run / "eval"
+    table = pd.read_csv(ev / "summary.csv").set_index("attack")
+    worst = table.loc["worst_case"]
+    assert worst["n"] == 15 and worst["eps"] == 0.4
+    assert "at the smallest, 0.4" in caplog.text and "over the 15 images every attack evaluated" in caplog.text
+    d = {a: pd.read_csv(ev / f"{a}-l2" / "per_sample.csv").set_index("index")["distance"]
+         for a in ("linear_budget", "linear_budget_twin")}
+    common = d["linear_budget_twin"].index  # the 15 images
+    per_image = np.minimum(d["linear_budget"].loc[common].to_numpy(), d["linear_budget_twin"].to_numpy())
+    assert worst["error_at_eps"] == pytest.approx(error_at(per_image, 0.4))
+    member_thresholds = {c for a in d for c in table.columns
+                         if c.startswith("robust_acc@") and not pd.isna(table.loc[a, c])}
+    assert "robust_acc@0.3" in member_thresholds and len(member_thresholds) > 1
+    for column in member_thresholds:
+        t = float(column.split("@")[1])
+        assert worst[column] == pytest.approx(1 - error_at(per_image, t))
+        for a in d:  # on the common images no member is more robust than the worst case says
+            assert worst[column] <= 1 - error_at(d[a].loc[common].to_numpy(), t)
 
 def test_eval_recomputes_after_retraining_and_refreshes_error_at_a_new_eps(fake_run):
     """The cache is keyed on the model's weights: a retrained model (force=true) is attacked again. A new

@@ -178,3 +178,31 @@ def test_html_renders_in_headless_chromium(runs, hydra_compose, tmp_path):
     assert image.std() > 0.05  # white page with black text, tables and coloured curves
     colours = np.unique((image * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 50  # antialiased text and the figures' colours, not a blank or one-colour page
+
+
+def test_finlay_clean_error_comes_from_the_result_with_the_most_images():
+    """The Finlay table's clean error is the run's, over the most images any result evaluated: a 4-image result
+    that sorts first (the shipped quickstart's ``minimal-l0``) no longer gives it."""
+    from robust_cli.reporting.paper_tables import _clean_error
+
+    s = pd.DataFrame({"attack": ["minimal", "vfga", "worst_case"], "norm": ["l0", "l0", "l0"], "n": [4, 32, 4],
+                      "clean_error": [0.0, 0.0625, 0.0]})
+    assert _clean_error(s) == 0.0625
+    assert _clean_error(s.iloc[::-1].reset_index(drop=True)) == 0.0625
+    assert np.isnan(_clean_error(s.assign(clean_error=np.nan)))
+
+
+def test_the_runs_note_counts_the_runs_behind_each_value():
+    """A metrics row over two runs, one of which lacks an attack: the note says a value may average one run."""
+    from robust_cli.reporting.paper_tables import _aggregate
+    from robust_cli.reporting.render import _runs_note, markdown
+
+    per_run = pd.DataFrame({"run": ["a", "b"], "defense": ["none", "none"],
+                            "fgsm-linf median": [0.1, np.nan], "pgd-linf median": [0.2, 0.3]})
+    table = _aggregate("metrics", "m", per_run, ["defense"])
+    assert _runs_note(table) == "runs per value: 1, 2"
+    assert "(runs per value: 1, 2;" in markdown(table)
+    full = _aggregate("metrics", "m", per_run.fillna(0.4), ["defense"])
+    assert _runs_note(full) == "runs per row: 2"
+    rows = _aggregate("metrics", "m", per_run.assign(defense=["none", "tulip"]), ["defense"])
+    assert _runs_note(rows) == "runs per row: 1"  # a value no run of its row holds ("-") is not counted

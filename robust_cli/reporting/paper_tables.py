@@ -13,8 +13,9 @@
   Table 3.1 layout with ``metrics=[clean_error,error_at_eps,rho_adv]``).
 - ``lipschitz``: rows = ``by``, columns = the statistics of ``eval/lipschitz.json``.
 
-A table is ``Table(title, index, mean, std, count)``: ``mean``/``std`` hold one row per table row, std the
-sample standard deviation (pandas' ``ddof=1``) over the ``count`` runs of the row.
+A table is ``Table(title, index, mean, std, count, values)``: ``mean``/``std`` hold one row per table row, std
+the sample standard deviation (pandas' ``ddof=1``) over the ``count`` runs of the row; ``values`` counts the runs
+behind each value (fewer than ``count`` where some runs lack that metric).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Table:
     mean: pd.DataFrame
     std: pd.DataFrame
     count: pd.Series  # runs per row
+    values: pd.DataFrame | None = None  # runs per cell (the value columns): fewer than the row's where a run lacks it
 
 
 def _norm_key(norm: str) -> int:
@@ -147,7 +149,8 @@ def _aggregate(name: str, title: str, per_run: pd.DataFrame, index: list[str]) -
     grouped = pd.concat([keys, numeric], axis=1).groupby(index, sort=True, dropna=False)
     mean, std = grouped.mean(), grouped.std(ddof=1)
     count = per_run.groupby(index, sort=True, dropna=False).size()
-    return Table(name, title, index, mean.reset_index(), std.reset_index(), count.reset_index(drop=True))
+    return Table(name, title, index, mean.reset_index(), std.reset_index(), count.reset_index(drop=True),
+                 grouped.count().reset_index(drop=True))
 
 
 def _with_params(run: Run, by: list[str], **cols) -> dict:
@@ -162,12 +165,21 @@ def _worst(summary: pd.DataFrame, norm: str) -> pd.Series | None:
     return rows.iloc[0] if len(rows) == 1 else None
 
 
+def _clean_error(summary: pd.DataFrame) -> float:
+    """The run's clean error over the most images any of its results evaluated (it does not depend on the
+    attack: the largest sample is its best estimate, whatever order the rows come in); NaN where none says."""
+    known = summary[pd.to_numeric(summary["clean_error"], errors="coerce").notna()]
+    if not len(known):
+        return float("nan")
+    return float(known.loc[pd.to_numeric(known["n"], errors="coerce").fillna(0).idxmax(), "clean_error"])
+
+
 def finlay(runs: list[Run], by: list[str]) -> Table:
     """Finlay Table 1 layout (in %: errors x 100)."""
     rows = []
     for run in runs:
         s = run.summary
-        row = _with_params(run, by, **{"clean % err": 100 * float(s["clean_error"].iloc[0])})
+        row = _with_params(run, by, **{"clean % err": 100 * _clean_error(s)})
         for norm in sorted(s["norm"].unique(), key=_norm_key):
             r = _worst(s, norm)
             if r is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import math
 
+import numpy as np
 import pandas as pd
 
 from robust_cli.reporting.paper_tables import Table
@@ -47,8 +48,16 @@ def cells(table: Table) -> tuple[list[str], list[list[str]]]:
 
 
 def _runs_note(table: Table) -> str:
-    counts = sorted(set(int(c) for c in table.count))
-    return f"runs per row: {', '.join(map(str, counts))}"
+    """``runs per row: 2`` (or ``1, 2`` where rows differ); ``runs per value: 1, 2`` where a value of a row
+    averages fewer runs than the row holds (a metric some of its runs lack): the note never claims a mean over
+    more runs than a shown value has."""
+    if table.values is not None and len(table.values.columns):
+        per_value = table.values.to_numpy()
+        of_row = np.broadcast_to(table.count.to_numpy()[:, None], per_value.shape)
+        shown = per_value > 0  # a value no run holds is shown as "-"
+        if (per_value[shown] != of_row[shown]).any():
+            return f"runs per value: {', '.join(map(str, sorted(set(per_value[shown].astype(int).tolist()))))}"
+    return f"runs per row: {', '.join(map(str, sorted(set(int(c) for c in table.count))))}"
 
 
 def markdown(table: Table) -> str:

@@ -94,6 +94,28 @@ def _checks_at_budgets(aligned: dict[str, np.ndarray], attack: str, budgets: lis
     return {k: v for k, v in cross_checks(at_budget, norm, rtol=0.0).items() if k == attack}
 
 
+def _worst_case_readouts(norm: str, parts: list[dict[str, Any]], sizes: dict[str, int],
+                         n: int) -> tuple[float, list[float]]:
+    """``(eps, thresholds)`` at which the worst case of ``parts`` (the members' summaries) is read.
+
+    The eps the members were summarised at where they agree, else the smallest of theirs; the thresholds of
+    every member (their union), so that each robust accuracy a member reports has its worst-case counterpart.
+    Whatever order the members come in gives the same row. A warning names a disagreement in eps and a worst
+    case that covers fewer images than a member (``sizes``: images per member; ``n``: those all of them
+    evaluated, the worst case's), since the row cannot then be compared with every member's own.
+    """
+    eps_values = sorted({float(p["eps"]) for p in parts if p.get("eps") is not None})
+    if len(eps_values) > 1:
+        log.warning("worst_case %s: the attacks were summarised at different eps (%s); its error_at_eps is read "
+                    "at the smallest, %g", norm, ", ".join(f"{p['attack']} {float(p['eps']):g}" for p in parts),
+                    eps_values[0])
+    if any(size != n for size in sizes.values()):
+        log.warning("worst_case %s: over the %d images every attack evaluated (%s)", norm, n,
+                    ", ".join(f"{a} {size}" for a, size in sorted(sizes.items())))
+    thresholds = sorted({float(t) for p in parts for t in p.get("robust_accuracy", {})})
+    return (eps_values[0] if eps_values else float("nan")), thresholds
+
+
 def _align(frames: dict[str, pd.DataFrame]) -> dict[str, np.ndarray] | None:
     """``{attack: distances}`` on the images every attack of the norm evaluated (an inner join on index)."""
     common = None
@@ -125,10 +147,8 @@ def merge(eval_dir: EvalDir | str | os.PathLike) -> tuple[pd.DataFrame, pd.DataF
         if aligned is None or len(aligned) < 2:
             continue
         d = worst_case(list(aligned.values()))
-        some = next(s for (a, nm), s in by_summary.items() if nm == norm)
-        eps_at = float(some["eps"])
-        thresholds = [float(t) for t in some.get("robust_accuracy", {})]
         parts = [by_summary[(a, norm)] for a in aligned]
+        eps_at, thresholds = _worst_case_readouts(norm, parts, {a: len(f) for a, f in frames.items()}, len(d))
         row = {
             "attack": WORST, "norm": norm, "n": len(d), "clean_error": error_at(d, 0.0),
             "median_distance": median_distance(d), "mean_distance": None, "rho_adv": None,
