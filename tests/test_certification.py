@@ -14,7 +14,7 @@ from linear_reference import make_problem, minimal_distance
 from robust_cli.attacks.apgd import apgd
 from robust_cli.attacks.pgd import pgd
 from robust_cli.certification.crown import crown_margin_bounds
-from robust_cli.certification.intervals import input_box, margin_lower_bounds
+from robust_cli.certification.intervals import affine_matrix, input_box, l2_ball_bounds, margin_lower_bounds
 from robust_cli.certification.lipschitz_bound import conv_operator_norm, lipschitz_bound
 from robust_cli.certification.radius import certified_radii, supports
 from robust_cli.certification.structure import decision_nodes, nodes_of, run_nodes
@@ -171,8 +171,10 @@ def test_bounds_hold_at_sampled_points(name):
     eps = torch.full((6,), 0.05, dtype=torch.float64)
     for norm in ("linf", "l2"):
         lo, hi = input_box(x, eps)
+        first = l2_ball_bounds(nodes, x, eps) if norm == "l2" else None
+        clamp = None if first is None else {id(nodes[first[0]]): first[1:]}
         with torch.no_grad():
-            bounds = {"ibp": margin_lower_bounds(nodes, lo, hi, y),
+            bounds = {"ibp": margin_lower_bounds(nodes, lo, hi, y, clamp=clamp),
                       "crown": crown_margin_bounds(nodes, x, eps, y, norm)}
             for _ in range(200):
                 r = torch.rand(x.shape, generator=g, dtype=x.dtype) * 2 - 1
@@ -197,3 +199,52 @@ def test_lipschitz_radius_is_below_the_linf_and_l2_distance_found():
     rinf, _ = certified_radii(model, x, y, "lipschitz", "linf")
     assert torch.allclose(rinf, r2 / math.sqrt(64))
     assert info["L"] > 0
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "nin"])
+def test_l2_ball_bounds_are_the_exact_range_over_the_ball(name):
+    """Up to the first ReLU the model is ``A x + b``: the bounds are ``A x + b -+ eps ||A_k||_2`` (the rows of ``A``
+    taken one backward pass each), reached at ``x -+ eps A_k / ||A_k||``; sampled points of ball ∩ box lie within."""
+    model = _model(name, 3, scale=1.5).double()
+    nodes = decision_nodes(model)
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(4, *INFO.in_shape, generator=g, dtype=torch.float64)
+    eps = torch.tensor([0.01, 0.1, 0.5, 2.0], dtype=torch.float64)
+    i, lo, hi = l2_ball_bounds(nodes, x, eps)
+    assert all(not isinstance(n, (nn.ReLU, nn.MaxPool2d)) for n in nodes[:i])
+    offset, a = affine_matrix(nodes[:i], tuple(x.shape[1:]), x)  # [1, d_out], [d_out, d_in]
+    centre = x.flatten(1) @ a.T + offset
+    half = eps[:, None] * a.norm(dim=1)[None, :]
+    torch.testing.assert_close(lo.flatten(1), centre - half, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(hi.flatten(1), centre + half, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        for _ in range(50):
+            r = torch.randn(x.shape, generator=g, dtype=x.dtype)
+            r = r / r.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * eps.view(-1, 1, 1, 1)
+            z = run_nodes(nodes[:i], (x + r).clamp(0, 1)).flatten(1)
+            assert (z >= lo.flatten(1) - 1e-9).all() and (z <= hi.flatten(1) + 1e-9).all()
+
+
+def test_l2_certificates_use_the_ball_not_its_box():
+    """IBP and CROWN in l2 start from the ball's own bounds: never smaller radii than from the enclosing box, larger
+    on most images of a LeNet-5, and still below the distance of every adversarial found (the soundness tests
+    above attack them too). Before, the l2 radii of a LeNet-5 were its linf ones (a max pooling stops CROWN)."""
+    import robust_cli.certification.radius as radius_mod
+
+    model = _model("lenet5", 2, scale=1.5).double()
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(8, *INFO.in_shape, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    # max_neurons=16: CROWN bounds no layer by its own backward passes, as on a full-size LeNet-5 (conv1: 4704 units)
+    kw = {"steps": 10, "max_neurons": 16}
+    new = {m: certified_radii(model, x, y, m, "l2", **kw)[0] for m in ("ibp", "crown")}
+    linf = {m: certified_radii(model, x, y, m, "linf", **kw)[0] for m in ("ibp", "crown")}
+    with pytest.MonkeyPatch.context() as mp:  # the enclosing box only: what l2 got before
+        mp.setattr(radius_mod, "l2_ball_bounds", lambda *a: None)
+        mp.setattr("robust_cli.certification.crown.l2_ball_bounds", lambda *a: None)
+        box = {m: certified_radii(model, x, y, m, "l2", **kw)[0] for m in ("ibp", "crown")}
+    for m in ("ibp", "crown"):
+        assert (new[m] >= box[m] * (1 - 1e-3)).all(), m
+        assert int((new[m] > box[m] * 1.2).sum()) >= 4, (m, new[m], box[m])
+        assert torch.allclose(box[m], linf[m], rtol=0.05), m  # the box is the linf ball's: the old l2 radii

@@ -10,7 +10,8 @@ sign is fixed). At the input the linear function is minimised in closed form ove
 ``sum_i min(c_i lo_i, c_i hi_i)`` over the box ``[x - eps, x + eps] ∩ [0,1]`` (linf), ``c . x - eps
 ||c||_2`` over the l2 ball (the box constraint dropped, which only loosens it).
 
-The input bounds of every ReLU are the intersection of the interval box (``intervals.py``) and, for layers
+The input bounds of every ReLU are the intersection of the interval box (``intervals.py``; in l2, for the first
+non-linear layer, the ball's own bounds, ``intervals.l2_ball_bounds``) and, for layers
 of at most ``max_neurons`` units (a backward pass per unit: the cost), CROWN's own bounds of that layer
 (both are sound, so their intersection is). A max pooling is not relaxed: the backward pass stops there
 and minimises over the box of its output.
@@ -23,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from robust_cli.certification.intervals import _abs_affine, input_box
+from robust_cli.certification.intervals import _abs_affine, input_box, l2_ball_bounds
 
 MAX_ELEMENTS = 2**24  # float64 entries of one backward pass's coefficients (128 MiB)
 
@@ -86,13 +87,19 @@ def crown_margin_bounds(nodes: list, x: torch.Tensor, eps: torch.Tensor, y: torc
     lo, hi = input_box(x, eps)
     c, r = (hi + lo) / 2, (hi - lo) / 2
     shapes, bounds = [], {}
+    first = l2_ball_bounds(nodes, x, eps) if norm == "l2" else None  # exact over the ball up to a ReLU
     for i, node in enumerate(nodes):
         shapes.append(tuple(c.shape[1:]))
         if isinstance(node, (nn.ReLU, nn.MaxPool2d)):
             lb, ub = c - r, c + r
+            if first is not None and first[0] == i:
+                lb, ub = torch.maximum(lb, first[1]), torch.minimum(ub, first[2])
+                ub = torch.maximum(ub, lb)
             n = c[0].numel()
-            # where only affine layers precede, the box of a linf ball is already exact (eq 6 of IBP)
-            exact = norm == "linf" and not any(isinstance(p, (nn.ReLU, nn.MaxPool2d)) for p in nodes[:i])
+            # where only affine layers precede, the box of a linf ball is already exact (eq 6 of IBP), and so are
+            # l2_ball_bounds (what the backward pass would give: it drops the box in l2 too)
+            exact = (norm == "linf" or (first is not None and first[0] == i)) and not any(
+                isinstance(p, (nn.ReLU, nn.MaxPool2d)) for p in nodes[:i])
             if isinstance(node, nn.ReLU) and i > 0 and n <= max_neurons and not exact:
                 eye = torch.eye(n, dtype=c.dtype, device=c.device).view(n, *c.shape[1:])
                 rows = torch.cat([eye, -eye])

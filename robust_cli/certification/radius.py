@@ -7,7 +7,8 @@ misclassified images) is therefore an upper bound on the true robust error, as t
 lower bound on it, and it lies above the attacked curve (radius < distance of any adversarial found).
 
 Methods: ``lipschitz`` (closed form, ``lipschitz_bound.py``, l2 and linf, every model); ``ibp``
-(``intervals.py``, every model, the l2 ball bounded by its enclosing box); ``crown`` (``crown.py``,
+(``intervals.py``, every model; in l2 the ball's exact bounds up to the first non-linear layer where they have
+a closed form (``intervals.l2_ball_bounds``), else its enclosing box); ``crown`` (``crown.py``,
 feed-forward models). For ``ibp``/``crown`` the radius is the largest eps of a per-image bisection over
 ``[FLOOR r_max, r_max]`` in log scale (``r_max`` = 1 in linf, ``sqrt(d)`` in l2: the diameter of
 [0,1]^d) that is certified, 0 below the floor; the bounds are computed in float64 on a float64 copy of the
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from robust_cli.certification.crown import crown_margin_bounds
-from robust_cli.certification.intervals import input_box, margin_lower_bounds
+from robust_cli.certification.intervals import input_box, l2_ball_bounds, margin_lower_bounds
 from robust_cli.certification.lipschitz_bound import lipschitz_bound, lipschitz_radii
 from robust_cli.certification.structure import decision_nodes, is_chain
 
@@ -42,7 +43,9 @@ def certified_margins(nodes: list, x: torch.Tensor, eps: torch.Tensor, y: torch.
     """``[B]`` a lower bound of ``min_{j != y} f_y - f_j`` over the threat set (float64)."""
     if method == "ibp":
         lo, hi = input_box(x, eps)
-        return margin_lower_bounds(nodes, lo, hi, y).amin(1)
+        first = l2_ball_bounds(nodes, x, eps) if norm == "l2" else None  # the ball, not its box, up to a ReLU
+        clamp = None if first is None else {id(nodes[first[0]]): first[1:]}
+        return margin_lower_bounds(nodes, lo, hi, y, clamp=clamp).amin(1)
     if method == "crown":
         return crown_margin_bounds(nodes, x, eps, y, norm, max_neurons).amin(1)
     raise ValueError(f"unknown bound method {method!r}")
