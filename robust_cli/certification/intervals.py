@@ -4,7 +4,8 @@ training verifiably robust models", §3, eqs 5-6) through the node lists of ``st
 A box is ``(center, radius)`` ``[B, ...]`` (float64). Affine layers map it exactly,
 ``center' = A center + b``, ``radius' = |A| radius`` (eq 6); monotone layers (ReLU, max pooling,
 ``t tanh(z/t)``) map its corners; a residual block adds the boxes of its two paths (``x + y`` lies in the
-sum of boxes). Every box contains every value the layer takes on inputs in the input box.
+sum of boxes). Every box contains every value the layer takes on inputs in the input box. For an l2 ball the
+first non-linear layer's input can start from the ball's own range instead of its box's (``l2_ball_bounds``).
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def margin_lower_bounds(nodes: list, lower: torch.Tensor, upper: torch.Tensor, y
 
     The last affine node is applied to the specification directly (``(e_y - e_j)^T W`` before taking
     absolute values, Gowal et al. §3, "elision of the last layer"), tighter than subtracting logit boxes.
+    ``clamp``: tighter bounds of some non-linear nodes' inputs, as for ``propagate`` (``l2_ball_bounds``'s).
     """
     last = len(nodes)
     while last > 0 and not isinstance(nodes[last - 1], (nn.ReLU, nn.MaxPool2d, Residual, ScaledTanh)):
