@@ -30,9 +30,9 @@ An attack the ``--ref`` snapshot lacks (e.g. APGD in a checkout older than it) g
 ``--peers DIR``: torchattacks' ``PGD`` (a side-directory install, never a dependency of ``robust``) on the
 same model, batch and steps: images x steps per second, ours over theirs. With ``--peers`` and/or ``--advlib DIR``
 (adv-lib, also a side directory) the published implementations of the same attacks are timed in the same loop,
-each over the floor at the points *it* visits (``PEERS``: torchattacks' PGD and APGD-CE, adv-lib's FMN, DDN,
-PDPGD and PDGD, each at ``--steps`` iterations and its other defaults), and a second table sets their ratio beside
-ours: what the best public step costs on the same model, batch and machine.
+each over the floor at the points *it* visits (``PEERS``: torchattacks' APGD-CE, adv-lib's FMN, DDN, PDPGD and
+PDGD, each at ``--steps`` iterations and its other defaults), and a second table sets their ratio beside ours:
+what the best public step costs on the same model, batch and machine.
 
 Models: LeNet-5 (``robust_cli.models.lenet5``) on MNIST (1x28x28, the real test images when ``--mnist``
 points at a torchvision MNIST root that holds them, uniform noise otherwise) and on scikit-learn's 8x8 digits, randomly
