@@ -247,4 +247,52 @@ def test_l2_certificates_use_the_ball_not_its_box():
     for m in ("ibp", "crown"):
         assert (new[m] >= box[m] * (1 - 1e-3)).all(), m
         assert int((new[m] > box[m] * 1.2).sum()) >= 4, (m, new[m], box[m])
-        assert torch.allclose(box[m], linf[m], rtol=0.05), m  # the box is the linf ball's: the old l2 radii
+    # IBP from the box is IBP of the linf ball: the l2 radii it gave were the linf ones
+    assert torch.allclose(box["ibp"], linf["ibp"], rtol=0.05)
+
+
+def test_max_pool_relaxation_bounds_every_point_of_the_box_and_is_exact_where_one_input_dominates():
+    """``Lambda . maxpool(z) >= Lambda' . z + c`` for every sampled ``z`` in ``[l, u]``; equal where every window's
+    largest lower bound dominates the others' upper bounds (the max is then that input)."""
+    from robust_cli.certification.crown import _max_pool_back
+
+    pool = nn.MaxPool2d(2)
+    g = torch.Generator().manual_seed(11)
+    lo = torch.randn(3, 2, 4, 6, generator=g, dtype=torch.float64)
+    hi = lo + torch.rand(lo.shape, generator=g, dtype=torch.float64)
+    lam = torch.randn(3, 5, 2, 2, 3, generator=g, dtype=torch.float64)
+    new_lam, const = _max_pool_back(pool, lam, (lo, hi), (pool(lo), pool(hi)))
+    for _ in range(300):
+        z = lo + (hi - lo) * torch.rand(lo.shape, generator=g, dtype=torch.float64)
+        exact = (lam * pool(z).unsqueeze(1)).flatten(2).sum(2)
+        bound = (new_lam * z.unsqueeze(1)).flatten(2).sum(2) + const
+        assert (bound <= exact + 1e-12).all()
+    # one input per window lifted above the others' upper bounds: the relaxation is the max itself
+    lifted = lo.clone()
+    lifted[..., ::2, ::2] += 10.0
+    top = hi.clone()
+    top[..., ::2, ::2] += 10.0
+    new_lam, const = _max_pool_back(pool, lam, (lifted, top), (pool(lifted), pool(top)))
+    z = lifted + (top - lifted) * torch.rand(lo.shape, generator=g, dtype=torch.float64)
+    exact = (lam * pool(z).unsqueeze(1)).flatten(2).sum(2)
+    torch.testing.assert_close((new_lam * z.unsqueeze(1)).flatten(2).sum(2) + const, exact)
+
+
+def test_crown_through_max_pooling_certifies_more_than_stopping_at_its_box():
+    """LeNet-5: CROWN's backward pass through its max poolings never gives smaller radii than stopping at their
+    boxes (the former bound), and larger ones on most images, in linf and l2."""
+    import robust_cli.certification.crown as crown_mod
+
+    model = _model("lenet5", 2, scale=1.5).double()
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(8, *INFO.in_shape, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    kw = {"steps": 10, "max_neurons": 16}
+    for norm in ("linf", "l2"):
+        through = certified_radii(model, x, y, "crown", norm, **kw)[0]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(crown_mod, "_relaxable", lambda node: False)
+            stopped = certified_radii(model, x, y, "crown", norm, **kw)[0]
+        assert (through >= stopped * (1 - 1e-3)).all(), norm
+        assert int((through > stopped * 1.05).sum()) >= 4, (norm, through, stopped)

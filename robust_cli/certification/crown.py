@@ -13,8 +13,9 @@ sign is fixed). At the input the linear function is minimised in closed form ove
 The input bounds of every ReLU are the intersection of the interval box (``intervals.py``; in l2, for the first
 non-linear layer, the ball's own bounds, ``intervals.l2_ball_bounds``) and, for layers
 of at most ``max_neurons`` units (a backward pass per unit: the cost), CROWN's own bounds of that layer
-(both are sound, so their intersection is). A max pooling is not relaxed: the backward pass stops there
-and minimises over the box of its output.
+(both are sound, so their intersection is). A max pooling whose windows do not overlap (LeNet-5's) is relaxed
+as DeepPoly does (``_max_pool_back``); at any other the backward pass stops and minimises over the box of its
+output.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from robust_cli.certification.intervals import _abs_affine, input_box, l2_ball_bounds
 
@@ -47,6 +50,37 @@ def _box_min(lam: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Ten
     return torch.minimum(lam * lo.unsqueeze(1), lam * hi.unsqueeze(1)).flatten(2).sum(2)
 
 
+def _relaxable(node: nn.MaxPool2d) -> bool:
+    """Windows that do not overlap (stride = kernel, no padding or dilation, floor mode): LeNet-5's pooling."""
+    return (_pair(node.kernel_size) == _pair(node.stride or node.kernel_size) and _pair(node.padding) == (0, 0)
+            and _pair(node.dilation) == (1, 1) and not node.ceil_mode)
+
+
+def _max_pool_back(node: nn.MaxPool2d, lam: torch.Tensor, bounds_in: tuple, bounds_out: tuple
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Lambda' [B,S,C,H,W], constant [B,S])`` with ``Lambda . maxpool(z) >= Lambda' . z + constant`` on the box.
+
+    Per window, ``m = max_j z_j`` lies between ``z_{j*}`` (``j*`` the input of largest lower bound) and the
+    constant ``max_j u_j``. A positive coefficient takes the lower bound, a negative one the upper bound. Where
+    ``j*`` dominates the window, ``l_{j*} >= u_j`` for every other ``j``, then ``m = z_{j*}`` exactly and both signs
+    route to it. These are the max-pool bounds of DeepPoly (Singh et al. 2019, §4); windows must not overlap,
+    since each window's other inputs are masked out in place.
+    """
+    (lb, ub), (lo_out, hi_out) = bounds_in, bounds_out
+    b, c, h, w = lb.shape
+    _, idx = F.max_pool2d(lb, node.kernel_size, node.stride, return_indices=True)  # [B,C,Ho,Wo] into H*W
+    flat_idx = idx.flatten(2)
+    others = ub.flatten(2).scatter(2, flat_idx, float("-inf")).view_as(ub)
+    dominated = (lo_out >= F.max_pool2d(others, node.kernel_size, node.stride)).unsqueeze(1)  # [B,1,C,Ho,Wo]
+    pos, neg = lam.clamp_min(0), lam.clamp_max(0)
+    route = pos + torch.where(dominated, neg, torch.zeros_like(neg))
+    const = (torch.where(dominated, torch.zeros_like(neg), neg) * hi_out.unsqueeze(1)).flatten(2).sum(2)
+    s = lam.shape[1]
+    out = torch.zeros(b, s, c, h * w, dtype=lam.dtype, device=lam.device)
+    out.scatter_add_(3, flat_idx.unsqueeze(1).expand(b, s, c, flat_idx.shape[2]), route.flatten(3))
+    return out.view(b, s, c, h, w), const
+
+
 def backward_bound(nodes: list, lam: torch.Tensor, shapes: list, bounds: dict, x: torch.Tensor,
                    eps: torch.Tensor, norm: str) -> torch.Tensor:
     """Lower bound ``[B,S]`` of ``Lambda . nodes(x')`` over the threat set of ``x`` (``[B, ...]``).
@@ -58,8 +92,12 @@ def backward_bound(nodes: list, lam: torch.Tensor, shapes: list, bounds: dict, x
     for i in range(len(nodes) - 1, -1, -1):
         node = nodes[i]
         if isinstance(node, nn.MaxPool2d):
-            lo, hi = bounds[i, "out"]
-            return total + _box_min(lam, lo, hi)
+            if not _relaxable(node):
+                lo, hi = bounds[i, "out"]
+                return total + _box_min(lam, lo, hi)
+            lam, const = _max_pool_back(node, lam, bounds[i], bounds[i, "out"])
+            total = total + const
+            continue
         if isinstance(node, nn.ReLU):
             lb, ub = (t.unsqueeze(1) for t in bounds[i])
             active, unstable = lb >= 0, (lb < 0) & (ub > 0)
