@@ -225,19 +225,27 @@ def test_l2_ball_bounds_are_the_exact_range_over_the_ball(name):
             assert (z >= lo.flatten(1) - 1e-9).all() and (z <= hi.flatten(1) + 1e-9).all()
 
 
+# CROWN bounds no layer by its own backward passes, as on a full-size LeNet-5 (conv1: 4704 units > 256)
+SMALL_LAYER_BUDGET = 16
+
+
+def _lenet_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A small float64 LeNet-5 and 8 random images labelled with its own predictions."""
+    model = _model("lenet5", 2, scale=1.5).double()
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(8, *INFO.in_shape, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
 def test_l2_certificates_use_the_ball_not_its_box():
     """IBP and CROWN in l2 start from the ball's own bounds: never smaller radii than from the enclosing box, larger
     on most images of a LeNet-5, and still below the distance of every adversarial found (the soundness tests
     above attack them too). Before, the l2 radii of a LeNet-5 were its linf ones (a max pooling stops CROWN)."""
     import robust_cli.certification.radius as radius_mod
 
-    model = _model("lenet5", 2, scale=1.5).double()
-    g = torch.Generator().manual_seed(8)
-    x = torch.rand(8, *INFO.in_shape, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    # max_neurons=16: CROWN bounds no layer by its own backward passes, as on a full-size LeNet-5 (conv1: 4704 units)
-    kw = {"steps": 10, "max_neurons": 16}
+    model, x, y = _lenet_batch()
+    kw = {"steps": 10, "max_neurons": SMALL_LAYER_BUDGET}
     new = {m: certified_radii(model, x, y, m, "l2", **kw)[0] for m in ("ibp", "crown")}
     linf = {m: certified_radii(model, x, y, m, "linf", **kw)[0] for m in ("ibp", "crown")}
     with pytest.MonkeyPatch.context() as mp:  # the enclosing box only: what l2 got before
@@ -283,12 +291,8 @@ def test_crown_through_max_pooling_certifies_more_than_stopping_at_its_box():
     boxes (the former bound), and larger ones on most images, in linf and l2."""
     import robust_cli.certification.crown as crown_mod
 
-    model = _model("lenet5", 2, scale=1.5).double()
-    g = torch.Generator().manual_seed(8)
-    x = torch.rand(8, *INFO.in_shape, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    kw = {"steps": 10, "max_neurons": 16}
+    model, x, y = _lenet_batch()
+    kw = {"steps": 10, "max_neurons": SMALL_LAYER_BUDGET}
     for norm in ("linf", "l2"):
         through = certified_radii(model, x, y, "crown", norm, **kw)[0]
         with pytest.MonkeyPatch.context() as mp:
