@@ -195,12 +195,18 @@ class GradientPoints(nn.Module):
         return self.model(x)
 
 
+def points_of(call_on: Callable[[nn.Module], Callable[[], None]], model: nn.Module,
+              x: torch.Tensor) -> list[torch.Tensor]:
+    """The points where one call ``call_on(model)()`` takes its gradients (at least one: ``x``)."""
+    rec = GradientPoints(model).eval()
+    call_on(rec)()
+    return rec.points or [x]
+
+
 def visited_points(fn: Callable, model, x, y, norm: str, eps: float | None, steps: int,
                    opts: dict) -> list[torch.Tensor]:
-    """The points where one call of the attack ``fn`` takes its gradients (at least one: ``x``)."""
-    rec = GradientPoints(model).eval()
-    attack_fn(fn, rec, x, y, norm, eps, steps, opts)()
-    return rec.points or [x]
+    """The points where one call of our attack ``fn`` takes its gradients."""
+    return points_of(lambda m: attack_fn(fn, m, x, y, norm, eps, steps, opts), model, x)
 
 
 def floor_at(model: nn.Module, points: list[torch.Tensor], y: torch.Tensor, steps: int) -> Callable[[], None]:
@@ -262,27 +268,15 @@ PEERS: dict[str, tuple[str, str, Callable[..., Callable[[], None]]]] = {
 }
 
 
-def peer_calls(args, labels: list[str], model, x, y, steps: int) -> dict[str, Callable[[], None]]:
-    """``{label: call}`` of the published implementation of each of ``labels`` whose side directory was given."""
-    out = {}
-    for label in labels:
-        if label not in PEERS:
-            continue
-        _, option, builder = PEERS[label]
-        where = getattr(args, option)
-        if where:
-            from _bench import add_peers  # the side directory first on sys.path, adv-lib's optional imports stubbed
+def peer_builders(args, labels: list[str]) -> dict[str, Callable[..., Callable[[], None]]]:
+    """``{label: builder}`` of the published implementation of each of ``labels`` whose side directory was given;
+    each side directory is put on ``sys.path`` once."""
+    from _bench import add_peers  # the side directory first on sys.path, adv-lib's optional imports stubbed
 
-            add_peers(where)
-            out[label] = builder(model, x, y, steps)
-    return out
-
-
-def recorded_points(call: Callable[[], None], rec: GradientPoints, x: torch.Tensor) -> list[torch.Tensor]:
-    """The points where ``call`` (which runs on the recording model ``rec``) takes its gradients."""
-    rec.points = []
-    call()
-    return rec.points or [x]
+    dirs = {getattr(args, PEERS[label][1]) for label in labels if label in PEERS} - {None, ""}
+    for where in dirs:
+        add_peers(where)
+    return {label: PEERS[label][2] for label in labels if label in PEERS and getattr(args, PEERS[label][1])}
 
 
 def seconds(fn: Callable[[], None], device: str = "cpu") -> float:
@@ -323,11 +317,10 @@ def bench(name: str, args, ours: dict, ref: dict | None) -> list[str]:
             jobs[f"{tag} {label}/2"] = attack_fn(fns[label], model, x, y, norm, eps, h, opts)
     if args.peers and "pgd linf" in labels:
         jobs["torchattacks pgd linf"] = torchattacks_fn(args.peers, model, x, y, 0.3, s)
-    rec = GradientPoints(model).eval()
-    peers = peer_calls(args, labels, model, x, y, s)
-    for label in peers:  # each peer over the floor at the points it visits, as ours
-        points = recorded_points(peer_calls(args, [label], rec, x, y, s)[label], rec, x)
-        jobs[f"peer {label}"] = peers[label]
+    peers = peer_builders(args, labels)
+    for label, builder in peers.items():  # each peer over the floor at the points it visits, as ours
+        points = points_of(lambda m, b=builder: b(m, x, y, s), model, x)
+        jobs[f"peer {label}"] = builder(model, x, y, s)
         jobs[f"floor peer {label}"] = floor_at(model, points, y, s)
     for fn in jobs.values():  # warm-up: allocator, oneDNN primitive caches
         fn()
